@@ -1,0 +1,249 @@
+use std::fmt;
+use std::time::Duration;
+
+use crate::JobId;
+
+/// The result type of every fallible llmjobs operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when using llmjobs (as opposed to inside a job body, which
+/// returns [`JobError`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database at `url` could not be opened or created.
+    #[error("cannot open job database `{url}`: {source}")]
+    Open {
+        /// The URL or path that was given.
+        url: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database URL is not one llmjobs understands.
+    #[error("invalid database url `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL that was given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The database refused or failed an operation.
+    #[error("job database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// The embedded schema migrations could not be applied.
+    #[error("cannot migrate the job database: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// Two jobs were registered under the same name.
+    #[error("job name `{name}` is registered twice ({first} and {second})")]
+    DuplicateJobName {
+        /// The clashing name.
+        name: String,
+        /// The type registered first.
+        first: &'static str,
+        /// The type registered second.
+        second: &'static str,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The arguments of a job call could not be serialized.
+    #[error("cannot serialize the arguments of job `{name}`: {message}")]
+    SerializeArgs {
+        /// The job's name.
+        name: String,
+        /// The serializer's message.
+        message: String,
+    },
+    /// No job with this id exists in the database.
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// The job ended in the `failed` state.
+    #[error("job {id} ({name}) failed: {error}")]
+    JobFailed {
+        /// The job's id.
+        id: JobId,
+        /// The job's name.
+        name: String,
+        /// The error recorded for the last attempt.
+        error: String,
+    },
+    /// The job ended in the `cancelled` state.
+    #[error("job {id} ({name}) was cancelled")]
+    JobCancelled {
+        /// The job's id.
+        id: JobId,
+        /// The job's name.
+        name: String,
+    },
+    /// The job's stored result does not deserialize into the type the handle asked for.
+    #[error(
+        "job {id} ({name}) completed, but its result does not deserialize as `{expected}`: {message}"
+    )]
+    ResultType {
+        /// The job's id.
+        id: JobId,
+        /// The job's name.
+        name: String,
+        /// The Rust type the handle expected.
+        expected: &'static str,
+        /// The deserializer's message.
+        message: String,
+    },
+    /// A row in the database is not one llmjobs wrote (or it was damaged).
+    #[error("corrupt job row {id}: {reason}")]
+    CorruptRow {
+        /// The id column of the row, as stored.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The runtime has been shut down; it accepts no more work.
+    #[error("the job runtime is shut down")]
+    Shutdown,
+    /// Waiting for the job took longer than the given timeout.
+    #[error("timed out after {0:?} waiting for the job")]
+    WaitTimeout(Duration),
+    /// An I/O error outside the database (owner lock files, for instance).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Error::Migrate(e)
+    }
+}
+
+/// How a failed attempt should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// May be retried with the job's back-off, if attempts remain.
+    Retryable,
+    /// Never retried: the job fails at once (bad request, authentication, invalid input).
+    Permanent,
+    /// May be retried, but not before the given delay (a provider's `Retry-After`).
+    RetryAfter(Duration),
+}
+
+/// The error a job body returns.
+///
+/// Any `std::error::Error + Send + Sync + 'static` converts into it with `?`, as a retryable
+/// error. [`JobError::permanent`] marks an error that no retry can fix, and
+/// [`JobError::retry_after`] asks for the next attempt to wait at least a given time.
+///
+/// Like `anyhow::Error`, `JobError` does not itself implement `std::error::Error`, which is what
+/// lets every error type convert into it.
+pub struct JobError {
+    kind: ErrorKind,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl JobError {
+    /// A retryable error with a message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        JobError {
+            kind: ErrorKind::Retryable,
+            message: message.to_string(),
+            source: None,
+        }
+    }
+
+    /// An error that is never retried: the job fails with it at once.
+    pub fn permanent(error: impl Into<JobError>) -> Self {
+        error.into().with_kind(ErrorKind::Permanent)
+    }
+
+    /// A retryable error whose next attempt must wait at least `delay`.
+    pub fn retry_after(delay: Duration, error: impl Into<JobError>) -> Self {
+        error.into().with_kind(ErrorKind::RetryAfter(delay))
+    }
+
+    /// Changes how the error is treated.
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// How the error is treated.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether the job fails at once, without retrying.
+    pub fn is_permanent(&self) -> bool {
+        self.kind == ErrorKind::Permanent
+    }
+
+    /// The error this one wraps, if it was converted from another error.
+    pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        // The top-level message already is the wrapped error's Display; add its causes.
+        let mut cause = self
+            .source
+            .as_deref()
+            .and_then(std::error::Error::source);
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
+    fn from(error: E) -> Self {
+        JobError {
+            kind: ErrorKind::Retryable,
+            message: error.to_string(),
+            source: Some(Box::new(error)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_error_display_includes_cause_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let e: JobError = Outer(std::io::Error::other("inner")).into();
+        assert_eq!(e.to_string(), "outer: inner");
+        assert_eq!(e.kind(), ErrorKind::Retryable);
+    }
+
+    #[test]
+    fn permanent_and_retry_after_set_the_kind() {
+        assert!(JobError::permanent(JobError::msg("bad request")).is_permanent());
+        let e = JobError::retry_after(Duration::from_secs(2), JobError::msg("429"));
+        assert_eq!(e.kind(), ErrorKind::RetryAfter(Duration::from_secs(2)));
+        assert_eq!(e.to_string(), "429");
+    }
+}

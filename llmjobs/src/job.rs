@@ -1,0 +1,306 @@
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::{JobContext, JobError};
+
+/// A boxed, sendable future, as stored in the job registry.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A durable job: a name stored in the database, serializable arguments, and an async body.
+///
+/// `#[llm_job]` implements this trait for you; implementing it by hand is equally supported
+/// (register such a job with [`JobsBuilder::register`](crate::JobsBuilder::register)).
+///
+/// ```
+/// use llmjobs::{Job, JobCall, JobConfig, JobContext, JobError};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Shout {
+///     text: String,
+/// }
+///
+/// impl Job for Shout {
+///     const NAME: &'static str = "shout";
+///     type Output = String;
+///
+///     fn config() -> JobConfig {
+///         JobConfig::new().max_concurrency(2)
+///     }
+///
+///     async fn run(_ctx: JobContext, args: Self) -> Result<String, JobError> {
+///         Ok(args.text.to_uppercase())
+///     }
+/// }
+///
+/// let call: JobCall<String> = JobCall::new::<Shout>(&Shout { text: "hi".into() });
+/// assert_eq!(call.name(), "shout");
+/// ```
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The stable name stored in the database. Renaming it orphans stored jobs.
+    const NAME: &'static str;
+    /// What the job returns on success.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Limits and policies of this job.
+    fn config() -> JobConfig {
+        JobConfig::new()
+    }
+
+    /// Runs one attempt of the job.
+    fn run(
+        ctx: JobContext,
+        args: Self,
+    ) -> impl Future<Output = Result<Self::Output, JobError>> + Send + 'static;
+}
+
+/// Limits and policies of one kind of job, as declared by `#[llm_job(...)]` or
+/// [`Job::config`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobConfig {
+    /// At most this many jobs of this name run at once, across every process that shares the
+    /// database. `None`: only the global limit applies.
+    pub max_concurrency: Option<u32>,
+    /// Per-attempt timeout. `None`: the runtime's default.
+    pub timeout: Option<Duration>,
+    /// How many times a failed attempt is retried. `None`: the runtime's default.
+    pub retries: Option<u32>,
+    /// The job always runs in the background: waiting with a timeout returns at once.
+    pub long_running: bool,
+}
+
+impl JobConfig {
+    /// No limits beyond the runtime's defaults.
+    pub const fn new() -> Self {
+        JobConfig {
+            max_concurrency: None,
+            timeout: None,
+            retries: None,
+            long_running: false,
+        }
+    }
+
+    /// Sets [`JobConfig::max_concurrency`].
+    pub const fn max_concurrency(mut self, limit: u32) -> Self {
+        self.max_concurrency = Some(limit);
+        self
+    }
+
+    /// Sets [`JobConfig::timeout`].
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets [`JobConfig::retries`].
+    pub const fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// Sets [`JobConfig::long_running`].
+    pub const fn long_running(mut self, long_running: bool) -> Self {
+        self.long_running = long_running;
+        self
+    }
+}
+
+/// A typed, serializable invocation of a job: its name and its arguments. Creating one runs
+/// nothing; hand it to [`Jobs::spawn`](crate::Jobs::spawn) or [`Jobs::run`](crate::Jobs::run).
+///
+/// `T` is the job's output type. A `JobCall` serializes as `{"name": ..., "args": ...}`, so it can
+/// be stored or sent elsewhere and spawned later.
+pub struct JobCall<T> {
+    name: Cow<'static, str>,
+    args: Result<Box<RawValue>, String>,
+    config: JobConfig,
+    priority: i32,
+    _output: PhantomData<fn() -> T>,
+}
+
+impl<T> JobCall<T> {
+    /// The invocation of job `J` with `args`.
+    pub fn new<J: Job<Output = T>>(args: &J) -> Self {
+        let args = serde_json::value::to_raw_value(args).map_err(|e| e.to_string());
+        JobCall {
+            name: Cow::Borrowed(J::NAME),
+            args,
+            config: J::config(),
+            priority: 0,
+            _output: PhantomData,
+        }
+    }
+
+    /// An invocation built from a job name and JSON arguments, for callers that do not link the
+    /// job's code (a CLI, another service). The job's own limits apply when a worker that knows
+    /// it runs it.
+    pub fn from_json(name: impl Into<String>, args: serde_json::Value) -> Self {
+        JobCall {
+            name: Cow::Owned(name.into()),
+            args: serde_json::value::to_raw_value(&args).map_err(|e| e.to_string()),
+            config: JobConfig::new(),
+            priority: 0,
+            _output: PhantomData,
+        }
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The serialized arguments, or the reason they could not be serialized.
+    pub fn args_json(&self) -> Result<&str, &str> {
+        match &self.args {
+            Ok(raw) => Ok(raw.get()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Higher priorities are claimed first (default 0).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    pub(crate) fn config(&self) -> &JobConfig {
+        &self.config
+    }
+
+    pub(crate) fn priority_value(&self) -> i32 {
+        self.priority
+    }
+}
+
+impl<T> fmt::Debug for JobCall<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobCall")
+            .field("name", &self.name)
+            .field("args", &self.args_json())
+            .field("priority", &self.priority)
+            .finish()
+    }
+}
+
+impl<T> Clone for JobCall<T> {
+    fn clone(&self) -> Self {
+        JobCall {
+            name: self.name.clone(),
+            args: self.args.clone(),
+            config: self.config.clone(),
+            priority: self.priority,
+            _output: PhantomData,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireCall<'a> {
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    args: Cow<'a, RawValue>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    priority: i32,
+}
+
+fn is_zero(p: &i32) -> bool {
+    *p == 0
+}
+
+impl<T> Serialize for JobCall<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let args = self.args.as_ref().map_err(serde::ser::Error::custom)?;
+        WireCall {
+            name: Cow::Borrowed(&self.name),
+            args: Cow::Borrowed(args),
+            priority: self.priority,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for JobCall<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = WireCall::deserialize(deserializer)?;
+        Ok(JobCall {
+            name: Cow::Owned(wire.name.into_owned()),
+            args: Ok(wire.args.into_owned()),
+            config: JobConfig::new(),
+            priority: wire.priority,
+            _output: PhantomData,
+        })
+    }
+}
+
+/// The outcome of running one attempt of a type-erased job: the serialized output, or the
+/// error.
+pub(crate) type ErasedOutcome = Result<String, JobError>;
+
+/// A job in the registry: what the runtime needs to run it without knowing its types.
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct Registration {
+    pub(crate) name: &'static str,
+    pub(crate) type_name: fn() -> &'static str,
+    pub(crate) config: fn() -> JobConfig,
+    pub(crate) run: fn(JobContext, &str) -> Result<BoxFuture<ErasedOutcome>, String>,
+}
+
+impl Registration {
+    /// The registration of job `J`.
+    pub const fn of<J: Job>() -> Self {
+        Registration {
+            name: J::NAME,
+            type_name: std::any::type_name::<J>,
+            config: J::config,
+            run: run_erased::<J>,
+        }
+    }
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("name", &self.name)
+            .field("type_name", &(self.type_name)())
+            .finish()
+    }
+}
+
+inventory::collect!(Registration);
+
+/// Deserializes the stored arguments and starts the body. A deserialization error names the
+/// field path that failed (`words: invalid type: string "x", expected u32`).
+fn run_erased<J: Job>(ctx: JobContext, args: &str) -> Result<BoxFuture<ErasedOutcome>, String> {
+    let de = &mut serde_json::Deserializer::from_str(args);
+    let args: J = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            format!("arguments do not match job `{}`: {}", J::NAME, e.inner())
+        } else {
+            format!(
+                "arguments do not match job `{}`: field `{path}`: {}",
+                J::NAME,
+                e.inner()
+            )
+        }
+    })?;
+    Ok(Box::pin(async move {
+        let output = J::run(ctx, args).await?;
+        serde_json::to_string(&output).map_err(|e| {
+            JobError::permanent(JobError::msg(format_args!(
+                "cannot serialize the output of job `{}`: {e}",
+                J::NAME
+            )))
+        })
+    }))
+}

@@ -1,0 +1,1 @@
+//! Support code shared by the integration tests and examples of llmjobs.
