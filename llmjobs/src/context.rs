@@ -1,9 +1,21 @@
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crate::JobId;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
-/// What a running job knows about itself: its id, which attempt this is, and the runtime's
-/// services (progress, journaled steps, cancellation).
+use crate::runtime::Shared;
+use crate::store::StepRecord;
+use crate::{JobError, JobId};
+
+/// How often, at most, a job's latest progress report is written to the database.
+const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What a running job knows about itself, and the runtime's services for it: progress reports,
+/// journaled steps and cancellation.
 ///
 /// Cheap to clone; every clone refers to the same attempt.
 #[derive(Clone)]
@@ -15,15 +27,68 @@ struct ContextInner {
     id: JobId,
     name: Box<str>,
     attempt: u32,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    next_step: AtomicU32,
+    journal: tokio::sync::OnceCell<Vec<StepRecord>>,
+    progress: Mutex<ProgressSlot>,
+}
+
+/// The latest report not yet written, and whether a writer task is on its way.
+#[derive(Default)]
+struct ProgressSlot {
+    unsaved: Option<String>,
+    writer_active: bool,
+}
+
+/// A progress report: how far the job is and what it is doing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Progress {
+    /// How far along, from 0.0 to 1.0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    /// What the job is doing now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Progress {
+    /// A report of `fraction` done with a message.
+    pub fn new(fraction: f64, message: impl Into<String>) -> Self {
+        Progress {
+            fraction: Some(fraction.clamp(0.0, 1.0)),
+            message: Some(message.into()),
+        }
+    }
+}
+
+/// A journal entry: the step's output, or the permanent error it ended with.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StepOutcome<T> {
+    Ok(T),
+    Err(String),
 }
 
 impl JobContext {
-    pub(crate) fn new(id: JobId, name: &str, attempt: u32) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        id: JobId,
+        name: &str,
+        attempt: u32,
+        cancel: CancellationToken,
+    ) -> Self {
         JobContext {
             inner: Arc::new(ContextInner {
                 id,
                 name: name.into(),
                 attempt,
+                shared,
+                cancel,
+                next_step: AtomicU32::new(0),
+                journal: tokio::sync::OnceCell::new(),
+                progress: Mutex::new(ProgressSlot::default()),
             }),
         }
     }
@@ -38,9 +103,159 @@ impl JobContext {
         &self.inner.name
     }
 
-    /// Which attempt this is, starting at 1.
+    /// Which attempt this is, starting at 1. An attempt cut short by a crash counts too.
     pub fn attempt(&self) -> u32 {
         self.inner.attempt
+    }
+
+    /// Completes when the job is cancelled. The body's future is dropped right after, so use
+    /// this in a `select!` only to clean up (kill a child process, say) before that happens.
+    pub async fn cancelled(&self) {
+        self.inner.cancel.cancelled().await
+    }
+
+    /// Whether the job has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// Reports progress: `fraction` done (0.0 to 1.0) and what the job is doing.
+    ///
+    /// Never waits for the database: the latest report is written a few times a second at most,
+    /// and the last one always, together with the job's outcome.
+    pub async fn progress(&self, fraction: f64, message: impl Into<String>) {
+        self.report(Progress::new(fraction, message));
+    }
+
+    /// Reports a full [`Progress`] value.
+    pub fn report(&self, progress: Progress) {
+        let json = match serde_json::to_string(&progress) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::warn!(error = %e, "progress report does not serialize; dropped");
+                return;
+            }
+        };
+        let start_writer = {
+            let mut slot = self.inner.progress.lock().expect("progress lock");
+            slot.unsaved = Some(json);
+            !std::mem::replace(&mut slot.writer_active, true)
+        };
+        if start_writer {
+            let ctx = self.clone();
+            tokio::spawn(async move { ctx.write_progress().await });
+        }
+    }
+
+    /// Writes the latest report, then at most one more per interval while reports keep coming.
+    async fn write_progress(self) {
+        loop {
+            let unsaved = {
+                let mut slot = self.inner.progress.lock().expect("progress lock");
+                match slot.unsaved.take() {
+                    Some(json) => json,
+                    None => {
+                        slot.writer_active = false;
+                        return;
+                    }
+                }
+            };
+            let store = &self.inner.shared.store;
+            if let Err(e) = store.save_progress(self.inner.id, unsaved).await {
+                tracing::debug!(error = %e, "progress write failed");
+            }
+            tokio::time::sleep(PROGRESS_WRITE_INTERVAL).await;
+        }
+    }
+
+    /// The report not yet written, taken so that the job's final write can carry it.
+    pub(crate) fn take_unsaved_progress(&self) -> Option<String> {
+        self.inner
+            .progress
+            .lock()
+            .expect("progress lock")
+            .unsaved
+            .take()
+    }
+
+    /// Runs `step` once for this job, durably.
+    ///
+    /// Its output is stored in the job's journal before this returns. When the job runs again
+    /// (after a crash, or as a retry), the stored output is returned instead, without running
+    /// `step` again: paid LLM calls are not paid for twice. Steps are identified by the order
+    /// in which the body calls them; `name` guards that order: if a resumed body calls a step
+    /// with a different name at a position than the journal recorded, the call fails with a
+    /// permanent "journal mismatch" error rather than returning the wrong value.
+    ///
+    /// A step that fails with a retryable error is not journaled, so the next attempt runs it
+    /// again; one that fails with a permanent error is journaled as that error.
+    pub async fn step<T, E, F>(&self, name: &str, step: F) -> Result<T, JobError>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Into<JobError>,
+        F: Future<Output = Result<T, E>>,
+    {
+        let seq = self.inner.next_step.fetch_add(1, Ordering::Relaxed);
+        let shared = &self.inner.shared;
+        let journal = self
+            .inner
+            .journal
+            .get_or_try_init(|| shared.store.load_steps(self.inner.id))
+            .await
+            .map_err(|e| JobError::msg(format_args!("cannot read the step journal: {e}")))?;
+        if let Some(record) = journal.iter().find(|r| r.seq == seq) {
+            if record.name != name {
+                return Err(JobError::permanent(JobError::msg(format_args!(
+                    "journal mismatch at step #{seq}: the journal recorded step `{}`, but the job now calls `{name}`; \
+                     the job's code changed while it was in flight",
+                    record.name
+                ))));
+            }
+            let stored: StepOutcome<T> = serde_json::from_str(&record.output).map_err(|e| {
+                JobError::permanent(JobError::msg(format_args!(
+                    "journal entry of step `{name}` (#{seq}) does not deserialize as `{}`: {e}",
+                    std::any::type_name::<T>()
+                )))
+            })?;
+            tracing::debug!(step = name, seq, "step replayed from the journal");
+            return match stored {
+                StepOutcome::Ok(value) => Ok(value),
+                StepOutcome::Err(message) => Err(JobError::permanent(JobError::msg(message))),
+            };
+        }
+
+        let (outcome, result) = match step.await.map_err(Into::into) {
+            Ok(value) => {
+                let json = serde_json::to_string(&StepOutcome::Ok(&value)).map_err(|e| {
+                    JobError::permanent(JobError::msg(format_args!(
+                        "the output of step `{name}` does not serialize: {e}"
+                    )))
+                })?;
+                (json, Ok(value))
+            }
+            Err(e) if e.is_permanent() => {
+                let json = serde_json::to_string(&StepOutcome::<()>::Err(e.to_string()))
+                    .expect("a string serializes");
+                (json, Err(e))
+            }
+            Err(e) => return Err(e),
+        };
+        let record = StepRecord {
+            seq,
+            name: name.to_string(),
+            output: outcome,
+        };
+        let owned = shared
+            .store
+            .append_step(self.inner.id, shared.owner.clone(), record)
+            .await
+            .map_err(|e| JobError::msg(format_args!("cannot journal step `{name}`: {e}")))?;
+        if !owned {
+            return Err(JobError::permanent(JobError::msg(
+                "the job is no longer run by this worker (cancelled, or taken over after a lost lease)",
+            )));
+        }
+        result
     }
 }
 

@@ -1,0 +1,42 @@
+-- One row per job. Times are Unix milliseconds (UTC).
+CREATE TABLE llmjobs_jobs (
+    id               TEXT    PRIMARY KEY NOT NULL,
+    name             TEXT    NOT NULL,
+    status           TEXT    NOT NULL
+        CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+    args             TEXT    NOT NULL,
+    result           TEXT,
+    error            TEXT,
+    progress         TEXT,
+    priority         INTEGER NOT NULL DEFAULT 0,
+    concurrency_key  TEXT,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL DEFAULT 1,
+    owner            TEXT,
+    lease_until      INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    run_at           INTEGER NOT NULL,
+    created_at       INTEGER NOT NULL,
+    started_at       INTEGER,
+    completed_at     INTEGER
+);
+
+-- Claiming scans pending jobs in priority order.
+CREATE INDEX llmjobs_jobs_pending ON llmjobs_jobs (priority DESC, run_at, id)
+    WHERE status = 'pending';
+-- Limits count running jobs per name; recovery finds running jobs per owner.
+CREATE INDEX llmjobs_jobs_running ON llmjobs_jobs (owner, name)
+    WHERE status = 'running';
+-- Retention deletes old terminal jobs.
+CREATE INDEX llmjobs_jobs_finished ON llmjobs_jobs (completed_at)
+    WHERE status IN ('completed', 'failed', 'cancelled');
+
+-- The step journal: the stored result of each completed `ctx.step`, by call order.
+CREATE TABLE llmjobs_steps (
+    job_id     TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    name       TEXT    NOT NULL,
+    output     TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;

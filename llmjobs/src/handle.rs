@@ -1,0 +1,176 @@
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::runtime::Shared;
+use crate::status::{JobState, JobStatus};
+use crate::{Error, JobId, Jobs, Result};
+
+/// A job in the database, seen from any process: wait for it, read its status, cancel it.
+///
+/// `T` is the job's output type. Dropping a handle does nothing to the job.
+pub struct JobHandle<T> {
+    id: JobId,
+    jobs: Jobs,
+    _output: PhantomData<fn() -> T>,
+}
+
+/// What [`JobHandle::wait_timeout`] and [`Jobs::run_with_timeout`] give back.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    /// The job completed within the time; here is its output.
+    Ready(T),
+    /// The job is still pending or running (the same attempt goes on): wait again or poll.
+    Pending(JobHandle<T>),
+}
+
+/// What [`JobHandle::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CancelOutcome {
+    /// The job was pending; it is now `cancelled` and will never run.
+    Cancelled,
+    /// The job is running; the worker that runs it drops it within about a second and marks it
+    /// `cancelled`.
+    Requested,
+    /// The job had already ended in this state; nothing changed.
+    AlreadyFinished(JobState),
+}
+
+impl<T> JobHandle<T> {
+    pub(crate) fn new(id: JobId, jobs: Jobs) -> Self {
+        JobHandle {
+            id,
+            jobs,
+            _output: PhantomData,
+        }
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// The job's current status, read from the database.
+    pub async fn status(&self) -> Result<JobStatus> {
+        self.jobs.status(self.id).await
+    }
+
+    /// Cancels the job: at once if it is pending; if it is running, in whichever process runs
+    /// it. Cancelling a finished job changes nothing and says so.
+    pub async fn cancel(&self) -> Result<CancelOutcome> {
+        self.jobs.cancel(self.id).await
+    }
+}
+
+impl<T: DeserializeOwned> JobHandle<T> {
+    /// Waits until the job ends; its output, or why it did not complete.
+    ///
+    /// A job run by this process wakes the waiter the moment it ends; one run elsewhere is
+    /// polled with back-off. Waiting never changes the job.
+    pub async fn wait(&self) -> Result<T> {
+        let status = wait_terminal(self.jobs.shared(), self.id, None).await?;
+        self.output_of(status).await
+    }
+
+    /// Waits up to `timeout`. Past it, the job keeps running (the same attempt; nothing is
+    /// restarted) and you get the handle back in [`Outcome::Pending`].
+    pub async fn wait_timeout(self, timeout: Duration) -> Result<Outcome<T>> {
+        match wait_terminal(self.jobs.shared(), self.id, Some(timeout)).await {
+            Ok(status) => self.output_of(status).await.map(Outcome::Ready),
+            Err(Error::WaitTimeout(_)) => Ok(Outcome::Pending(self)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn output_of(&self, status: JobStatus) -> Result<T> {
+        match status.state {
+            JobState::Completed => {
+                let row = self
+                    .jobs
+                    .shared()
+                    .store
+                    .get(self.id)
+                    .await?
+                    .ok_or(Error::NotFound(self.id))?;
+                let text = row.result.as_deref().unwrap_or("null");
+                serde_json::from_str(text).map_err(|e| Error::ResultType {
+                    id: self.id,
+                    name: status.name,
+                    expected: std::any::type_name::<T>(),
+                    message: e.to_string(),
+                })
+            }
+            JobState::Failed => Err(Error::JobFailed {
+                id: self.id,
+                name: status.name,
+                error: status.error.unwrap_or_default(),
+            }),
+            JobState::Cancelled => Err(Error::JobCancelled {
+                id: self.id,
+                name: status.name,
+            }),
+            JobState::Pending | JobState::Running => unreachable!("waited for a terminal state"),
+        }
+    }
+}
+
+/// Polls (and, for jobs of this process, listens) until the job is terminal.
+async fn wait_terminal(
+    shared: &Arc<Shared>,
+    id: JobId,
+    timeout: Option<Duration>,
+) -> Result<JobStatus> {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let waiter = shared.waiter(id);
+    let mut delay = Duration::from_millis(10);
+    loop {
+        let notified = waiter.notified();
+        tokio::pin!(notified);
+        // Registered before the read, so a completion between the read and the sleep still
+        // wakes us.
+        notified.as_mut().enable();
+        let status = shared.status(id).await?;
+        if status.state.is_terminal() {
+            return Ok(status);
+        }
+        let sleep = tokio::time::sleep(delay);
+        match deadline {
+            Some(deadline) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::WaitTimeout(timeout.unwrap_or_default()));
+                }
+                tokio::select! {
+                    _ = notified => {}
+                    _ = sleep => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = sleep => {}
+                }
+            }
+        }
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}
+
+impl<T> Clone for JobHandle<T> {
+    fn clone(&self) -> Self {
+        JobHandle::new(self.id, self.jobs.clone())
+    }
+}
+
+impl<T> fmt::Debug for JobHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("id", &self.id)
+            .field("output", &std::any::type_name::<T>())
+            .finish()
+    }
+}

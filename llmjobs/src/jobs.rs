@@ -1,0 +1,407 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::handle::CancelOutcome;
+use crate::job::Registration;
+use crate::runtime::{self, Backoff, Entry, Settings, Shared};
+use crate::status::{JobState, JobStatus, now_ms};
+use crate::store::{CancelEffect, NewJob, Store};
+use crate::{Error, Job, JobCall, JobHandle, JobId, Outcome, Result};
+
+/// How hard a commit works to survive a crash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Every commit is synced to disk before `spawn` (or any other write) returns: committed
+    /// jobs survive SIGKILL and power loss. (SQLite: WAL with `synchronous=FULL`.)
+    #[default]
+    Full,
+    /// Commits survive the process being killed, but the last few may be lost if the machine
+    /// loses power. Lower latency. (SQLite: WAL with `synchronous=NORMAL`.)
+    Relaxed,
+}
+
+/// The job runtime: spawn jobs, wait for them, and run the jobs this program defines.
+///
+/// Cheap to clone; all clones share one runtime. Dropping the last clone stops it abruptly
+/// (running jobs are resumed by the next process); call [`Jobs::shutdown`] to stop gracefully.
+#[derive(Clone)]
+pub struct Jobs {
+    shared: Arc<Shared>,
+    _guard: Arc<DropGuard>,
+}
+
+/// Stops the background tasks when the last `Jobs` clone goes away.
+struct DropGuard(Arc<Shared>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
+impl Jobs {
+    /// Opens the job database at `url` with default settings, and starts running every job
+    /// this program defines with `#[llm_job]`.
+    ///
+    /// `url` is `sqlite://path/to/jobs.db` (created if missing), `sqlite::memory:`, or a plain
+    /// file path. Opening migrates the schema, resumes the jobs of workers that died, and
+    /// starts claiming.
+    pub async fn open(url: &str) -> Result<Jobs> {
+        Jobs::builder().url(url).open().await
+    }
+
+    /// A builder for every setting.
+    pub fn builder() -> JobsBuilder {
+        JobsBuilder::default()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Records a job and returns its handle. The job's row is durably committed before this
+    /// returns; it runs as soon as a worker has room.
+    ///
+    /// A job whose name no process has registered stays `pending` (visible in its status)
+    /// until a process that knows it opens the database.
+    pub async fn spawn<T>(&self, call: JobCall<T>) -> Result<JobHandle<T>> {
+        if self.shared.is_stopping() {
+            return Err(Error::Shutdown);
+        }
+        let args = call.args_json().map_err(|message| Error::SerializeArgs {
+            name: call.name().to_string(),
+            message: message.to_string(),
+        })?;
+        let local = self.shared.registry.get(call.name());
+        let config = local.map(|e| &e.config).unwrap_or(call.config());
+        let retries = config
+            .retries
+            .unwrap_or(self.shared.settings.default_retries);
+        let now = now_ms();
+        let id = JobId::new();
+        self.shared
+            .store
+            .enqueue(NewJob {
+                id,
+                name: call.name().to_string(),
+                args: args.to_string(),
+                priority: call.priority_value(),
+                max_attempts: retries.saturating_add(1),
+                run_at: now,
+                created_at: now,
+            })
+            .await?;
+        if local.is_some() {
+            self.shared.wake_dispatcher();
+        } else {
+            tracing::warn!(
+                job.name = call.name(),
+                job.id = %id,
+                "no job of this name is registered in this process; it stays pending until a process that defines it runs it"
+            );
+        }
+        Ok(JobHandle::new(id, self.clone()))
+    }
+
+    /// Spawns the job and waits for its output.
+    pub async fn run<T: DeserializeOwned>(&self, call: JobCall<T>) -> Result<T> {
+        self.spawn(call).await?.wait().await
+    }
+
+    /// Spawns the job and waits up to `timeout` for its output. Past the timeout the job keeps
+    /// running, the same attempt, and you get a handle to poll: work is never restarted.
+    ///
+    /// A `long_running` job returns [`Outcome::Pending`] at once, without waiting.
+    pub async fn run_with_timeout<T: DeserializeOwned>(
+        &self,
+        call: JobCall<T>,
+        timeout: Duration,
+    ) -> Result<Outcome<T>> {
+        let long_running = self
+            .shared
+            .registry
+            .get(call.name())
+            .map(|e| e.config.long_running)
+            .unwrap_or(call.config().long_running);
+        let handle = self.spawn(call).await?;
+        if long_running {
+            return Ok(Outcome::Pending(handle));
+        }
+        handle.wait_timeout(timeout).await
+    }
+
+    /// A handle to an existing job, from this process or any other. The type is not checked
+    /// until you read the output: a wrong `T` gives [`Error::ResultType`].
+    pub fn handle<T>(&self, id: JobId) -> JobHandle<T> {
+        JobHandle::new(id, self.clone())
+    }
+
+    /// One job's status.
+    pub async fn status(&self, id: JobId) -> Result<JobStatus> {
+        self.shared.status(id).await
+    }
+
+    /// The most recent jobs (newest first), optionally only those in `state`.
+    pub async fn list(&self, state: Option<JobState>, limit: u32) -> Result<Vec<JobStatus>> {
+        let rows = self.shared.store.list(state, limit).await?;
+        rows.iter().map(|row| row.to_status()).collect()
+    }
+
+    /// Cancels a job: at once if it is pending; if it is running, in whichever process runs it
+    /// (within about a second). Cancelling a finished job changes nothing and says so.
+    pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome> {
+        match self.shared.store.cancel(id).await? {
+            CancelEffect::Cancelled => {
+                self.shared.notify_finished(id);
+                Ok(CancelOutcome::Cancelled)
+            }
+            CancelEffect::Requested => {
+                // Running here: drop it now rather than at the next maintenance tick.
+                self.shared.cancel_local(id);
+                Ok(CancelOutcome::Requested)
+            }
+            CancelEffect::AlreadyFinal(state) => Ok(CancelOutcome::AlreadyFinished(state)),
+            CancelEffect::NotFound => Err(Error::NotFound(id)),
+        }
+    }
+
+    /// Deletes finished jobs (completed, failed or cancelled) that ended more than `older_than`
+    /// ago, with their journals. Pending and running jobs are never deleted.
+    pub async fn prune(&self, older_than: Duration) -> Result<u64> {
+        let before = now_ms() - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        self.shared.store.prune(before).await
+    }
+
+    /// This worker's owner name, as shown in job statuses.
+    pub fn owner(&self) -> &str {
+        &self.shared.owner
+    }
+
+    /// Stops gracefully: claims nothing more, lets running jobs finish within the grace period
+    /// (see [`JobsBuilder::shutdown_grace`]), then hands the rest back so the next process
+    /// resumes them at once.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown(self.shared.settings.shutdown_grace).await
+    }
+}
+
+impl fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Jobs")
+            .field("owner", &self.shared.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings for [`Jobs`]. Get one with [`Jobs::builder`].
+#[derive(Debug, Clone)]
+pub struct JobsBuilder {
+    url: Option<String>,
+    durability: Durability,
+    settings: Settings,
+    registrations: Vec<Registration>,
+    auto_register: bool,
+}
+
+impl Default for JobsBuilder {
+    fn default() -> Self {
+        JobsBuilder {
+            url: None,
+            durability: Durability::Full,
+            settings: Settings {
+                concurrency: 64,
+                global_concurrency: None,
+                lease: Duration::from_secs(30),
+                poll_interval: Duration::from_millis(250),
+                default_timeout: None,
+                default_retries: 0,
+                backoff: Backoff::default(),
+                shutdown_grace: Duration::from_secs(30),
+                run_jobs: true,
+            },
+            registrations: Vec::new(),
+            auto_register: true,
+        }
+    }
+}
+
+impl JobsBuilder {
+    /// The database: `sqlite://path/to/jobs.db`, `sqlite::memory:` or a plain file path.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// At most this many jobs run at once in this process (default 64).
+    pub fn concurrency(mut self, limit: u32) -> Self {
+        self.settings.concurrency = limit;
+        self
+    }
+
+    /// At most this many jobs run at once over every process sharing the database (default:
+    /// no such limit).
+    pub fn global_concurrency(mut self, limit: u32) -> Self {
+        self.settings.global_concurrency = Some(limit);
+        self
+    }
+
+    /// How long a running job's claim lasts without renewal (default 30 s). A worker on
+    /// another machine that stops renewing loses its jobs to live workers after this long;
+    /// on this machine a dead worker is noticed at once.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.settings.lease = lease;
+        self
+    }
+
+    /// How often an idle worker looks for jobs spawned by other processes (default 250 ms).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.settings.poll_interval = interval;
+        self
+    }
+
+    /// Whether every commit is synced to disk (default [`Durability::Full`]).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// The per-attempt timeout of jobs that do not set their own (default: none).
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.default_timeout = Some(timeout);
+        self
+    }
+
+    /// How many times a failed attempt is retried, for jobs that do not set their own
+    /// (default 0).
+    pub fn default_retries(mut self, retries: u32) -> Self {
+        self.settings.default_retries = retries;
+        self
+    }
+
+    /// The back-off between retries (default: 1 s, doubling, at most 60 s, jittered).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.settings.backoff = backoff;
+        self
+    }
+
+    /// How long [`Jobs::shutdown`] lets running jobs finish before handing them back
+    /// (default 30 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.settings.shutdown_grace = grace;
+        self
+    }
+
+    /// Whether this process runs jobs (default `true`). A process that only spawns and
+    /// watches jobs, such as a web front end, sets `false`.
+    pub fn run_jobs(mut self, run: bool) -> Self {
+        self.settings.run_jobs = run;
+        self
+    }
+
+    /// Registers a job by hand: for jobs that implement [`Job`] without `#[llm_job]`.
+    pub fn register<J: Job>(mut self) -> Self {
+        self.registrations.push(Registration::of::<J>());
+        self
+    }
+
+    /// Whether every `#[llm_job]` linked into the program is registered (default `true`).
+    /// With `false`, only jobs passed to [`JobsBuilder::register`] run here.
+    pub fn auto_register(mut self, auto: bool) -> Self {
+        self.auto_register = auto;
+        self
+    }
+
+    /// Opens the database and starts the runtime.
+    pub async fn open(self) -> Result<Jobs> {
+        let url = self
+            .url
+            .clone()
+            .ok_or_else(|| Error::Config("no database url: call JobsBuilder::url".into()))?;
+        if self.settings.concurrency == 0 {
+            return Err(Error::Config("concurrency must be at least 1".into()));
+        }
+        if self.settings.lease < Duration::from_secs(1) {
+            return Err(Error::Config("the lease must be at least 1 s".into()));
+        }
+        let registry = self.registry()?;
+        let (store, db_path) = open_store(&url, self.durability).await?;
+        let shared = Shared::new(store, self.settings, registry, db_path)?;
+        // Resume what dead workers left before claiming anything new.
+        runtime::recover_orphans(&shared).await?;
+        shared.start();
+        Ok(Jobs {
+            _guard: Arc::new(DropGuard(shared.clone())),
+            shared,
+        })
+    }
+
+    fn registry(&self) -> Result<HashMap<&'static str, Entry>> {
+        let mut registry: HashMap<&'static str, Entry> = HashMap::new();
+        let linked: Vec<Registration> = if self.auto_register {
+            inventory::iter::<Registration>.into_iter().copied().collect()
+        } else {
+            Vec::new()
+        };
+        for registration in linked.iter().chain(&self.registrations) {
+            if let Some(existing) = registry.get(registration.name) {
+                let first = (existing.registration.type_name)();
+                let second = (registration.type_name)();
+                if first == second {
+                    continue;
+                }
+                return Err(Error::DuplicateJobName {
+                    name: registration.name.to_string(),
+                    first,
+                    second,
+                });
+            }
+            let config = (registration.config)();
+            if config.max_concurrency == Some(0) {
+                return Err(Error::Config(format!(
+                    "job `{}` has max_concurrency 0 and could never run",
+                    registration.name
+                )));
+            }
+            registry.insert(
+                registration.name,
+                Entry {
+                    registration: *registration,
+                    config,
+                },
+            );
+        }
+        Ok(registry)
+    }
+}
+
+async fn open_store(
+    url: &str,
+    durability: Durability,
+) -> Result<(Arc<dyn Store>, Option<std::path::PathBuf>)> {
+    #[cfg(feature = "sqlite")]
+    if url.starts_with("sqlite:") || !url.contains("://") {
+        let target = crate::store::sqlite::SqliteTarget::parse(url)?;
+        let path = target.path().map(|p| p.to_path_buf());
+        if let Some(parent) = path.as_deref().and_then(|p| p.parent())
+            && !parent.as_os_str().is_empty()
+            && !parent.is_dir()
+        {
+            return Err(Error::Open {
+                url: url.to_string(),
+                source: format!("the folder {} does not exist", parent.display()).into(),
+            });
+        }
+        let store = crate::store::sqlite::SqliteStore::open(url, &target, durability).await?;
+        return Ok((Arc::new(store), path));
+    }
+    let _ = durability;
+    Err(Error::InvalidUrl {
+        url: url.to_string(),
+        reason: "unsupported scheme; expected sqlite:// (enable the `sqlite` feature)".into(),
+    })
+}

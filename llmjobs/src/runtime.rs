@@ -1,0 +1,573 @@
+//! The in-process runtime: the dispatcher that claims jobs, the workers that run them, and the
+//! maintenance loop that renews leases, notices cancellations and resumes dead owners' jobs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::job::Registration;
+use crate::owner::{self, Liveness, OwnerLock};
+use crate::status::{JobStatus, now_ms};
+use crate::store::{ClaimRequest, ClaimedJob, Finish, NameQuota, Store};
+use crate::{Error, JobConfig, JobContext, JobId, Result};
+
+mod panic;
+
+/// Settings fixed when the runtime starts.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) concurrency: u32,
+    pub(crate) global_concurrency: Option<u32>,
+    pub(crate) lease: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) default_timeout: Option<Duration>,
+    pub(crate) default_retries: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) run_jobs: bool,
+}
+
+/// Exponential back-off between attempts, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The delay before the first retry.
+    pub base: Duration,
+    /// Each further retry waits this many times longer.
+    pub factor: f64,
+    /// No retry waits longer than this.
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_secs(1),
+            factor: 2.0,
+            cap: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry number `retry` (1 for the first), jittered to between half and
+    /// all of the exponential value so that jobs failing together do not retry together.
+    pub fn delay(&self, retry: u32) -> Duration {
+        let exp = self.factor.max(1.0).powi(retry.saturating_sub(1).min(64) as i32);
+        let full = self.base.as_secs_f64() * exp;
+        let full = full.min(self.cap.as_secs_f64());
+        let jitter = 0.5 + 0.5 * random_unit();
+        Duration::from_secs_f64(full * jitter)
+    }
+}
+
+/// A uniformly random number in `[0, 1)`.
+fn random_unit() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+}
+
+/// A job this process can run.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) registration: Registration,
+    pub(crate) config: JobConfig,
+}
+
+/// Jobs running in this process.
+#[derive(Default)]
+struct Running {
+    /// Cancelling a token drops the job's future.
+    jobs: HashMap<JobId, CancellationToken>,
+}
+
+/// Everything the background tasks and handles share.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) owner: Arc<str>,
+    pub(crate) settings: Settings,
+    pub(crate) registry: HashMap<&'static str, Entry>,
+    quotas: Arc<[NameQuota]>,
+    db_path: Option<PathBuf>,
+    /// Wakes the dispatcher: a job was spawned or finished here.
+    wake: Notify,
+    running: Mutex<Running>,
+    waiters: Mutex<HashMap<JobId, Weak<Notify>>>,
+    /// Set by shutdown: claim nothing more.
+    stop_claiming: CancellationToken,
+    /// Set when running jobs must be dropped and handed back.
+    abort: CancellationToken,
+    /// Set when the runtime is gone: background loops end.
+    stopped: CancellationToken,
+    workers: TaskTracker,
+    owner_lock: Mutex<Option<OwnerLock>>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        settings: Settings,
+        registry: HashMap<&'static str, Entry>,
+        db_path: Option<PathBuf>,
+    ) -> Result<Arc<Self>> {
+        let owner: Arc<str> = owner::new_owner_name().into();
+        let owner_lock = match &db_path {
+            Some(path) => Some(OwnerLock::acquire(path, &owner)?),
+            None => None,
+        };
+        let mut quotas: Vec<NameQuota> = registry
+            .values()
+            .map(|e| NameQuota {
+                name: e.registration.name,
+                limit: e.config.max_concurrency,
+            })
+            .collect();
+        quotas.sort_by_key(|q| q.name);
+        Ok(Arc::new(Shared {
+            store,
+            owner,
+            settings,
+            registry,
+            quotas: quotas.into(),
+            db_path,
+            wake: Notify::new(),
+            running: Mutex::new(Running::default()),
+            waiters: Mutex::new(HashMap::new()),
+            stop_claiming: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            stopped: CancellationToken::new(),
+            workers: TaskTracker::new(),
+            owner_lock: Mutex::new(owner_lock),
+        }))
+    }
+
+    /// Starts the dispatcher and the maintenance loop.
+    pub(crate) fn start(self: &Arc<Self>) {
+        if self.settings.run_jobs && !self.registry.is_empty() {
+            tokio::spawn(dispatch(self.clone()).instrument(tracing::debug_span!(
+                "llmjobs.dispatcher",
+                owner = %self.owner
+            )));
+        }
+        tokio::spawn(maintain(Arc::downgrade(self), self.stopped.clone()));
+    }
+
+    pub(crate) fn wake_dispatcher(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stop_claiming.is_cancelled()
+    }
+
+    pub(crate) async fn status(&self, id: JobId) -> Result<JobStatus> {
+        self.store
+            .get(id)
+            .await?
+            .ok_or(Error::NotFound(id))?
+            .to_status()
+    }
+
+    /// The notifier that wakes waiters of `id` when this process finishes it.
+    pub(crate) fn waiter(self: &Arc<Self>, id: JobId) -> Waiter {
+        let mut waiters = self.waiters.lock().expect("waiters lock");
+        let notify = match waiters.get(&id).and_then(Weak::upgrade) {
+            Some(notify) => notify,
+            None => {
+                let notify = Arc::new(Notify::new());
+                waiters.insert(id, Arc::downgrade(&notify));
+                notify
+            }
+        };
+        Waiter {
+            id,
+            notify,
+            shared: self.clone(),
+        }
+    }
+
+    pub(crate) fn notify_finished(&self, id: JobId) {
+        let waiters = self.waiters.lock().expect("waiters lock");
+        if let Some(notify) = waiters.get(&id).and_then(Weak::upgrade) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Drops the future of a job running in this process, if it runs here. The worker then
+    /// marks it cancelled.
+    pub(crate) fn cancel_local(&self, id: JobId) -> bool {
+        let running = self.running.lock().expect("running lock");
+        match running.jobs.get(&id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn running_count(&self) -> usize {
+        self.running.lock().expect("running lock").jobs.len()
+    }
+
+    /// Stops claiming, lets running jobs finish for up to the grace period, then drops the rest
+    /// and hands them back so the next process resumes them at once.
+    pub(crate) async fn shutdown(&self, grace: Duration) {
+        self.stop_claiming.cancel();
+        self.wake.notify_one();
+        self.workers.close();
+        if tokio::time::timeout(grace, self.workers.wait()).await.is_err() {
+            tracing::info!(
+                running = self.running_count(),
+                "shutdown grace period over; handing the remaining jobs back"
+            );
+            self.abort.cancel();
+            self.workers.wait().await;
+        }
+        let handed_back = self.store.release_owner(self.owner.to_string()).await;
+        self.stopped.cancel();
+        self.store.close().await;
+        match handed_back {
+            Ok(_) => {
+                if let Some(lock) = self.owner_lock.lock().expect("owner lock").take() {
+                    lock.remove();
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not hand running jobs back; the next process will resume them"
+            ),
+        }
+    }
+
+    /// Stops everything at once, without waiting: what dropping the last `Jobs` does. Running
+    /// jobs stay `running` under this owner; its lock is released, so any other worker resumes
+    /// them right away.
+    pub(crate) fn abandon(&self) {
+        self.stop_claiming.cancel();
+        self.abort.cancel();
+        self.stopped.cancel();
+        self.wake.notify_one();
+        drop(self.owner_lock.lock().expect("owner lock").take());
+    }
+}
+
+/// Keeps the waiter's notifier registered while it waits.
+pub(crate) struct Waiter {
+    id: JobId,
+    notify: Arc<Notify>,
+    shared: Arc<Shared>,
+}
+
+impl Waiter {
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut waiters = self.shared.waiters.lock().expect("waiters lock");
+        // The map holds a weak reference; ours is the last strong one.
+        if Arc::strong_count(&self.notify) == 1 {
+            waiters.remove(&self.id);
+        }
+    }
+}
+
+/// Claims jobs while there is room, and sleeps until woken or the poll interval passes.
+async fn dispatch(shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if shared.stop_claiming.is_cancelled() {
+            return;
+        }
+        let free = (shared.settings.concurrency as usize).saturating_sub(shared.running_count());
+        let mut full_batch = false;
+        if free > 0 {
+            let now = now_ms();
+            let request = ClaimRequest {
+                owner: shared.owner.clone(),
+                now,
+                lease_until: now + shared.settings.lease.as_millis() as i64,
+                slots: u32::try_from(free).unwrap_or(u32::MAX),
+                names: shared.quotas.clone(),
+                global_limit: shared.settings.global_concurrency,
+            };
+            match shared.store.claim(request).await {
+                Ok(jobs) => {
+                    backoff = Duration::from_millis(50);
+                    full_batch = jobs.len() == free;
+                    for job in jobs {
+                        start_job(&shared, job);
+                    }
+                }
+                Err(Error::Shutdown) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming jobs failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        if full_batch {
+            // More may be waiting: claim again once a slot frees, not after the poll interval.
+            continue_after_wake_or(&shared, Duration::from_millis(5)).await;
+        } else {
+            continue_after_wake_or(&shared, shared.settings.poll_interval).await;
+        }
+    }
+}
+
+async fn continue_after_wake_or(shared: &Shared, interval: Duration) {
+    tokio::select! {
+        _ = shared.wake.notified() => {}
+        _ = tokio::time::sleep(interval) => {}
+        _ = shared.stop_claiming.cancelled() => {}
+    }
+}
+
+fn start_job(shared: &Arc<Shared>, job: ClaimedJob) {
+    let token = shared.abort.child_token();
+    shared
+        .running
+        .lock()
+        .expect("running lock")
+        .jobs
+        .insert(job.id, token.clone());
+    let span = tracing::info_span!(
+        "llmjobs.job",
+        job.name = %job.name,
+        job.id = %job.id,
+        job.attempt = job.attempts,
+    );
+    shared
+        .workers
+        .spawn(run_job(shared.clone(), job, token).instrument(span));
+}
+
+/// Runs one attempt and records how it ended.
+async fn run_job(shared: Arc<Shared>, job: ClaimedJob, token: CancellationToken) {
+    let id = job.id;
+    let finish = attempt(&shared, &job, &token).await;
+    if let Some((finish, progress)) = finish {
+        record_finish(&shared, id, finish, progress).await;
+    }
+    shared
+        .running
+        .lock()
+        .expect("running lock")
+        .jobs
+        .remove(&id);
+    shared.wake.notify_one();
+    shared.notify_finished(id);
+}
+
+/// Runs the body; `None` when the runtime is shutting down and the job is handed back.
+async fn attempt(
+    shared: &Arc<Shared>,
+    job: &ClaimedJob,
+    token: &CancellationToken,
+) -> Option<(Finish, Option<String>)> {
+    let Some(entry) = shared.registry.get(job.name.as_str()) else {
+        // Claims only ask for registered names; a row renamed under us is a corrupt row.
+        return Some((
+            Finish::Failed {
+                error: format!("no job named `{}` is registered in this worker", job.name),
+            },
+            None,
+        ));
+    };
+    let ctx = JobContext::new(
+        shared.clone(),
+        job.id,
+        &job.name,
+        job.attempts,
+        token.clone(),
+    );
+    let body = match (entry.registration.run)(ctx.clone(), &job.args) {
+        Ok(body) => body,
+        Err(message) => {
+            tracing::warn!(error = %message, "stored arguments do not deserialize");
+            return Some((Finish::Failed { error: message }, None));
+        }
+    };
+    let timeout = entry.config.timeout.or(shared.settings.default_timeout);
+    let run = async {
+        match timeout {
+            Some(limit) => match tokio::time::timeout(limit, panic::catch(body)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(crate::JobError::msg(format_args!(
+                    "attempt timed out after {limit:?}"
+                ))),
+            },
+            None => panic::catch(body).await,
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = run => outcome,
+        _ = token.cancelled() => {
+            if shared.abort.is_cancelled() {
+                tracing::info!("job handed back at shutdown");
+                return None;
+            }
+            tracing::info!("job cancelled");
+            return Some((Finish::Cancelled, ctx.take_unsaved_progress()));
+        }
+    };
+    let progress = ctx.take_unsaved_progress();
+    let finish = match outcome {
+        Ok(result) => {
+            tracing::debug!("job completed");
+            Finish::Completed { result }
+        }
+        Err(error) => {
+            let retries_left = job.attempts < job.max_attempts;
+            let message = error.to_string();
+            match error.kind() {
+                crate::ErrorKind::Permanent => {
+                    tracing::info!(error = %message, "job failed permanently");
+                    Finish::Failed { error: message }
+                }
+                _ if !retries_left => {
+                    tracing::info!(error = %message, attempts = job.attempts, "job failed; no retries left");
+                    Finish::Failed { error: message }
+                }
+                kind => {
+                    let backoff = shared.settings.backoff.delay(job.attempts);
+                    let delay = match kind {
+                        crate::ErrorKind::RetryAfter(d) => d,
+                        _ => backoff,
+                    };
+                    tracing::info!(error = %message, retry_in = ?delay, "attempt failed; will retry");
+                    Finish::Retry {
+                        error: message,
+                        run_at: now_ms() + delay.as_millis() as i64,
+                    }
+                }
+            }
+        }
+    };
+    Some((finish, progress))
+}
+
+/// Writes the outcome, retrying while the database is unavailable: a finished job's result
+/// must not be lost to a transient error.
+async fn record_finish(shared: &Shared, id: JobId, finish: Finish, progress: Option<String>) {
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..20 {
+        match shared
+            .store
+            .finish(id, shared.owner.clone(), finish.clone(), progress.clone())
+            .await
+        {
+            Ok(true) => return,
+            Ok(false) => {
+                tracing::info!("the job was cancelled or taken over meanwhile; outcome not recorded");
+                return;
+            }
+            Err(Error::Shutdown) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "recording the job's outcome failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::error!("could not record the job's outcome; it will run again after a restart");
+}
+
+/// Renews leases, stops jobs whose cancellation was requested from another process, and hands
+/// back the jobs of dead owners.
+async fn maintain(shared: Weak<Shared>, stopped: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heartbeat = tokio::time::Instant::now();
+    let mut last_owner_scan: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.cancelled() => return,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if shared.running_count() > 0 {
+            if now - last_heartbeat >= shared.settings.lease / 3 {
+                last_heartbeat = now;
+                let lease_until = now_ms() + shared.settings.lease.as_millis() as i64;
+                if let Err(e) = shared.store.heartbeat(shared.owner.clone(), lease_until).await {
+                    tracing::warn!(error = %e, "renewing leases failed");
+                }
+            }
+            match shared.store.cancel_requests(shared.owner.clone()).await {
+                Ok(ids) => {
+                    for id in ids {
+                        shared.cancel_local(id);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "reading cancel requests failed"),
+            }
+        }
+        if last_owner_scan.is_none_or(|t| now - t >= Duration::from_secs(1))
+            && !shared.is_stopping()
+        {
+            last_owner_scan = Some(now);
+            if let Err(e) = recover_orphans(&shared).await {
+                tracing::warn!(error = %e, "looking for orphaned jobs failed");
+            }
+        }
+    }
+}
+
+/// Hands back the running jobs of owners that are dead: at once for owners on this machine
+/// (their lock is free), after their lease for the others.
+pub(crate) async fn recover_orphans(shared: &Shared) -> Result<u64> {
+    let owners = shared.store.running_owners(shared.owner.clone()).await?;
+    let mut recovered = 0;
+    let mut judge_by_lease = false;
+    for owner in owners {
+        let liveness = match &shared.db_path {
+            Some(path) => owner::probe(path, &owner),
+            None => Liveness::Unknown,
+        };
+        match liveness {
+            Liveness::Alive => {}
+            Liveness::Dead(lock) => {
+                let n = shared.store.release_owner(owner.clone()).await?;
+                lock.forget();
+                if n > 0 {
+                    tracing::info!(%owner, jobs = n, "resuming the jobs of a dead worker");
+                }
+                recovered += n;
+            }
+            Liveness::Unknown => judge_by_lease = true,
+        }
+    }
+    if judge_by_lease {
+        let n = shared.store.release_expired(now_ms()).await?;
+        if n > 0 {
+            tracing::info!(jobs = n, "resuming jobs whose worker's lease expired");
+        }
+        recovered += n;
+    }
+    if recovered > 0 {
+        shared.wake_dispatcher();
+    }
+    Ok(recovered)
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("owner", &self.owner)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,138 @@
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::JobId;
+
+/// Where a job is in its life. `Completed`, `Failed` and `Cancelled` are terminal: once a job
+/// reaches one, nothing changes it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting to be claimed by a worker (new, retrying after a back-off, or handed back).
+    Pending,
+    /// An attempt is running in some worker.
+    Running,
+    /// Finished with a result.
+    Completed,
+    /// Finished with an error, after its last allowed attempt or a permanent error.
+    Failed,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the state is final.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// The name stored in the database (`"pending"`, `"running"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "pending" => JobState::Pending,
+            "running" => JobState::Running,
+            "completed" => JobState::Completed,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            other => {
+                return Err(format!(
+                    "unknown job state `{other}` (expected pending, running, completed, failed or cancelled)"
+                ));
+            }
+        })
+    }
+}
+
+/// A snapshot of one job, as stored in the database.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct JobStatus {
+    /// The job's id.
+    pub id: JobId,
+    /// The job's registered name.
+    pub name: String,
+    /// Where the job is.
+    pub state: JobState,
+    /// How many attempts have started (including one running now).
+    pub attempts: u32,
+    /// How many attempts the job may make in all (1 + retries).
+    pub max_attempts: u32,
+    /// The error of the last failed attempt, if any.
+    pub error: Option<String>,
+    /// The latest progress report, as JSON, if the job reported any.
+    pub progress: Option<serde_json::Value>,
+    /// The worker that runs (or last ran) the job.
+    pub owner: Option<String>,
+    /// Higher runs first.
+    pub priority: i32,
+    /// When the job was spawned.
+    pub created_at: SystemTime,
+    /// When its first attempt started.
+    pub started_at: Option<SystemTime>,
+    /// When it reached a terminal state.
+    pub completed_at: Option<SystemTime>,
+    /// For a pending job: when it becomes due (the next retry, after a back-off).
+    pub run_at: SystemTime,
+    /// Whether a cancellation was requested while it ran.
+    pub cancel_requested: bool,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    to_ms(SystemTime::now())
+}
+
+pub(crate) fn to_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+pub(crate) fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_round_trip() {
+        for s in [
+            JobState::Pending,
+            JobState::Running,
+            JobState::Completed,
+            JobState::Failed,
+            JobState::Cancelled,
+        ] {
+            assert_eq!(s.as_str().parse::<JobState>().unwrap(), s);
+        }
+        assert!("done".parse::<JobState>().unwrap_err().contains("done"));
+    }
+}

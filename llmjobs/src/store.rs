@@ -1,0 +1,217 @@
+//! Storage: a small set of job-level operations, one implementation per backend.
+
+use std::sync::Arc;
+
+use crate::status::{JobState, JobStatus, from_ms};
+use crate::{Error, JobId, Result};
+
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+/// A job to insert.
+#[derive(Debug, Clone)]
+pub(crate) struct NewJob {
+    pub(crate) id: JobId,
+    pub(crate) name: String,
+    pub(crate) args: String,
+    pub(crate) priority: i32,
+    pub(crate) max_attempts: u32,
+    pub(crate) run_at: i64,
+    pub(crate) created_at: i64,
+}
+
+/// How many jobs of one name a claim may take.
+#[derive(Debug, Clone)]
+pub(crate) struct NameQuota {
+    pub(crate) name: &'static str,
+    /// The job's `max_concurrency`, counted over every process sharing the database.
+    pub(crate) limit: Option<u32>,
+}
+
+/// A request to move due pending jobs to `running` under `owner`.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaimRequest {
+    pub(crate) owner: Arc<str>,
+    pub(crate) now: i64,
+    pub(crate) lease_until: i64,
+    /// At most this many jobs.
+    pub(crate) slots: u32,
+    /// Only jobs of these names (the ones this process can run).
+    pub(crate) names: Arc<[NameQuota]>,
+    /// At most this many running jobs over the whole database.
+    pub(crate) global_limit: Option<u32>,
+}
+
+/// A job a claim handed to this worker.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaimedJob {
+    pub(crate) id: JobId,
+    pub(crate) name: String,
+    pub(crate) args: String,
+    pub(crate) attempts: u32,
+    pub(crate) max_attempts: u32,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub(crate) enum Finish {
+    Completed { result: String },
+    Failed { error: String },
+    Retry { error: String, run_at: i64 },
+    Cancelled,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelEffect {
+    /// The job was pending and is now cancelled.
+    Cancelled,
+    /// The job is running; its owner has been asked to stop it.
+    Requested,
+    /// The job had already ended in this state; nothing changed.
+    AlreadyFinal(JobState),
+    /// No such job.
+    NotFound,
+}
+
+/// A journaled step's stored output.
+#[derive(Debug, Clone)]
+pub(crate) struct StepRecord {
+    pub(crate) seq: u32,
+    pub(crate) name: String,
+    pub(crate) output: String,
+}
+
+/// A job row as read back, with its columns still raw.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct JobRow {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) status: String,
+    pub(crate) result: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) progress: Option<String>,
+    pub(crate) priority: i64,
+    pub(crate) attempts: i64,
+    pub(crate) max_attempts: i64,
+    pub(crate) owner: Option<String>,
+    pub(crate) cancel_requested: i64,
+    pub(crate) run_at: i64,
+    pub(crate) created_at: i64,
+    pub(crate) started_at: Option<i64>,
+    pub(crate) completed_at: Option<i64>,
+}
+
+/// The columns [`JobRow`] reads, for `SELECT`s.
+pub(crate) const JOB_ROW_COLUMNS: &str = "id, name, status, result, error, progress, priority, \
+     attempts, max_attempts, owner, cancel_requested, run_at, created_at, started_at, completed_at";
+
+impl JobRow {
+    pub(crate) fn state(&self) -> Result<JobState> {
+        self.status.parse().map_err(|reason| Error::CorruptRow {
+            id: self.id.clone(),
+            reason,
+        })
+    }
+
+    pub(crate) fn to_status(&self) -> Result<JobStatus> {
+        let corrupt = |reason: String| Error::CorruptRow {
+            id: self.id.clone(),
+            reason,
+        };
+        let id = self
+            .id
+            .parse::<JobId>()
+            .map_err(|e| corrupt(e.to_string()))?;
+        let progress = match &self.progress {
+            None => None,
+            Some(text) => Some(
+                serde_json::from_str(text)
+                    .map_err(|e| corrupt(format!("progress is not JSON: {e}")))?,
+            ),
+        };
+        Ok(JobStatus {
+            id,
+            name: self.name.clone(),
+            state: self.state()?,
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            max_attempts: u32::try_from(self.max_attempts).unwrap_or(0),
+            error: self.error.clone(),
+            progress,
+            owner: self.owner.clone(),
+            priority: i32::try_from(self.priority).unwrap_or(0),
+            created_at: from_ms(self.created_at),
+            started_at: self.started_at.map(from_ms),
+            completed_at: self.completed_at.map(from_ms),
+            run_at: from_ms(self.run_at),
+            cancel_requested: self.cancel_requested != 0,
+        })
+    }
+}
+
+/// The job-level operations every backend implements. Every state change is conditional on the
+/// state it expects, so a late writer never overwrites a terminal row.
+#[async_trait::async_trait]
+pub(crate) trait Store: Send + Sync + 'static {
+    /// Inserts a pending job; returns once it is durable.
+    async fn enqueue(&self, job: NewJob) -> Result<()>;
+
+    /// Moves due pending jobs to `running` for `request.owner`, honouring the limits.
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>>;
+
+    /// Records how an attempt ended. Returns `false` when the row was no longer this owner's
+    /// running job (cancelled, or recovered by another worker), in which case nothing changed.
+    /// `progress` is the job's last progress report, if it was not written yet.
+    async fn finish(
+        &self,
+        id: JobId,
+        owner: Arc<str>,
+        finish: Finish,
+        progress: Option<String>,
+    ) -> Result<bool>;
+
+    /// Cancels a pending job, or asks the owner of a running one to stop it.
+    async fn cancel(&self, id: JobId) -> Result<CancelEffect>;
+
+    /// One job's row.
+    async fn get(&self, id: JobId) -> Result<Option<JobRow>>;
+
+    /// Jobs, newest first, optionally only in one state.
+    async fn list(&self, state: Option<JobState>, limit: u32) -> Result<Vec<JobRow>>;
+
+    /// Renews the lease of every running job of `owner`.
+    async fn heartbeat(&self, owner: Arc<str>, lease_until: i64) -> Result<()>;
+
+    /// Owners (other than `except`) that have running jobs.
+    async fn running_owners(&self, except: Arc<str>) -> Result<Vec<String>>;
+
+    /// Hands every running job of `owner` back to `pending` (a dead or departing owner).
+    async fn release_owner(&self, owner: String) -> Result<u64>;
+
+    /// Hands back running jobs whose lease expired before `now`.
+    async fn release_expired(&self, now: i64) -> Result<u64>;
+
+    /// Running jobs of `owner` whose cancellation was requested.
+    async fn cancel_requests(&self, owner: Arc<str>) -> Result<Vec<JobId>>;
+
+    /// The journal of a job, in call order.
+    async fn load_steps(&self, id: JobId) -> Result<Vec<StepRecord>>;
+
+    /// Appends a step's output to the journal of a job `owner` runs. Returns `false` when the
+    /// job is no longer this owner's (nothing is written then).
+    async fn append_step(
+        &self,
+        id: JobId,
+        owner: Arc<str>,
+        step: StepRecord,
+    ) -> Result<bool>;
+
+    /// Stores the latest progress report of a running job.
+    async fn save_progress(&self, id: JobId, progress: String) -> Result<()>;
+
+    /// Deletes terminal jobs (and their journals) that ended before `before`.
+    async fn prune(&self, before: i64) -> Result<u64>;
+
+    /// Waits until every write accepted so far is durable, then stops accepting writes.
+    async fn close(&self);
+}

@@ -1,0 +1,530 @@
+//! The one writer connection. Every write of the process goes through it; whatever is waiting
+//! when it becomes free is committed together in one transaction (group commit), so one fsync
+//! serves many spawns and completions.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Executor, Row, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{CancelEffect, ClaimRequest, ClaimedJob, Finish, NewJob, StepRecord};
+use crate::{Error, JobId, Result};
+
+/// At most this many operations share one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// Multi-row statements are built for these row counts, so a handful of prepared statements
+/// serve every batch size.
+const ROW_BUCKETS: [usize; 5] = [256, 64, 16, 4, 1];
+
+pub(super) struct Request {
+    pub(super) op: WriteOp,
+    pub(super) reply: oneshot::Sender<Result<Reply>>,
+}
+
+#[derive(Debug)]
+pub(super) enum WriteOp {
+    Enqueue(NewJob),
+    Claim(ClaimRequest),
+    Finish {
+        id: JobId,
+        owner: Arc<str>,
+        finish: Finish,
+        progress: Option<String>,
+    },
+    Cancel {
+        id: JobId,
+    },
+    Heartbeat {
+        owner: Arc<str>,
+        lease_until: i64,
+    },
+    ReleaseOwner {
+        owner: String,
+    },
+    ReleaseExpired {
+        now: i64,
+    },
+    AppendStep {
+        id: JobId,
+        owner: Arc<str>,
+        step: StepRecord,
+    },
+    SaveProgress {
+        id: JobId,
+        progress: String,
+    },
+    Prune {
+        before: i64,
+    },
+    Flush,
+}
+
+#[derive(Debug)]
+pub(super) enum Reply {
+    Done,
+    Changed(bool),
+    Count(u64),
+    Claimed(Vec<ClaimedJob>),
+    Cancel(CancelEffect),
+}
+
+/// Runs until every sender is gone.
+pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Request>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        commit_batch(&mut conn, &mut batch).await;
+    }
+    if let Err(e) = sqlx::Connection::close(conn).await {
+        tracing::warn!(error = %e, "closing the job database writer failed");
+    }
+}
+
+/// Executes `batch` in one transaction and answers every request. When the shared transaction
+/// fails, each request is retried in a transaction of its own, so one bad write cannot fail the
+/// others.
+async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) {
+    let ops: Vec<&WriteOp> = batch.iter().map(|r| &r.op).collect();
+    match transaction(conn, &ops).await {
+        Ok(replies) => {
+            for (request, reply) in batch.drain(..).zip(replies) {
+                let _ = request.reply.send(Ok(reply));
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            let request = batch.pop().expect("one request");
+            let _ = request.reply.send(Err(e));
+        }
+        Err(_) => {
+            for request in batch.drain(..) {
+                let result = transaction(conn, &[&request.op])
+                    .await
+                    .map(|mut replies| replies.pop().expect("one reply"));
+                let _ = request.reply.send(result);
+            }
+        }
+    }
+}
+
+async fn transaction(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
+    begin_immediate(conn).await?;
+    match apply_all(conn, ops).await {
+        Ok(replies) => match conn.execute("COMMIT").await {
+            Ok(_) => Ok(replies),
+            Err(e) => {
+                let _ = conn.execute("ROLLBACK").await;
+                Err(e.into())
+            }
+        },
+        Err(e) => {
+            let _ = conn.execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// `BEGIN IMMEDIATE` takes the database's write lock up front, so a transaction never fails
+/// half-way because another process wrote first. The connection's busy timeout waits for the
+/// lock; a writer that holds it longer still is waited for again rather than surfacing
+/// "database is locked".
+async fn begin_immediate(conn: &mut SqliteConnection) -> Result<()> {
+    let mut delay = Duration::from_millis(5);
+    let mut waited = Duration::ZERO;
+    loop {
+        match conn.execute("BEGIN IMMEDIATE").await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_busy(&e) && waited < Duration::from_secs(120) => {
+                tracing::debug!("job database is busy; waiting for the write lock");
+                tokio::time::sleep(delay).await;
+                waited += delay;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+            let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
+            matches!(code & 0xff, 5 | 6)
+        }
+        _ => false,
+    }
+}
+
+async fn apply_all(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
+    let mut replies = Vec::with_capacity(ops.len());
+    let mut i = 0;
+    while i < ops.len() {
+        // Consecutive inserts become multi-row INSERTs.
+        let run = ops[i..]
+            .iter()
+            .take_while(|op| matches!(op, WriteOp::Enqueue(_)))
+            .count();
+        if run > 0 {
+            let jobs: Vec<&NewJob> = ops[i..i + run]
+                .iter()
+                .map(|op| match op {
+                    WriteOp::Enqueue(job) => job,
+                    _ => unreachable!("counted as an insert"),
+                })
+                .collect();
+            insert_jobs(conn, &jobs).await?;
+            replies.extend((0..run).map(|_| Reply::Done));
+            i += run;
+            continue;
+        }
+        replies.push(apply(conn, ops[i]).await?);
+        i += 1;
+    }
+    Ok(replies)
+}
+
+fn insert_sql(rows: usize) -> AssertSqlSafe<Arc<str>> {
+    static CACHE: OnceLock<Vec<Arc<str>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| {
+        ROW_BUCKETS
+            .iter()
+            .map(|&n| {
+                let values = vec!["(?, ?, 'pending', ?, ?, ?, ?, ?)"; n].join(", ");
+                Arc::from(format!(
+                    "INSERT INTO llmjobs_jobs \
+                     (id, name, status, args, priority, max_attempts, run_at, created_at) \
+                     VALUES {values}"
+                ))
+            })
+            .collect()
+    });
+    let index = ROW_BUCKETS
+        .iter()
+        .position(|&n| n == rows)
+        .expect("a bucket size");
+    AssertSqlSafe(cache[index].clone())
+}
+
+async fn insert_jobs(conn: &mut SqliteConnection, jobs: &[&NewJob]) -> Result<()> {
+    let mut rest = jobs;
+    while !rest.is_empty() {
+        let n = *ROW_BUCKETS
+            .iter()
+            .find(|&&n| n <= rest.len())
+            .expect("1 is a bucket");
+        let (chunk, tail) = rest.split_at(n);
+        let mut query = sqlx::query(insert_sql(n));
+        for job in chunk {
+            query = query
+                .bind(job.id.to_string())
+                .bind(&job.name)
+                .bind(&job.args)
+                .bind(job.priority)
+                .bind(i64::from(job.max_attempts))
+                .bind(job.run_at)
+                .bind(job.created_at);
+        }
+        query.execute(&mut *conn).await?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Reply> {
+    let now = crate::status::now_ms();
+    Ok(match op {
+        WriteOp::Enqueue(job) => {
+            insert_jobs(conn, &[job]).await?;
+            Reply::Done
+        }
+        WriteOp::Claim(request) => Reply::Claimed(claim(conn, request).await?),
+        WriteOp::Finish {
+            id,
+            owner,
+            finish,
+            progress,
+        } => {
+            let id = id.to_string();
+            let owner: &str = owner;
+            let result = match finish {
+                Finish::Completed { result } => sqlx::query(
+                    "UPDATE llmjobs_jobs SET status = 'completed', result = ?, error = NULL, \
+                     completed_at = ?, lease_until = NULL, progress = coalesce(?, progress) \
+                     WHERE id = ? AND status = 'running' AND owner = ?",
+                )
+                .bind(result)
+                .bind(now)
+                .bind(progress)
+                .bind(&id)
+                .bind(owner)
+                .execute(&mut *conn)
+                .await?,
+                Finish::Failed { error } => sqlx::query(
+                    "UPDATE llmjobs_jobs SET status = 'failed', error = ?, completed_at = ?, \
+                     lease_until = NULL, progress = coalesce(?, progress) \
+                     WHERE id = ? AND status = 'running' AND owner = ?",
+                )
+                .bind(error)
+                .bind(now)
+                .bind(progress)
+                .bind(&id)
+                .bind(owner)
+                .execute(&mut *conn)
+                .await?,
+                Finish::Retry { error, run_at } => sqlx::query(
+                    "UPDATE llmjobs_jobs SET status = 'pending', error = ?, run_at = ?, \
+                     owner = NULL, lease_until = NULL, progress = coalesce(?, progress) \
+                     WHERE id = ? AND status = 'running' AND owner = ?",
+                )
+                .bind(error)
+                .bind(run_at)
+                .bind(progress)
+                .bind(&id)
+                .bind(owner)
+                .execute(&mut *conn)
+                .await?,
+                Finish::Cancelled => sqlx::query(
+                    "UPDATE llmjobs_jobs SET status = 'cancelled', completed_at = ?, \
+                     lease_until = NULL, progress = coalesce(?, progress) \
+                     WHERE id = ? AND status = 'running' AND owner = ?",
+                )
+                .bind(now)
+                .bind(progress)
+                .bind(&id)
+                .bind(owner)
+                .execute(&mut *conn)
+                .await?,
+            };
+            Reply::Changed(result.rows_affected() == 1)
+        }
+        WriteOp::Cancel { id } => Reply::Cancel(cancel(conn, *id, now).await?),
+        WriteOp::Heartbeat { owner, lease_until } => {
+            let done = sqlx::query(
+                "UPDATE llmjobs_jobs SET lease_until = ? WHERE status = 'running' AND owner = ?",
+            )
+            .bind(lease_until)
+            .bind(&**owner)
+            .execute(&mut *conn)
+            .await?;
+            Reply::Count(done.rows_affected())
+        }
+        WriteOp::ReleaseOwner { owner } => {
+            let done = sqlx::query(
+                "UPDATE llmjobs_jobs SET status = 'pending', owner = NULL, lease_until = NULL \
+                 WHERE status = 'running' AND owner = ?",
+            )
+            .bind(owner)
+            .execute(&mut *conn)
+            .await?;
+            Reply::Count(done.rows_affected())
+        }
+        WriteOp::ReleaseExpired { now } => {
+            let done = sqlx::query(
+                "UPDATE llmjobs_jobs SET status = 'pending', owner = NULL, lease_until = NULL \
+                 WHERE status = 'running' AND lease_until < ?",
+            )
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            Reply::Count(done.rows_affected())
+        }
+        WriteOp::AppendStep { id, owner, step } => {
+            let id = id.to_string();
+            let done = sqlx::query(
+                "INSERT INTO llmjobs_steps (job_id, seq, name, output, created_at) \
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM llmjobs_jobs \
+                 WHERE id = ?1 AND status = 'running' AND owner = ?6) \
+                 ON CONFLICT (job_id, seq) DO NOTHING",
+            )
+            .bind(&id)
+            .bind(i64::from(step.seq))
+            .bind(&step.name)
+            .bind(&step.output)
+            .bind(now)
+            .bind(&**owner)
+            .execute(&mut *conn)
+            .await?;
+            Reply::Changed(done.rows_affected() == 1)
+        }
+        WriteOp::SaveProgress { id, progress } => {
+            let done = sqlx::query(
+                "UPDATE llmjobs_jobs SET progress = ? WHERE id = ? AND status = 'running'",
+            )
+            .bind(progress)
+            .bind(id.to_string())
+            .execute(&mut *conn)
+            .await?;
+            Reply::Changed(done.rows_affected() == 1)
+        }
+        WriteOp::Prune { before } => {
+            sqlx::query(
+                "DELETE FROM llmjobs_steps WHERE job_id IN (SELECT id FROM llmjobs_jobs \
+                 WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?)",
+            )
+            .bind(before)
+            .execute(&mut *conn)
+            .await?;
+            let done = sqlx::query(
+                "DELETE FROM llmjobs_jobs \
+                 WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?",
+            )
+            .bind(before)
+            .execute(&mut *conn)
+            .await?;
+            Reply::Count(done.rows_affected())
+        }
+        WriteOp::Flush => Reply::Done,
+    })
+}
+
+async fn cancel(conn: &mut SqliteConnection, id: JobId, now: i64) -> Result<CancelEffect> {
+    let id = id.to_string();
+    let pending = sqlx::query(
+        "UPDATE llmjobs_jobs SET status = 'cancelled', completed_at = ? \
+         WHERE id = ? AND status = 'pending'",
+    )
+    .bind(now)
+    .bind(&id)
+    .execute(&mut *conn)
+    .await?;
+    if pending.rows_affected() == 1 {
+        return Ok(CancelEffect::Cancelled);
+    }
+    let running = sqlx::query(
+        "UPDATE llmjobs_jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
+    )
+    .bind(&id)
+    .execute(&mut *conn)
+    .await?;
+    if running.rows_affected() == 1 {
+        return Ok(CancelEffect::Requested);
+    }
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM llmjobs_jobs WHERE id = ?")
+        .bind(&id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match status {
+        None => Ok(CancelEffect::NotFound),
+        Some(status) => status
+            .parse()
+            .map(CancelEffect::AlreadyFinal)
+            .map_err(|reason| Error::CorruptRow { id, reason }),
+    }
+}
+
+/// Picks due pending jobs this worker can run, within the per-name and global limits counted
+/// over the whole database (the write lock makes the count and the claim one atomic step across
+/// processes), and marks them running.
+async fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
+    let mut slots = request.slots as usize;
+    let limited = request.global_limit.is_some() || request.names.iter().any(|q| q.limit.is_some());
+    let mut running_by_name = std::collections::HashMap::<String, u32>::new();
+    if limited {
+        let rows = sqlx::query(
+            "SELECT name, count(*) AS n FROM llmjobs_jobs WHERE status = 'running' GROUP BY name",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let n: i64 = row.try_get("n")?;
+            running_by_name.insert(row.try_get("name")?, u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+    if let Some(global) = request.global_limit {
+        let running: u32 = running_by_name.values().sum();
+        slots = slots.min(global.saturating_sub(running) as usize);
+    }
+    // How many more of each name may start.
+    let mut room: Vec<(&str, usize)> = request
+        .names
+        .iter()
+        .map(|q| {
+            let room = match q.limit {
+                Some(limit) => {
+                    let running = running_by_name.get(q.name).copied().unwrap_or(0);
+                    limit.saturating_sub(running) as usize
+                }
+                None => usize::MAX,
+            };
+            (q.name, room)
+        })
+        .filter(|(_, room)| *room > 0)
+        .collect();
+    if slots == 0 || room.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let placeholders = vec!["?"; room.len()].join(", ");
+    let sql = AssertSqlSafe(format!(
+        "SELECT id, name FROM llmjobs_jobs \
+         WHERE status = 'pending' AND run_at <= ? AND name IN ({placeholders}) \
+         ORDER BY priority DESC, run_at, id LIMIT ?"
+    ));
+    let mut query = sqlx::query(sql).bind(request.now);
+    for (name, _) in &room {
+        query = query.bind(*name);
+    }
+    // Look a little past the free slots, so a name at its limit does not hide others.
+    let window = slots.saturating_mul(2).min(4096);
+    let candidates = query
+        .bind(i64::try_from(window).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut chosen = Vec::with_capacity(slots);
+    for row in candidates {
+        if chosen.len() == slots {
+            break;
+        }
+        let name: String = row.try_get("name")?;
+        if let Some((_, left)) = room.iter_mut().find(|(n, _)| *n == name)
+            && *left > 0
+        {
+            *left -= 1;
+            chosen.push(row.try_get::<String, _>("id")?);
+        }
+    }
+
+    let mut claimed = Vec::with_capacity(chosen.len());
+    for chunk in chosen.chunks(256) {
+        let placeholders = vec!["?"; chunk.len()].join(", ");
+        let sql = AssertSqlSafe(format!(
+            "UPDATE llmjobs_jobs SET status = 'running', owner = ?, lease_until = ?, \
+             attempts = attempts + 1, started_at = coalesce(started_at, ?), cancel_requested = 0 \
+             WHERE status = 'pending' AND id IN ({placeholders}) \
+             RETURNING id, name, args, attempts, max_attempts"
+        ));
+        let mut query = sqlx::query(sql)
+            .bind(&*request.owner)
+            .bind(request.lease_until)
+            .bind(request.now);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let id: String = row.try_get("id")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let max_attempts: i64 = row.try_get("max_attempts")?;
+            let Ok(job_id) = id.parse::<JobId>() else {
+                // Not an id llmjobs wrote: fail the row so it is visible and never claimed again.
+                sqlx::query(
+                    "UPDATE llmjobs_jobs SET status = 'failed', completed_at = ?, \
+                     error = 'corrupt row: the id is not a UUID' WHERE id = ?",
+                )
+                .bind(request.now)
+                .bind(&id)
+                .execute(&mut *conn)
+                .await?;
+                continue;
+            };
+            claimed.push(ClaimedJob {
+                id: job_id,
+                name: row.try_get("name")?,
+                args: row.try_get("args")?,
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                max_attempts: u32::try_from(max_attempts).unwrap_or(1),
+            });
+        }
+    }
+    Ok(claimed)
+}
