@@ -41,3 +41,44 @@ pub fn into_job_error<E: Into<crate::JobError>>(error: E) -> crate::JobError {
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     crate::duration::parse(text)
 }
+
+/// (De)serialization of the fields of the arguments struct that `#[llm_job]` generates. These
+/// functions' bounds stand in for serde's, so that a parameter type serde cannot handle is
+/// reported once per missing trait, at the parameter's type, as "cannot be a job argument".
+pub mod job_arg {
+    /// Serializes one field of the arguments struct.
+    pub fn serialize_field<T: SerializeJobArg, S: serde::ser::SerializeStruct>(
+        state: &mut S,
+        name: &'static str,
+        value: &T,
+    ) -> Result<(), S::Error> {
+        state.serialize_field(name, value)
+    }
+
+    /// Deserializes one field of the arguments struct (a `#[serde(deserialize_with)]`
+    /// function).
+    pub fn deserialize<'de, T: DeserializeJobArg, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<T, D::Error> {
+        T::deserialize(deserializer)
+    }
+
+    /// The serializing half of a job argument's requirements (plus `Send + Sync`, which every
+    /// job's arguments need).
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a job argument",
+        label = "job arguments must implement `Serialize + DeserializeOwned + Send + Sync + 'static`",
+        note = "arguments are stored in the database as JSON; derive `serde::Serialize` and `serde::Deserialize` for this type"
+    )]
+    pub trait SerializeJobArg: serde::Serialize + Send + Sync + 'static {}
+    impl<T: serde::Serialize + Send + Sync + 'static> SerializeJobArg for T {}
+
+    /// The deserializing half of a job argument's requirements.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a job argument",
+        label = "job arguments must implement `Serialize + DeserializeOwned + Send + Sync + 'static`",
+        note = "arguments are stored in the database as JSON; derive `serde::Serialize` and `serde::Deserialize` for this type"
+    )]
+    pub trait DeserializeJobArg: serde::de::DeserializeOwned {}
+    impl<T: serde::de::DeserializeOwned> DeserializeJobArg for T {}
+}

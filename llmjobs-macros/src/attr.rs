@@ -1,0 +1,314 @@
+//! The arguments of `#[llm_job(...)]`.
+
+use std::time::Duration;
+
+use proc_macro2::TokenStream;
+use syn::meta::ParseNestedMeta;
+use syn::parse::Parser;
+use syn::{Lit, LitBool, LitInt, LitStr, Path, Token};
+
+/// Every argument the attribute accepts, as listed in error messages.
+const VALID_ARGUMENTS: &str = "`name = \"...\"`, `max_concurrency = N`, `timeout = \"30s\"`, \
+                               `retries = N`, `long_running` and `crate = \"path\"`";
+
+/// The parsed arguments; `None` means "not given, use the runtime's default".
+#[derive(Default)]
+pub(crate) struct Args {
+    /// The job's stable name (`name = "..."`).
+    pub(crate) name: Option<LitStr>,
+    pub(crate) max_concurrency: Option<u32>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) long_running: bool,
+    /// The path of the `llmjobs` crate (`crate = "..."`).
+    pub(crate) krate: Option<Path>,
+    /// Names already given, to reject duplicates.
+    seen: Vec<String>,
+}
+
+impl Args {
+    pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
+        let mut args = Args::default();
+        syn::meta::parser(|meta| args.parse_one(meta)).parse2(tokens)?;
+        Ok(args)
+    }
+
+    fn parse_one(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
+        let Some(key) = meta.path.get_ident().map(ToString::to_string) else {
+            return Err(unknown_argument(&meta));
+        };
+        if self.seen.contains(&key) {
+            return Err(meta.error(format_args!(
+                "duplicate argument `{key}`: each argument may be given once"
+            )));
+        }
+        match key.as_str() {
+            "name" => {
+                let name = string_value(&meta, "name = \"summarize\"")?;
+                if name.value().trim().is_empty() {
+                    return Err(syn::Error::new(
+                        name.span(),
+                        "a job's `name` cannot be empty: it is the name stored in the database",
+                    ));
+                }
+                self.name = Some(name);
+            }
+            "max_concurrency" => {
+                let (limit, lit) = whole_number(&meta, "max_concurrency = 4")?;
+                if limit == 0 {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`max_concurrency` must be at least 1: a limit of 0 would never run the job",
+                    ));
+                }
+                self.max_concurrency = Some(limit);
+            }
+            "timeout" => {
+                let text = string_value(&meta, "timeout = \"30s\"")?;
+                self.timeout = Some(parse_timeout(&text)?);
+            }
+            "retries" => self.retries = Some(whole_number(&meta, "retries = 3")?.0),
+            "long_running" => {
+                // A bare flag; `long_running = false` is accepted so it can be switched off
+                // without deleting the argument.
+                self.long_running = if meta.input.peek(Token![=]) {
+                    meta.value()?
+                        .parse::<LitBool>()
+                        .map_err(|e| {
+                            syn::Error::new(
+                                e.span(),
+                                "`long_running` is a flag: write `long_running` \
+                                 (or `long_running = true` / `long_running = false`)",
+                            )
+                        })?
+                        .value
+                } else {
+                    true
+                };
+            }
+            "crate" => {
+                let path = string_value(&meta, "crate = \"::llmjobs\"")?;
+                self.krate = Some(path.parse().map_err(|_| {
+                    syn::Error::new(
+                        path.span(),
+                        "`crate` must be the path of the llmjobs crate, e.g. `crate = \"::llmjobs\"`",
+                    )
+                })?);
+            }
+            _ => return Err(unknown_argument(&meta)),
+        }
+        self.seen.push(key);
+        Ok(())
+    }
+}
+
+fn unknown_argument(meta: &ParseNestedMeta<'_>) -> syn::Error {
+    let path = quote::ToTokens::to_token_stream(&meta.path)
+        .to_string()
+        .replace(' ', "");
+    meta.error(format_args!(
+        "unknown argument `{path}`; `#[llm_job]` accepts {VALID_ARGUMENTS}"
+    ))
+}
+
+/// The string literal after `=`; `example` shows the argument written correctly.
+fn string_value(meta: &ParseNestedMeta<'_>, example: &str) -> syn::Result<LitStr> {
+    match meta.value()?.parse::<Lit>() {
+        Ok(Lit::Str(text)) => Ok(text),
+        Ok(other) => Err(syn::Error::new(
+            other.span(),
+            format_args!("expected a string, as in `{example}`"),
+        )),
+        Err(e) => Err(syn::Error::new(
+            e.span(),
+            format_args!("expected a string, as in `{example}`"),
+        )),
+    }
+}
+
+/// The whole number after `=`, with its literal for error spans.
+fn whole_number(meta: &ParseNestedMeta<'_>, example: &str) -> syn::Result<(u32, LitInt)> {
+    let expected = || {
+        format!(
+            "expected a whole number from 0 to {}, as in `{example}`",
+            u32::MAX
+        )
+    };
+    let lit = match meta.value()?.parse::<Lit>() {
+        Ok(Lit::Int(lit)) => lit,
+        Ok(other) => return Err(syn::Error::new(other.span(), expected())),
+        Err(e) => return Err(syn::Error::new(e.span(), expected())),
+    };
+    let n = lit
+        .base10_parse::<u32>()
+        .map_err(|_| syn::Error::new(lit.span(), expected()))?;
+    Ok((n, lit))
+}
+
+fn parse_timeout(text: &LitStr) -> syn::Result<Duration> {
+    match parse_duration(&text.value()) {
+        Some(timeout) if timeout.is_zero() => Err(syn::Error::new(
+            text.span(),
+            "`timeout` must be longer than zero: a zero timeout would fail every attempt",
+        )),
+        Some(timeout) => Ok(timeout),
+        None => Err(syn::Error::new(
+            text.span(),
+            format_args!(
+                "invalid timeout {:?}: write a whole number and a unit: \
+                 `\"500ms\"`, `\"30s\"`, `\"2m\"` or `\"1h\"`",
+                text.value()
+            ),
+        )),
+    }
+}
+
+/// Parses `"500ms"`, `"30s"`, `"2m"` or `"1h"` (a whole number and a unit). A copy of
+/// `llmjobs::__private::parse_duration` (the runtime cannot be a dependency of its own macro
+/// crate); the two must accept the same strings.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+
+    fn parse(tokens: TokenStream) -> syn::Result<Args> {
+        Args::parse(tokens)
+    }
+
+    fn error(tokens: TokenStream) -> String {
+        match parse(tokens) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn no_arguments_leave_every_default() {
+        let args = parse(quote!()).unwrap();
+        assert!(args.name.is_none());
+        assert_eq!(args.max_concurrency, None);
+        assert_eq!(args.timeout, None);
+        assert_eq!(args.retries, None);
+        assert!(!args.long_running);
+        assert!(args.krate.is_none());
+    }
+
+    #[test]
+    fn every_argument_is_parsed() {
+        let args = parse(quote!(
+            name = "digest",
+            max_concurrency = 4,
+            timeout = "2m",
+            retries = 0,
+            long_running,
+            crate = "::my::llmjobs",
+        ))
+        .unwrap();
+        assert_eq!(args.name.unwrap().value(), "digest");
+        assert_eq!(args.max_concurrency, Some(4));
+        assert_eq!(args.timeout, Some(Duration::from_secs(120)));
+        assert_eq!(args.retries, Some(0));
+        assert!(args.long_running);
+        let krate = args.krate.unwrap();
+        assert_eq!(quote!(#krate).to_string(), ":: my :: llmjobs");
+    }
+
+    #[test]
+    fn long_running_accepts_an_explicit_bool() {
+        assert!(!parse(quote!(long_running = false)).unwrap().long_running);
+        assert!(parse(quote!(long_running = true)).unwrap().long_running);
+    }
+
+    #[test]
+    fn unknown_argument_names_every_valid_one() {
+        let message = error(quote!(max_concurency = 4));
+        assert!(
+            message.contains("unknown argument `max_concurency`"),
+            "{message}"
+        );
+        for valid in [
+            "name",
+            "max_concurrency",
+            "timeout",
+            "retries",
+            "long_running",
+            "crate",
+        ] {
+            assert!(message.contains(&format!("`{valid}")), "{valid}: {message}");
+        }
+    }
+
+    #[test]
+    fn duplicate_argument_is_rejected() {
+        let message = error(quote!(retries = 1, retries = 2));
+        assert!(
+            message.contains("duplicate argument `retries`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn zero_max_concurrency_is_rejected() {
+        assert!(error(quote!(max_concurrency = 0)).contains("at least 1"));
+    }
+
+    #[test]
+    fn numbers_must_be_whole_and_fit_u32() {
+        for bad in [
+            quote!(retries = "3"),
+            quote!(retries = 1.5),
+            quote!(retries = 4294967296),
+            quote!(retries = -1),
+        ] {
+            assert!(error(bad).contains("expected a whole number"));
+        }
+    }
+
+    #[test]
+    fn timeout_accepts_each_unit() {
+        for (text, expected) in [
+            ("500ms", Duration::from_millis(500)),
+            ("30s", Duration::from_secs(30)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+        ] {
+            let args = parse(quote!(timeout = #text)).unwrap();
+            assert_eq!(args.timeout, Some(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_timeouts_are_rejected() {
+        // The same strings the runtime's parser rejects, plus zero.
+        for bad in ["", "s", "10", "1.5s", "10 parsecs", "-1s", "0s"] {
+            let message = error(quote!(timeout = #bad));
+            assert!(message.contains("timeout"), "{bad}: {message}");
+        }
+        assert!(error(quote!(timeout = 30)).contains("expected a string"));
+    }
+
+    #[test]
+    fn empty_name_is_rejected() {
+        assert!(error(quote!(name = "")).contains("cannot be empty"));
+    }
+
+    #[test]
+    fn crate_must_be_a_path() {
+        assert!(error(quote!(crate = "not a path")).contains("path of the llmjobs crate"));
+    }
+}
