@@ -1,0 +1,326 @@
+//! [`LlmError`]: what can go wrong when calling a model, and how each failure is retried.
+
+use std::time::Duration;
+
+use crate::{ErrorKind, JobError};
+
+use super::ChatResponse;
+
+/// How many characters of a provider's error body an [`LlmError`] keeps.
+const BODY_EXCERPT_CHARS: usize = 500;
+
+/// Everything that can go wrong when calling a model.
+///
+/// Each error knows whether a retry can help ([`LlmError::is_retryable`]) and, for rate limits,
+/// how long to wait first ([`LlmError::retry_after`]). [`LlmError::into_job_error`] turns it into
+/// a [`JobError`] of the matching [`ErrorKind`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LlmError {
+    /// The client configuration is invalid (a malformed base URL, a route to an unknown provider).
+    #[error("invalid LLM client configuration: {0}")]
+    Config(String),
+    /// No configured route matches the model name.
+    #[error(
+        "no provider is configured for model `{model}` (known prefixes: {known}); add a route \
+         or a default provider"
+    )]
+    UnknownProvider {
+        /// The model name as requested.
+        model: String,
+        /// The prefixes that are routed, comma-separated.
+        known: String,
+    },
+    /// The provider needs an API key and none was configured.
+    #[error("provider `{provider}` needs an API key: {hint}")]
+    MissingApiKey {
+        /// The provider's name.
+        provider: String,
+        /// Where the key is usually configured (an environment variable, a builder method).
+        hint: String,
+    },
+    /// The request cannot be sent as it is (no messages, a field the provider cannot express).
+    #[error("invalid request for model `{model}`: {reason}")]
+    InvalidRequest {
+        /// The model name as requested.
+        model: String,
+        /// What is wrong with the request.
+        reason: String,
+    },
+    /// The request could not be delivered or the response could not be read (connection refused
+    /// or reset, DNS failure, a body cut off mid-way).
+    #[error("transport error calling {provider} (model `{model}`): {reason}")]
+    Transport {
+        /// The provider's name.
+        provider: String,
+        /// The model name as requested.
+        model: String,
+        /// What happened, with the underlying causes (`error sending request: … connection
+        /// closed before message completed`).
+        reason: String,
+        /// The underlying HTTP client error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The provider did not answer within the configured timeout.
+    #[error("{provider} (model `{model}`) did not answer within {after:?}")]
+    Timeout {
+        /// The provider's name.
+        provider: String,
+        /// The model name as requested.
+        model: String,
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// The provider answered with an HTTP error status.
+    #[error("HTTP {status} from {provider} (model `{model}`): {message}")]
+    Http {
+        /// The provider's name.
+        provider: String,
+        /// The model name as requested.
+        model: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The provider's error message, or an excerpt of the response body.
+        message: String,
+        /// How long the provider asked us to wait (`Retry-After`, `x-ratelimit-reset-*`).
+        retry_after: Option<Duration>,
+    },
+    /// The prompt and the requested output do not fit in the model's context window.
+    #[error("context length exceeded for {provider} (model `{model}`): {message}")]
+    ContextLength {
+        /// The provider's name.
+        provider: String,
+        /// The model name as requested.
+        model: String,
+        /// The provider's error message.
+        message: String,
+    },
+    /// The provider answered 2xx, but the body is not a response this client understands
+    /// (malformed JSON, no choices, an error object in place of a completion).
+    #[error("invalid response from {provider} (model `{model}`): {reason}; body: {body}")]
+    InvalidResponse {
+        /// The provider's name.
+        provider: String,
+        /// The model name as requested.
+        model: String,
+        /// What is wrong with the response.
+        reason: String,
+        /// An excerpt of the response body.
+        body: String,
+    },
+    /// A streamed response broke off or carried an error event.
+    #[error("stream from {provider} (model `{model}`) failed: {reason}")]
+    Stream {
+        /// The provider's name.
+        provider: String,
+        /// The model name as requested.
+        model: String,
+        /// What went wrong.
+        reason: String,
+        /// Whether the provider reported an overload or rate limit, which a retry can outlast.
+        retryable: bool,
+    },
+    /// Every try of a retryable failure failed; the last error is kept as the source.
+    #[error("gave up after {tries} tries: {last}")]
+    RetriesExhausted {
+        /// How many HTTP tries were made.
+        tries: u32,
+        /// The error of the last try.
+        #[source]
+        last: Box<LlmError>,
+    },
+    /// The model answered, but the answer never passed validation within the allowed attempts:
+    /// a person should look at it.
+    #[error("answer from model `{model}` still fails validation after {attempts} attempts: {}",
+        .feedback.join("; "))]
+    NeedsReview {
+        /// The model name as requested.
+        model: String,
+        /// How many answers were produced and checked.
+        attempts: u32,
+        /// The last answer (with usage and cost totals over every attempt).
+        answer: Box<ChatResponse>,
+        /// What the failing validators said about the last answer.
+        feedback: Vec<String>,
+    },
+}
+
+impl LlmError {
+    /// Whether retrying the same request may succeed (transport errors, timeouts, 408, 409,
+    /// 429, 5xx, 529, malformed or truncated responses).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LlmError::Transport { source, .. } => !source.is_builder(),
+            LlmError::Timeout { .. } | LlmError::InvalidResponse { .. } => true,
+            LlmError::Http { status, .. } => is_retryable_status(*status),
+            LlmError::Stream { retryable, .. } => *retryable,
+            LlmError::RetriesExhausted { .. } => true,
+            LlmError::Config(_)
+            | LlmError::UnknownProvider { .. }
+            | LlmError::MissingApiKey { .. }
+            | LlmError::InvalidRequest { .. }
+            | LlmError::ContextLength { .. }
+            | LlmError::NeedsReview { .. } => false,
+        }
+    }
+
+    /// How long the provider asked callers to wait before the next request, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            LlmError::Http { retry_after, .. } => *retry_after,
+            LlmError::RetriesExhausted { last, .. } => last.retry_after(),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status the provider answered with, for HTTP errors.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            LlmError::Http { status, .. } => Some(*status),
+            LlmError::RetriesExhausted { last, .. } => last.status(),
+            _ => None,
+        }
+    }
+
+    /// Whether the provider refused the request because of a rate limit (HTTP 429).
+    pub fn is_rate_limited(&self) -> bool {
+        self.status() == Some(429)
+    }
+
+    /// Whether this is [`LlmError::NeedsReview`]: the job should end as "needs human review".
+    pub fn needs_review(&self) -> bool {
+        matches!(self, LlmError::NeedsReview { .. })
+    }
+
+    /// How a job that failed with this error should be treated.
+    ///
+    /// Permanent: bad requests, authentication, unknown models, context length, configuration
+    /// errors, and [`LlmError::NeedsReview`] (retrying the job would pay for the same answers
+    /// again). Retry-after: rate limits that said how long to wait. Retryable: everything else.
+    pub fn job_error_kind(&self) -> ErrorKind {
+        if !self.is_retryable() {
+            ErrorKind::Permanent
+        } else if let Some(delay) = self.retry_after() {
+            ErrorKind::RetryAfter(delay)
+        } else {
+            ErrorKind::Retryable
+        }
+    }
+
+    /// Converts into a [`JobError`] whose kind follows [`LlmError::job_error_kind`].
+    ///
+    /// (`?` also converts an `LlmError` into a `JobError`, through the blanket conversion for
+    /// every error type, but that conversion always makes the error retryable.)
+    pub fn into_job_error(self) -> JobError {
+        let kind = self.job_error_kind();
+        JobError::from(self).with_kind(kind)
+    }
+}
+
+/// An error and its causes as one line, skipping causes that repeat the previous message.
+pub(crate) fn describe_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![error.to_string()];
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        cause = c.source();
+    }
+    parts.join(": ")
+}
+
+/// Whether an HTTP status is worth retrying: 408, 409, 429 and every 5xx (including
+/// Anthropic's 529 "overloaded").
+pub(crate) fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 409 | 429) || (500..=599).contains(&status)
+}
+
+/// Whether a provider's error message says the prompt is too long for the model.
+pub(crate) fn is_context_length_message(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    [
+        "context_length_exceeded",
+        "context length",
+        "context window",
+        "maximum context",
+        "prompt is too long",
+        "too many tokens",
+        "input is too long",
+    ]
+    .iter()
+    .any(|needle| lower.contains(needle))
+}
+
+/// The first [`BODY_EXCERPT_CHARS`] characters of a body, for error messages.
+pub(crate) fn excerpt(body: &str) -> String {
+    let body = body.trim();
+    match body.char_indices().nth(BODY_EXCERPT_CHARS) {
+        Some((end, _)) => format!("{}…", &body[..end]),
+        None => body.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(status: u16, retry_after: Option<Duration>) -> LlmError {
+        LlmError::Http {
+            provider: "openai".into(),
+            model: "gpt".into(),
+            status,
+            message: "nope".into(),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        for status in [408, 409, 429, 500, 502, 503, 529] {
+            assert!(http(status, None).is_retryable(), "{status}");
+        }
+        for status in [400, 401, 403, 404, 413, 422] {
+            assert!(!http(status, None).is_retryable(), "{status}");
+        }
+    }
+
+    #[test]
+    fn job_error_kind_follows_the_classification() {
+        assert_eq!(http(401, None).job_error_kind(), ErrorKind::Permanent);
+        assert_eq!(http(500, None).job_error_kind(), ErrorKind::Retryable);
+        let d = Duration::from_secs(2);
+        assert_eq!(
+            http(429, Some(d)).job_error_kind(),
+            ErrorKind::RetryAfter(d)
+        );
+        assert!(http(400, None).into_job_error().is_permanent());
+    }
+
+    #[test]
+    fn context_length_messages_are_recognised() {
+        assert!(is_context_length_message(
+            "This model's maximum context length is 8192 tokens"
+        ));
+        assert!(is_context_length_message(
+            "prompt is too long: 210000 tokens"
+        ));
+        assert!(!is_context_length_message("invalid api key"));
+    }
+
+    #[test]
+    fn excerpt_cuts_long_bodies_on_a_char_boundary() {
+        let long = "é".repeat(BODY_EXCERPT_CHARS + 10);
+        let cut = excerpt(&long);
+        assert_eq!(cut.chars().count(), BODY_EXCERPT_CHARS + 1);
+        assert_eq!(excerpt(" short "), "short");
+    }
+
+    #[test]
+    fn the_message_names_status_provider_model_and_body() {
+        let msg = http(401, None).to_string();
+        assert_eq!(msg, "HTTP 401 from openai (model `gpt`): nope");
+    }
+}

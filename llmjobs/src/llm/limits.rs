@@ -1,0 +1,441 @@
+//! Rate limits shared by every caller of one client: requests and tokens per window, a
+//! concurrency cap, and provider-wide pauses after a 429.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::router::matches_pattern;
+
+/// Limits on requests, tokens and concurrency for a model or a whole provider.
+///
+/// The request and token counts hold over any sliding window (a minute unless changed with
+/// [`RateLimit::window`]). Tokens are estimated before a call (prompt plus `max_tokens`, or
+/// 1024 when the request sets none) and
+/// corrected with the usage the provider reports afterwards. A single request larger than the
+/// token limit is let through when the window is otherwise empty, so it cannot wait forever.
+///
+/// ```
+/// use llmjobs::llm::RateLimit;
+///
+/// let limit = RateLimit::new()
+///     .requests_per_minute(500)
+///     .tokens_per_minute(200_000)
+///     .max_concurrency(8);
+/// # let _ = limit;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimit {
+    /// The most requests started in one window.
+    pub requests: Option<u32>,
+    /// The most tokens (input plus output) in one window.
+    pub tokens: Option<u64>,
+    /// The window the counts apply to.
+    pub window: Duration,
+    /// The most calls in flight at once.
+    pub max_concurrency: Option<usize>,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            requests: None,
+            tokens: None,
+            window: Duration::from_secs(60),
+            max_concurrency: None,
+        }
+    }
+}
+
+impl RateLimit {
+    /// No limits yet.
+    pub fn new() -> Self {
+        RateLimit::default()
+    }
+
+    /// At most `n` requests per window (a minute by default).
+    pub fn requests_per_minute(mut self, n: u32) -> Self {
+        self.requests = Some(n);
+        self
+    }
+
+    /// At most `n` tokens per window (a minute by default).
+    pub fn tokens_per_minute(mut self, n: u64) -> Self {
+        self.tokens = Some(n);
+        self
+    }
+
+    /// Changes the window the request and token counts apply to, for providers with
+    /// per-second limits, and for tests.
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window.max(Duration::from_millis(1));
+        self
+    }
+
+    /// At most `n` calls in flight at once.
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = Some(n.max(1));
+        self
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data is always left consistent, so a panic elsewhere does not poison it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One started request in a window.
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    at: Instant,
+    tokens: u64,
+}
+
+/// The sliding window of one model or provider.
+#[derive(Debug)]
+struct Window {
+    limit: RateLimit,
+    entries: Mutex<(VecDeque<Entry>, u64)>,
+    /// Woken when a call's reported usage frees tokens before its entry expires.
+    freed: Notify,
+}
+
+impl Window {
+    fn new(limit: RateLimit) -> Self {
+        Window {
+            limit,
+            entries: Mutex::new((VecDeque::new(), 0)),
+            freed: Notify::new(),
+        }
+    }
+
+    /// How long until `tokens` more fit, given the entries (already pruned).
+    fn wait_for(&self, entries: &VecDeque<Entry>, tokens: u64, now: Instant) -> Duration {
+        let expiry = |e: &Entry| (e.at + self.limit.window).saturating_duration_since(now);
+        let mut wait = Duration::ZERO;
+        if let Some(max) = self.limit.requests {
+            let max = max as usize;
+            if entries.len() >= max {
+                wait = wait.max(expiry(&entries[entries.len() - max]));
+            }
+        }
+        if let Some(max) = self.limit.tokens {
+            let mut used: u64 = entries.iter().map(|e| e.tokens).sum();
+            for e in entries {
+                if used + tokens <= max {
+                    break;
+                }
+                used -= e.tokens;
+                wait = wait.max(expiry(e));
+            }
+        }
+        wait
+    }
+
+    fn prune(entries: &mut VecDeque<Entry>, window: Duration, now: Instant) {
+        while entries.front().is_some_and(|e| e.at + window <= now) {
+            entries.pop_front();
+        }
+    }
+
+    fn reconcile(&self, id: u64, tokens: u64) {
+        let freed = {
+            let mut guard = lock(&self.entries);
+            match guard.0.iter_mut().find(|e| e.id == id) {
+                Some(e) if tokens < e.tokens => {
+                    e.tokens = tokens;
+                    true
+                }
+                Some(e) => {
+                    e.tokens = tokens;
+                    false
+                }
+                None => false,
+            }
+        };
+        if freed && self.limit.tokens.is_some() {
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+/// The limits and live state of one client. Shared by all its clones.
+#[derive(Debug, Default)]
+pub(crate) struct Limiter {
+    /// `(model pattern, limit)`, first match wins; each matching model gets its own window.
+    model_rules: Vec<(String, RateLimit)>,
+    /// Provider-wide limits, shared by all the provider's models.
+    provider_rules: HashMap<String, RateLimit>,
+    windows: Mutex<HashMap<String, Arc<Window>>>,
+    semaphores: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Provider name → no request may start before this instant.
+    pauses: Mutex<HashMap<String, Instant>>,
+}
+
+/// A slot in the limits for one call: holds concurrency permits until dropped.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    _concurrency: Vec<OwnedSemaphorePermit>,
+    reservations: Vec<(Arc<Window>, u64)>,
+}
+
+impl Permit {
+    /// Replaces the call's estimated tokens with what the provider reported.
+    pub(crate) fn reconcile(&self, tokens: u64) {
+        for (window, id) in &self.reservations {
+            window.reconcile(*id, tokens);
+        }
+    }
+}
+
+impl Limiter {
+    pub(crate) fn add_model_rule(&mut self, pattern: String, limit: RateLimit) {
+        self.model_rules.push((pattern, limit));
+    }
+
+    pub(crate) fn add_provider_rule(&mut self, provider: String, limit: RateLimit) {
+        self.provider_rules.insert(provider, limit);
+    }
+
+    fn model_rule(&self, model: &str) -> Option<RateLimit> {
+        self.model_rules
+            .iter()
+            .find(|(pattern, _)| matches_pattern(pattern, model))
+            .map(|(_, limit)| *limit)
+    }
+
+    /// The scopes that apply to a call, provider first: `(key, limit)`.
+    fn scopes(&self, provider: &str, model: &str) -> Vec<(String, RateLimit)> {
+        let mut scopes = Vec::with_capacity(2);
+        if let Some(limit) = self.provider_rules.get(provider) {
+            scopes.push((format!("provider:{provider}"), *limit));
+        }
+        if let Some(limit) = self.model_rule(model) {
+            scopes.push((format!("model:{model}"), limit));
+        }
+        scopes
+    }
+
+    fn window(&self, key: &str, limit: RateLimit) -> Arc<Window> {
+        lock(&self.windows)
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(Window::new(limit)))
+            .clone()
+    }
+
+    fn semaphore(&self, key: &str, permits: usize) -> Arc<Semaphore> {
+        lock(&self.semaphores)
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(permits)))
+            .clone()
+    }
+
+    /// Stops every call to `provider` from starting before `until` (a later pause wins).
+    pub(crate) fn pause(&self, provider: &str, until: Instant) {
+        let mut pauses = lock(&self.pauses);
+        let entry = pauses.entry(provider.to_string()).or_insert(until);
+        if *entry < until {
+            *entry = until;
+        }
+    }
+
+    fn paused_until(&self, provider: &str) -> Option<Instant> {
+        lock(&self.pauses)
+            .get(provider)
+            .copied()
+            .filter(|&until| until > Instant::now())
+    }
+
+    /// Waits until a call of `tokens` estimated tokens to `model` at `provider` may start, and
+    /// reserves its place.
+    pub(crate) async fn acquire(&self, provider: &str, model: &str, tokens: u64) -> Permit {
+        let scopes = self.scopes(provider, model);
+        let mut concurrency = Vec::new();
+        for (key, limit) in &scopes {
+            if let Some(n) = limit.max_concurrency {
+                let semaphore = self.semaphore(key, n);
+                // The semaphores are never closed.
+                if let Ok(permit) = semaphore.acquire_owned().await {
+                    concurrency.push(permit);
+                }
+            }
+        }
+        let windows: Vec<Arc<Window>> = scopes
+            .iter()
+            .filter(|(_, l)| l.requests.is_some() || l.tokens.is_some())
+            .map(|(key, limit)| self.window(key, *limit))
+            .collect();
+        loop {
+            if let Some(until) = self.paused_until(provider) {
+                tracing::debug!(
+                    provider,
+                    ?until,
+                    "provider paused after a rate limit; waiting"
+                );
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+            match Self::try_reserve(&windows, tokens) {
+                Ok(reservations) => {
+                    return Permit {
+                        _concurrency: concurrency,
+                        reservations,
+                    };
+                }
+                Err(wait) => {
+                    tracing::debug!(provider, model, ?wait, "rate limit reached; waiting");
+                    // Wake early if a finished call frees tokens. (A wake-up missed between
+                    // the check and here only costs waiting until `wait` ends.)
+                    let freed = windows.iter().map(|w| Box::pin(w.freed.notified()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = first_of(freed.collect()) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reserves `tokens` in every window at once, or says how long to wait.
+    fn try_reserve(
+        windows: &[Arc<Window>],
+        tokens: u64,
+    ) -> Result<Vec<(Arc<Window>, u64)>, Duration> {
+        let now = Instant::now();
+        // Always locked in the same order (provider, then model), so never deadlocks.
+        let mut guards: Vec<_> = windows.iter().map(|w| lock(&w.entries)).collect();
+        let mut wait = Duration::ZERO;
+        for (window, guard) in windows.iter().zip(guards.iter_mut()) {
+            Window::prune(&mut guard.0, window.limit.window, now);
+            if !guard.0.is_empty() {
+                wait = wait.max(window.wait_for(&guard.0, tokens, now));
+            }
+        }
+        if !wait.is_zero() {
+            return Err(wait);
+        }
+        Ok(windows
+            .iter()
+            .zip(guards.iter_mut())
+            .map(|(window, guard)| {
+                let (entries, next_id) = &mut **guard;
+                *next_id += 1;
+                entries.push_back(Entry {
+                    id: *next_id,
+                    at: now,
+                    tokens,
+                });
+                (window.clone(), *next_id)
+            })
+            .collect())
+    }
+}
+
+/// Completes when any of the futures does.
+async fn first_of<F: std::future::Future + Unpin>(mut futures: Vec<F>) {
+    if futures.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for f in futures.iter_mut() {
+            if std::pin::Pin::new(f).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_per_window_are_capped() {
+        let mut limiter = Limiter::default();
+        let limit = RateLimit::new()
+            .requests_per_minute(2)
+            .window(Duration::from_secs(1));
+        limiter.add_model_rule("m*".into(), limit);
+        let start = Instant::now();
+        let mut starts = Vec::new();
+        for _ in 0..5 {
+            let _permit = limiter.acquire("p", "m1", 1).await;
+            starts.push(start.elapsed());
+        }
+        assert_eq!(starts[1], Duration::ZERO);
+        assert_eq!(starts[2], Duration::from_secs(1));
+        assert_eq!(starts[4], Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_are_reconciled_with_reported_usage() {
+        let mut limiter = Limiter::default();
+        limiter.add_provider_rule("p".into(), RateLimit::new().tokens_per_minute(100));
+        let start = Instant::now();
+        let first = limiter.acquire("p", "a", 90).await;
+        // Only 10 tokens were really used: the next 80-token call fits at once.
+        first.reconcile(10);
+        let _second = limiter.acquire("p", "b", 80).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        let _third = limiter.acquire("p", "b", 80).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_wakes_when_reported_usage_frees_tokens() {
+        let mut limiter = Limiter::default();
+        limiter.add_provider_rule("p".into(), RateLimit::new().tokens_per_minute(100));
+        let limiter = Arc::new(limiter);
+        let start = Instant::now();
+        let first = limiter.acquire("p", "a", 90).await;
+        let waiter = tokio::spawn({
+            let limiter = limiter.clone();
+            async move {
+                let _permit = limiter.acquire("p", "b", 80).await;
+                start.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        first.reconcile(10);
+        assert_eq!(waiter.await.unwrap(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_request_passes_an_empty_window() {
+        let mut limiter = Limiter::default();
+        limiter.add_provider_rule("p".into(), RateLimit::new().tokens_per_minute(10));
+        let start = Instant::now();
+        let _permit = limiter.acquire("p", "m", 1_000).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_model_of_the_provider() {
+        let limiter = Limiter::default();
+        let start = Instant::now();
+        limiter.pause("p", start + Duration::from_secs(2));
+        let _permit = limiter.acquire("p", "other-model", 1).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        let _permit = limiter.acquire("q", "m", 1).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn concurrency_is_capped_until_permits_drop() {
+        let mut limiter = Limiter::default();
+        limiter.add_model_rule("*".into(), RateLimit::new().max_concurrency(1));
+        let first = limiter.acquire("p", "m", 1).await;
+        let second = tokio::time::timeout(Duration::from_millis(50), limiter.acquire("p", "m", 1));
+        assert!(second.await.is_err());
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(5), limiter.acquire("p", "m", 1));
+        assert!(third.await.is_ok());
+    }
+}
