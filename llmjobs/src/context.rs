@@ -41,25 +41,74 @@ struct ProgressSlot {
     writer_active: bool,
 }
 
-/// A progress report: how far the job is and what it is doing.
+/// A progress report: how far the job is, what it is doing, and what it has produced so far.
+///
+/// Build one with [`Progress::new`] or [`Progress::stage`] and the `with_*` methods, and report
+/// it with [`JobContext::report`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Progress {
     /// How far along, from 0.0 to 1.0.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fraction: Option<f64>,
-    /// What the job is doing now.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The phase the job is in (`"drafting"`, `"validating"`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// What the job is doing now, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Output produced so far (the text streamed from a model, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_output: Option<String>,
+    /// Tokens sent so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    /// Tokens received so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
 }
 
 impl Progress {
-    /// A report of `fraction` done with a message.
+    /// A report of `fraction` done (clamped to 0.0..=1.0) with a message.
     pub fn new(fraction: f64, message: impl Into<String>) -> Self {
         Progress {
             fraction: Some(fraction.clamp(0.0, 1.0)),
             message: Some(message.into()),
+            ..Progress::default()
         }
+    }
+
+    /// A report that the job entered `stage`.
+    pub fn stage(stage: impl Into<String>) -> Self {
+        Progress {
+            stage: Some(stage.into()),
+            ..Progress::default()
+        }
+    }
+
+    /// Sets the fraction done (clamped to 0.0..=1.0).
+    pub fn with_fraction(mut self, fraction: f64) -> Self {
+        self.fraction = Some(fraction.clamp(0.0, 1.0));
+        self
+    }
+
+    /// Sets the message.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    /// Sets the output produced so far.
+    pub fn with_partial_output(mut self, output: impl Into<String>) -> Self {
+        self.partial_output = Some(output.into());
+        self
+    }
+
+    /// Sets the token counts so far.
+    pub fn with_tokens(mut self, input: u64, output: u64) -> Self {
+        self.input_tokens = Some(input);
+        self.output_tokens = Some(output);
+        self
     }
 }
 
@@ -128,7 +177,14 @@ impl JobContext {
     }
 
     /// Reports a full [`Progress`] value.
+    ///
+    /// In-process subscribers ([`JobHandle::progress`](crate::JobHandle::progress), the
+    /// builder's [`on_progress`](crate::JobsBuilder::on_progress)) see every report at once;
+    /// the database keeps the latest, written a few times a second at most.
     pub fn report(&self, progress: Progress) {
+        self.inner
+            .shared
+            .publish_progress(self.inner.id, &self.inner.name, &progress);
         let json = match serde_json::to_string(&progress) {
             Ok(json) => json,
             Err(e) => {
@@ -238,7 +294,18 @@ impl JobContext {
                     .expect("a string serializes");
                 (json, Err(e))
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // Not journaled, so the position is free again: a step retried in the same
+                // attempt (an LLM call after a 500, say) takes it. Steps running side by side
+                // may have moved on, in which case the position stays unused.
+                let _ = self.inner.next_step.compare_exchange(
+                    seq + 1,
+                    seq,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                return Err(e);
+            }
         };
         let record = StepRecord {
             seq,
@@ -256,6 +323,16 @@ impl JobContext {
             )));
         }
         result
+    }
+}
+
+#[cfg(feature = "llm")]
+impl JobContext {
+    /// The LLM client of the runtime ([`JobsBuilder::llm`](crate::JobsBuilder::llm)), with
+    /// every call journaled: a resumed job gets answers that were already paid for from the
+    /// journal, and streamed deltas are reported as the job's progress.
+    pub fn llm(&self) -> crate::llm::JobLlm {
+        crate::llm::JobLlm::new(self.clone(), self.inner.shared.settings.llm.clone())
     }
 }
 

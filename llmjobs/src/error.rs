@@ -111,7 +111,10 @@ pub enum Error {
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        Error::Database(e)
+        match e {
+            sqlx::Error::PoolClosed => Error::Shutdown,
+            e => Error::Database(e),
+        }
     }
 }
 
@@ -193,10 +196,7 @@ impl fmt::Display for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
         // The top-level message already is the wrapped error's Display; add its causes.
-        let mut cause = self
-            .source
-            .as_deref()
-            .and_then(std::error::Error::source);
+        let mut cause = self.source.as_deref().and_then(std::error::Error::source);
         while let Some(c) = cause {
             write!(f, ": {c}")?;
             cause = c.source();
@@ -217,8 +217,17 @@ impl fmt::Debug for JobError {
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
     fn from(error: E) -> Self {
+        // Errors that know whether a retry can help say so (an LLM provider's 401 never will;
+        // its 429 asks for a delay).
+        #[cfg(feature = "llm")]
+        let kind = match (&error as &dyn std::any::Any).downcast_ref::<crate::llm::LlmError>() {
+            Some(llm) => llm.job_error_kind(),
+            None => ErrorKind::Retryable,
+        };
+        #[cfg(not(feature = "llm"))]
+        let kind = ErrorKind::Retryable;
         JobError {
-            kind: ErrorKind::Retryable,
+            kind,
             message: error.to_string(),
             source: Some(Box::new(error)),
         }

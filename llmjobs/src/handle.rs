@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
 
 use crate::runtime::Shared;
 use crate::status::{JobState, JobStatus};
-use crate::{Error, JobId, Jobs, Result};
+use crate::{Error, JobId, Jobs, Progress, Result};
 
 /// A job in the database, seen from any process: wait for it, read its status, cancel it.
 ///
@@ -63,6 +64,101 @@ impl<T> JobHandle<T> {
     /// it. Cancelling a finished job changes nothing and says so.
     pub async fn cancel(&self) -> Result<CancelOutcome> {
         self.jobs.cancel(self.id).await
+    }
+}
+
+impl<T> JobHandle<T> {
+    /// A stream of the job's progress reports, ending when the job ends.
+    ///
+    /// Reports made in this process arrive at once, every one of them, in order. For a job
+    /// running in another process, the stream yields the latest stored report whenever it
+    /// changes (checked twice a second), so fast reports may be coalesced.
+    pub fn progress(&self) -> ProgressStream {
+        let shared = self.jobs.shared().clone();
+        let id = self.id;
+        let mut local = shared.subscribe_progress(id);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut last_stored: Option<serde_json::Value> = None;
+            loop {
+                tokio::select! {
+                    report = local.recv() => match report {
+                        Some(report) => {
+                            if tx.send(report).is_err() {
+                                break;
+                            }
+                        }
+                        // The job ended in this process.
+                        None => break,
+                    },
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                        if tx.is_closed() {
+                            break;
+                        }
+                        let Ok(status) = shared.status(id).await else { break };
+                        let runs_elsewhere = status.owner.as_deref() != Some(&*shared.owner);
+                        if runs_elsewhere && status.progress != last_stored {
+                            if let Some(report) = status
+                                .progress
+                                .clone()
+                                .and_then(|v| serde_json::from_value::<Progress>(v).ok())
+                                && tx.send(report).is_err()
+                            {
+                                break;
+                            }
+                            last_stored = status.progress;
+                        }
+                        if status.state.is_terminal() {
+                            break;
+                        }
+                    }
+                }
+            }
+            drop(local);
+            shared.prune_progress_subscribers(id);
+        });
+        ProgressStream { rx }
+    }
+
+    /// Calls `callback` with each progress report of the job (see [`JobHandle::progress`]),
+    /// on a background task that ends when the job ends.
+    pub fn on_progress<F>(&self, mut callback: F) -> tokio::task::JoinHandle<()>
+    where
+        F: FnMut(Progress) + Send + 'static,
+    {
+        let mut stream = self.progress();
+        tokio::spawn(async move {
+            while let Some(report) = stream.next().await {
+                callback(report);
+            }
+        })
+    }
+}
+
+/// The progress reports of one job; see [`JobHandle::progress`].
+///
+/// Implements [`futures_core::Stream`], and has an inherent [`next`](ProgressStream::next) for
+/// use without a stream-extension crate.
+#[derive(Debug)]
+pub struct ProgressStream {
+    rx: mpsc::UnboundedReceiver<Progress>,
+}
+
+impl ProgressStream {
+    /// The next report, or `None` once the job has ended.
+    pub async fn next(&mut self) -> Option<Progress> {
+        self.rx.recv().await
+    }
+}
+
+impl futures_core::Stream for ProgressStream {
+    type Item = Progress;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Progress>> {
+        self.rx.poll_recv(cx)
     }
 }
 
@@ -137,7 +233,16 @@ async fn wait_terminal(
         if status.state.is_terminal() {
             return Ok(status);
         }
-        let sleep = tokio::time::sleep(delay);
+        // A job this process runs wakes us when it ends: no need to poll for it. Others
+        // (pending, or run elsewhere) are polled with back-off.
+        let runs_here =
+            status.state == JobState::Running && status.owner.as_deref() == Some(&*shared.owner);
+        let poll_every = if runs_here {
+            Duration::from_secs(5)
+        } else {
+            delay
+        };
+        let sleep = tokio::time::sleep(poll_every);
         match deadline {
             Some(deadline) => {
                 if tokio::time::Instant::now() >= deadline {

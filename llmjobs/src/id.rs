@@ -49,9 +49,11 @@ impl FromStr for JobId {
     type Err = ParseJobIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s.trim()).map(JobId).map_err(|_| ParseJobIdError {
-            input: s.to_string(),
-        })
+        Uuid::parse_str(s.trim())
+            .map(JobId)
+            .map_err(|_| ParseJobIdError {
+                input: s.to_string(),
+            })
     }
 }
 

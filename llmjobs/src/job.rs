@@ -55,6 +55,20 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
         JobConfig::new()
     }
 
+    /// The concurrency key of this call: at most [`JobConfig::key_limit`] jobs with the same
+    /// key run at once, across every process sharing the database (the model or provider an
+    /// LLM call goes to, say). `None` (the default): no per-key limit.
+    fn concurrency_key(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether this call always goes to the background, so that waiting for it with a timeout
+    /// returns [`Outcome::Pending`](crate::Outcome::Pending) at once. The default is
+    /// [`JobConfig::long_running`]; a job can decide per call (an LLM job, by model).
+    fn is_long_running(&self) -> bool {
+        Self::config().long_running
+    }
+
     /// Runs one attempt of the job.
     fn run(
         ctx: JobContext,
@@ -76,6 +90,9 @@ pub struct JobConfig {
     pub retries: Option<u32>,
     /// The job always runs in the background: waiting with a timeout returns at once.
     pub long_running: bool,
+    /// At most this many jobs with the same [`Job::concurrency_key`] run at once, across every
+    /// process sharing the database.
+    pub key_limit: Option<u32>,
 }
 
 impl JobConfig {
@@ -86,6 +103,7 @@ impl JobConfig {
             timeout: None,
             retries: None,
             long_running: false,
+            key_limit: None,
         }
     }
 
@@ -112,6 +130,12 @@ impl JobConfig {
         self.long_running = long_running;
         self
     }
+
+    /// Sets [`JobConfig::key_limit`].
+    pub const fn key_limit(mut self, limit: u32) -> Self {
+        self.key_limit = Some(limit);
+        self
+    }
 }
 
 /// A typed, serializable invocation of a job: its name and its arguments. Creating one runs
@@ -124,18 +148,22 @@ pub struct JobCall<T> {
     args: Result<Box<RawValue>, String>,
     config: JobConfig,
     priority: i32,
+    key: Option<String>,
+    long_running: bool,
     _output: PhantomData<fn() -> T>,
 }
 
 impl<T> JobCall<T> {
     /// The invocation of job `J` with `args`.
     pub fn new<J: Job<Output = T>>(args: &J) -> Self {
-        let args = serde_json::value::to_raw_value(args).map_err(|e| e.to_string());
+        let config = J::config();
         JobCall {
             name: Cow::Borrowed(J::NAME),
-            args,
-            config: J::config(),
+            args: serde_json::value::to_raw_value(args).map_err(|e| e.to_string()),
+            key: args.concurrency_key(),
+            long_running: args.is_long_running(),
             priority: 0,
+            config,
             _output: PhantomData,
         }
     }
@@ -149,6 +177,8 @@ impl<T> JobCall<T> {
             args: serde_json::value::to_raw_value(&args).map_err(|e| e.to_string()),
             config: JobConfig::new(),
             priority: 0,
+            key: None,
+            long_running: false,
             _output: PhantomData,
         }
     }
@@ -172,6 +202,30 @@ impl<T> JobCall<T> {
         self
     }
 
+    /// Puts the call under a concurrency key: at most `limit` jobs with this key run at once,
+    /// across every process sharing the database. Overrides the job's own key and limit.
+    pub fn concurrency_key(mut self, key: impl Into<String>, limit: u32) -> Self {
+        self.key = Some(key.into());
+        self.config.key_limit = Some(limit);
+        self
+    }
+
+    /// Sends the call to the background (or not), whatever the job's own classification.
+    pub fn long_running(mut self, long_running: bool) -> Self {
+        self.long_running = long_running;
+        self
+    }
+
+    /// The call's concurrency key, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// Whether the call goes straight to the background.
+    pub fn is_long_running(&self) -> bool {
+        self.long_running
+    }
+
     pub(crate) fn config(&self) -> &JobConfig {
         &self.config
     }
@@ -187,6 +241,8 @@ impl<T> fmt::Debug for JobCall<T> {
             .field("name", &self.name)
             .field("args", &self.args_json())
             .field("priority", &self.priority)
+            .field("key", &self.key)
+            .field("long_running", &self.long_running)
             .finish()
     }
 }
@@ -198,6 +254,8 @@ impl<T> Clone for JobCall<T> {
             args: self.args.clone(),
             config: self.config.clone(),
             priority: self.priority,
+            key: self.key.clone(),
+            long_running: self.long_running,
             _output: PhantomData,
         }
     }
@@ -210,6 +268,12 @@ struct WireCall<'a> {
     args: Cow<'a, RawValue>,
     #[serde(default, skip_serializing_if = "is_zero")]
     priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    long_running: bool,
 }
 
 fn is_zero(p: &i32) -> bool {
@@ -223,6 +287,9 @@ impl<T> Serialize for JobCall<T> {
             name: Cow::Borrowed(&self.name),
             args: Cow::Borrowed(args),
             priority: self.priority,
+            key: self.key.as_deref().map(Cow::Borrowed),
+            key_limit: self.config.key_limit,
+            long_running: self.long_running,
         }
         .serialize(serializer)
     }
@@ -234,8 +301,13 @@ impl<'de, T> Deserialize<'de> for JobCall<T> {
         Ok(JobCall {
             name: Cow::Owned(wire.name.into_owned()),
             args: Ok(wire.args.into_owned()),
-            config: JobConfig::new(),
+            config: JobConfig {
+                key_limit: wire.key_limit,
+                ..JobConfig::new()
+            },
             priority: wire.priority,
+            key: wire.key.map(Cow::into_owned),
+            long_running: wire.long_running,
             _output: PhantomData,
         })
     }

@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 
 use crate::handle::CancelOutcome;
 use crate::job::Registration;
-use crate::runtime::{self, Backoff, Entry, Settings, Shared};
-use crate::status::{JobState, JobStatus, now_ms};
+use crate::runtime::{self, Backoff, Entry, ProgressEvent, Settings, Shared};
+use crate::status::{JobCounts, JobState, JobStatus, now_ms};
 use crate::store::{CancelEffect, NewJob, Store};
 use crate::{Error, Job, JobCall, JobHandle, JobId, Outcome, Result};
 
@@ -91,6 +91,8 @@ impl Jobs {
                 name: call.name().to_string(),
                 args: args.to_string(),
                 priority: call.priority_value(),
+                concurrency_key: call.key().map(str::to_string),
+                key_limit: call.config().key_limit.or(config.key_limit),
                 max_attempts: retries.saturating_add(1),
                 run_at: now,
                 created_at: now,
@@ -122,12 +124,7 @@ impl Jobs {
         call: JobCall<T>,
         timeout: Duration,
     ) -> Result<Outcome<T>> {
-        let long_running = self
-            .shared
-            .registry
-            .get(call.name())
-            .map(|e| e.config.long_running)
-            .unwrap_or(call.config().long_running);
+        let long_running = call.is_long_running();
         let handle = self.spawn(call).await?;
         if long_running {
             return Ok(Outcome::Pending(handle));
@@ -150,6 +147,28 @@ impl Jobs {
     pub async fn list(&self, state: Option<JobState>, limit: u32) -> Result<Vec<JobStatus>> {
         let rows = self.shared.store.list(state, limit).await?;
         rows.iter().map(|row| row.to_status()).collect()
+    }
+
+    /// How many jobs are in each state.
+    pub async fn counts(&self) -> Result<JobCounts> {
+        let mut counts = JobCounts::default();
+        for (status, n) in self.shared.store.counts().await? {
+            let slot = match status.parse::<JobState>() {
+                Ok(JobState::Pending) => &mut counts.pending,
+                Ok(JobState::Running) => &mut counts.running,
+                Ok(JobState::Completed) => &mut counts.completed,
+                Ok(JobState::Failed) => &mut counts.failed,
+                Ok(JobState::Cancelled) => &mut counts.cancelled,
+                Err(reason) => {
+                    return Err(Error::CorruptRow {
+                        id: format!("({n} rows)"),
+                        reason,
+                    });
+                }
+            };
+            *slot += n;
+        }
+        Ok(counts)
     }
 
     /// Cancels a job: at once if it is pending; if it is running, in whichever process runs it
@@ -186,7 +205,21 @@ impl Jobs {
     /// (see [`JobsBuilder::shutdown_grace`]), then hands the rest back so the next process
     /// resumes them at once.
     pub async fn shutdown(&self) {
-        self.shared.shutdown(self.shared.settings.shutdown_grace).await
+        self.shared
+            .shutdown(self.shared.settings.shutdown_grace)
+            .await
+    }
+}
+
+impl fmt::Debug for JobsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobsBuilder")
+            .field("url", &self.url)
+            .field("durability", &self.durability)
+            .field("settings", &self.settings)
+            .field("registrations", &self.registrations)
+            .field("auto_register", &self.auto_register)
+            .finish()
     }
 }
 
@@ -199,7 +232,7 @@ impl fmt::Debug for Jobs {
 }
 
 /// Settings for [`Jobs`]. Get one with [`Jobs::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JobsBuilder {
     url: Option<String>,
     durability: Durability,
@@ -214,6 +247,9 @@ impl Default for JobsBuilder {
             url: None,
             durability: Durability::Full,
             settings: Settings {
+                on_progress: None,
+                #[cfg(feature = "llm")]
+                llm: Err("not configured yet".into()),
                 concurrency: 64,
                 global_concurrency: None,
                 lease: Duration::from_secs(30),
@@ -303,6 +339,25 @@ impl JobsBuilder {
         self
     }
 
+    /// Calls `callback` with every progress report of every job this process runs, as it is
+    /// made. Keep it quick: it runs inside the reporting job.
+    pub fn on_progress<F>(mut self, callback: F) -> Self
+    where
+        F: Fn(&ProgressEvent<'_>) + Send + Sync + 'static,
+    {
+        self.settings.on_progress = Some(Arc::new(callback));
+        self
+    }
+
+    /// The LLM client that jobs reach through [`JobContext::llm`](crate::JobContext::llm)
+    /// and that runs the built-in [`llm_call`](crate::llm::llm_call) job. Without one, a client
+    /// configured from the environment is used ([`LlmClient::from_env`](crate::llm::LlmClient::from_env)).
+    #[cfg(feature = "llm")]
+    pub fn llm(mut self, client: crate::llm::LlmClient) -> Self {
+        self.settings.llm = Ok(client);
+        self
+    }
+
     /// Registers a job by hand: for jobs that implement [`Job`] without `#[llm_job]`.
     pub fn register<J: Job>(mut self) -> Self {
         self.registrations.push(Registration::of::<J>());
@@ -329,8 +384,9 @@ impl JobsBuilder {
             return Err(Error::Config("the lease must be at least 1 s".into()));
         }
         let registry = self.registry()?;
+        let settings = with_default_llm(self.settings);
         let (store, db_path) = open_store(&url, self.durability).await?;
-        let shared = Shared::new(store, self.settings, registry, db_path)?;
+        let shared = Shared::new(store, settings, registry, db_path)?;
         // Resume what dead workers left before claiming anything new.
         runtime::recover_orphans(&shared).await?;
         shared.start();
@@ -343,7 +399,10 @@ impl JobsBuilder {
     fn registry(&self) -> Result<HashMap<&'static str, Entry>> {
         let mut registry: HashMap<&'static str, Entry> = HashMap::new();
         let linked: Vec<Registration> = if self.auto_register {
-            inventory::iter::<Registration>.into_iter().copied().collect()
+            inventory::iter::<Registration>
+                .into_iter()
+                .copied()
+                .collect()
         } else {
             Vec::new()
         };
@@ -377,6 +436,24 @@ impl JobsBuilder {
         }
         Ok(registry)
     }
+}
+
+/// Without a configured LLM client, `ctx.llm()` uses one configured from the environment.
+#[cfg(feature = "llm")]
+fn with_default_llm(mut settings: Settings) -> Settings {
+    if settings.llm.is_err() {
+        settings.llm = crate::llm::LlmClient::from_env().map_err(|e| {
+            format!(
+                "no LLM client configured (JobsBuilder::llm) and none from the environment: {e}"
+            )
+        });
+    }
+    settings
+}
+
+#[cfg(not(feature = "llm"))]
+fn with_default_llm(settings: Settings) -> Settings {
+    settings
 }
 
 async fn open_store(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -15,13 +15,33 @@ use crate::job::Registration;
 use crate::owner::{self, Liveness, OwnerLock};
 use crate::status::{JobStatus, now_ms};
 use crate::store::{ClaimRequest, ClaimedJob, Finish, NameQuota, Store};
-use crate::{Error, JobConfig, JobContext, JobId, Result};
+use crate::{Error, JobConfig, JobContext, JobId, Progress, Result};
 
 mod panic;
 
+/// A callback that sees every progress report of every job this process runs.
+pub(crate) type ProgressCallback = Arc<dyn Fn(&ProgressEvent<'_>) + Send + Sync>;
+
+/// One progress report, as the builder's [`on_progress`](crate::JobsBuilder::on_progress)
+/// callback sees it.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ProgressEvent<'a> {
+    /// The job that reported.
+    pub id: JobId,
+    /// Its name.
+    pub name: &'a str,
+    /// The report.
+    pub progress: &'a Progress,
+}
+
 /// Settings fixed when the runtime starts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Settings {
+    pub(crate) on_progress: Option<ProgressCallback>,
+    /// The client behind `ctx.llm()`, or why there is none.
+    #[cfg(feature = "llm")]
+    pub(crate) llm: Result<crate::llm::LlmClient, String>,
     pub(crate) concurrency: u32,
     pub(crate) global_concurrency: Option<u32>,
     pub(crate) lease: Duration,
@@ -58,7 +78,10 @@ impl Backoff {
     /// The delay before retry number `retry` (1 for the first), jittered to between half and
     /// all of the exponential value so that jobs failing together do not retry together.
     pub fn delay(&self, retry: u32) -> Duration {
-        let exp = self.factor.max(1.0).powi(retry.saturating_sub(1).min(64) as i32);
+        let exp = self
+            .factor
+            .max(1.0)
+            .powi(retry.saturating_sub(1).min(64) as i32);
         let full = self.base.as_secs_f64() * exp;
         let full = full.min(self.cap.as_secs_f64());
         let jitter = 0.5 + 0.5 * random_unit();
@@ -97,6 +120,8 @@ pub(crate) struct Shared {
     wake: Notify,
     running: Mutex<Running>,
     waiters: Mutex<HashMap<JobId, Weak<Notify>>>,
+    /// In-process progress subscribers, by job.
+    progress_subscribers: Mutex<HashMap<JobId, Vec<mpsc::UnboundedSender<Progress>>>>,
     /// Set by shutdown: claim nothing more.
     stop_claiming: CancellationToken,
     /// Set when running jobs must be dropped and handed back.
@@ -137,6 +162,7 @@ impl Shared {
             wake: Notify::new(),
             running: Mutex::new(Running::default()),
             waiters: Mutex::new(HashMap::new()),
+            progress_subscribers: Mutex::new(HashMap::new()),
             stop_claiming: CancellationToken::new(),
             abort: CancellationToken::new(),
             stopped: CancellationToken::new(),
@@ -190,7 +216,50 @@ impl Shared {
         }
     }
 
+    /// Hands a report to the global callback and to the job's in-process subscribers.
+    pub(crate) fn publish_progress(&self, id: JobId, name: &str, progress: &Progress) {
+        if let Some(callback) = &self.settings.on_progress {
+            callback(&ProgressEvent { id, name, progress });
+        }
+        let mut subscribers = self.progress_subscribers.lock().expect("progress lock");
+        if let Some(list) = subscribers.get_mut(&id) {
+            list.retain(|tx| tx.send(progress.clone()).is_ok());
+            if list.is_empty() {
+                subscribers.remove(&id);
+            }
+        }
+    }
+
+    /// A channel that receives every later progress report of `id` made in this process; it
+    /// closes when the job ends here.
+    pub(crate) fn subscribe_progress(&self, id: JobId) -> mpsc::UnboundedReceiver<Progress> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.progress_subscribers
+            .lock()
+            .expect("progress lock")
+            .entry(id)
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// Forgets the subscribers of `id` whose receivers are gone.
+    pub(crate) fn prune_progress_subscribers(&self, id: JobId) {
+        let mut subscribers = self.progress_subscribers.lock().expect("progress lock");
+        if let Some(list) = subscribers.get_mut(&id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                subscribers.remove(&id);
+            }
+        }
+    }
+
     pub(crate) fn notify_finished(&self, id: JobId) {
+        // Ends the progress streams of the job.
+        self.progress_subscribers
+            .lock()
+            .expect("progress lock")
+            .remove(&id);
         let waiters = self.waiters.lock().expect("waiters lock");
         if let Some(notify) = waiters.get(&id).and_then(Weak::upgrade) {
             notify.notify_waiters();
@@ -220,7 +289,10 @@ impl Shared {
         self.stop_claiming.cancel();
         self.wake.notify_one();
         self.workers.close();
-        if tokio::time::timeout(grace, self.workers.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.workers.wait())
+            .await
+            .is_err()
+        {
             tracing::info!(
                 running = self.running_count(),
                 "shutdown grace period over; handing the remaining jobs back"
@@ -468,7 +540,9 @@ async fn record_finish(shared: &Shared, id: JobId, finish: Finish, progress: Opt
         {
             Ok(true) => return,
             Ok(false) => {
-                tracing::info!("the job was cancelled or taken over meanwhile; outcome not recorded");
+                tracing::info!(
+                    "the job was cancelled or taken over meanwhile; outcome not recorded"
+                );
                 return;
             }
             Err(Error::Shutdown) => return,
@@ -502,7 +576,11 @@ async fn maintain(shared: Weak<Shared>, stopped: CancellationToken) {
             if now - last_heartbeat >= shared.settings.lease / 3 {
                 last_heartbeat = now;
                 let lease_until = now_ms() + shared.settings.lease.as_millis() as i64;
-                if let Err(e) = shared.store.heartbeat(shared.owner.clone(), lease_until).await {
+                if let Err(e) = shared
+                    .store
+                    .heartbeat(shared.owner.clone(), lease_until)
+                    .await
+                {
                     tracing::warn!(error = %e, "renewing leases failed");
                 }
             }
@@ -561,6 +639,23 @@ pub(crate) async fn recover_orphans(shared: &Shared) -> Result<u64> {
         shared.wake_dispatcher();
     }
     Ok(recovered)
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("on_progress", &self.on_progress.is_some())
+            .field("concurrency", &self.concurrency)
+            .field("global_concurrency", &self.global_concurrency)
+            .field("lease", &self.lease)
+            .field("poll_interval", &self.poll_interval)
+            .field("default_timeout", &self.default_timeout)
+            .field("default_retries", &self.default_retries)
+            .field("backoff", &self.backoff)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("run_jobs", &self.run_jobs)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Shared {

@@ -91,6 +91,8 @@ pub struct JobStatus {
     pub owner: Option<String>,
     /// Higher runs first.
     pub priority: i32,
+    /// The concurrency key the job runs under, if any.
+    pub concurrency_key: Option<String>,
     /// When the job was spawned.
     pub created_at: SystemTime,
     /// When its first attempt started.
@@ -101,6 +103,34 @@ pub struct JobStatus {
     pub run_at: SystemTime,
     /// Whether a cancellation was requested while it ran.
     pub cancel_requested: bool,
+}
+
+/// How many jobs are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct JobCounts {
+    /// Jobs waiting to run.
+    pub pending: u64,
+    /// Jobs running now.
+    pub running: u64,
+    /// Jobs that completed.
+    pub completed: u64,
+    /// Jobs that failed.
+    pub failed: u64,
+    /// Jobs that were cancelled.
+    pub cancelled: u64,
+}
+
+impl JobCounts {
+    /// Jobs not yet in a terminal state.
+    pub fn unfinished(&self) -> u64 {
+        self.pending + self.running
+    }
+
+    /// All jobs.
+    pub fn total(&self) -> u64 {
+        self.unfinished() + self.completed + self.failed + self.cancelled
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {

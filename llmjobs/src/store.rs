@@ -15,6 +15,8 @@ pub(crate) struct NewJob {
     pub(crate) name: String,
     pub(crate) args: String,
     pub(crate) priority: i32,
+    pub(crate) concurrency_key: Option<String>,
+    pub(crate) key_limit: Option<u32>,
     pub(crate) max_attempts: u32,
     pub(crate) run_at: i64,
     pub(crate) created_at: i64,
@@ -92,6 +94,7 @@ pub(crate) struct JobRow {
     pub(crate) error: Option<String>,
     pub(crate) progress: Option<String>,
     pub(crate) priority: i64,
+    pub(crate) concurrency_key: Option<String>,
     pub(crate) attempts: i64,
     pub(crate) max_attempts: i64,
     pub(crate) owner: Option<String>,
@@ -104,7 +107,7 @@ pub(crate) struct JobRow {
 
 /// The columns [`JobRow`] reads, for `SELECT`s.
 pub(crate) const JOB_ROW_COLUMNS: &str = "id, name, status, result, error, progress, priority, \
-     attempts, max_attempts, owner, cancel_requested, run_at, created_at, started_at, completed_at";
+     concurrency_key, attempts, max_attempts, owner, cancel_requested, run_at, created_at, started_at, completed_at";
 
 impl JobRow {
     pub(crate) fn state(&self) -> Result<JobState> {
@@ -140,6 +143,7 @@ impl JobRow {
             progress,
             owner: self.owner.clone(),
             priority: i32::try_from(self.priority).unwrap_or(0),
+            concurrency_key: self.concurrency_key.clone(),
             created_at: from_ms(self.created_at),
             started_at: self.started_at.map(from_ms),
             completed_at: self.completed_at.map(from_ms),
@@ -179,6 +183,9 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Jobs, newest first, optionally only in one state.
     async fn list(&self, state: Option<JobState>, limit: u32) -> Result<Vec<JobRow>>;
 
+    /// How many jobs are in each state.
+    async fn counts(&self) -> Result<Vec<(String, u64)>>;
+
     /// Renews the lease of every running job of `owner`.
     async fn heartbeat(&self, owner: Arc<str>, lease_until: i64) -> Result<()>;
 
@@ -199,12 +206,7 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Appends a step's output to the journal of a job `owner` runs. Returns `false` when the
     /// job is no longer this owner's (nothing is written then).
-    async fn append_step(
-        &self,
-        id: JobId,
-        owner: Arc<str>,
-        step: StepRecord,
-    ) -> Result<bool>;
+    async fn append_step(&self, id: JobId, owner: Arc<str>, step: StepRecord) -> Result<bool>;
 
     /// Stores the latest progress report of a running job.
     async fn save_progress(&self, id: JobId, progress: String) -> Result<()>;

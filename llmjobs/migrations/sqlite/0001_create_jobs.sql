@@ -10,6 +10,7 @@ CREATE TABLE llmjobs_jobs (
     progress         TEXT,
     priority         INTEGER NOT NULL DEFAULT 0,
     concurrency_key  TEXT,
+    key_limit        INTEGER,
     attempts         INTEGER NOT NULL DEFAULT 0,
     max_attempts     INTEGER NOT NULL DEFAULT 1,
     owner            TEXT,
@@ -27,6 +28,9 @@ CREATE INDEX llmjobs_jobs_pending ON llmjobs_jobs (priority DESC, run_at, id)
 -- Limits count running jobs per name; recovery finds running jobs per owner.
 CREATE INDEX llmjobs_jobs_running ON llmjobs_jobs (owner, name)
     WHERE status = 'running';
+-- Per-key limits count running jobs per key.
+CREATE INDEX llmjobs_jobs_running_keys ON llmjobs_jobs (concurrency_key)
+    WHERE status = 'running' AND concurrency_key IS NOT NULL;
 -- Retention deletes old terminal jobs.
 CREATE INDEX llmjobs_jobs_finished ON llmjobs_jobs (completed_at)
     WHERE status IN ('completed', 'failed', 'cancelled');

@@ -107,7 +107,9 @@ impl SqliteStore {
             // Two processes opening a new database at once must not both create the tables:
             // the second waits for the first's migrations, then finds them applied.
             let _guard = match target.path() {
-                Some(path) => Some(crate::owner::lock_exclusive(&crate::owner::lock_path(path, "migrate")).await?),
+                Some(path) => Some(
+                    crate::owner::lock_exclusive(&crate::owner::lock_path(path, "migrate")).await?,
+                ),
                 None => None,
             };
             migrate(&mut conn).await?;
@@ -140,7 +142,9 @@ impl SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("url", &self.url).finish()
+        f.debug_struct("SqliteStore")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
@@ -222,8 +226,22 @@ impl Store for SqliteStore {
             .await?)
     }
 
+    async fn counts(&self) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM llmjobs_jobs GROUP BY status")
+                .fetch_all(&self.readers)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(status, n)| (status, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
     async fn heartbeat(&self, owner: Arc<str>, lease_until: i64) -> Result<()> {
-        match self.write(WriteOp::Heartbeat { owner, lease_until }).await? {
+        match self
+            .write(WriteOp::Heartbeat { owner, lease_until })
+            .await?
+        {
             Reply::Count(_) => Ok(()),
             other => Err(unexpected(other)),
         }

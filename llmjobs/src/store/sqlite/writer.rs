@@ -190,10 +190,10 @@ fn insert_sql(rows: usize) -> AssertSqlSafe<Arc<str>> {
         ROW_BUCKETS
             .iter()
             .map(|&n| {
-                let values = vec!["(?, ?, 'pending', ?, ?, ?, ?, ?)"; n].join(", ");
+                let values = vec!["(?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
                 Arc::from(format!(
-                    "INSERT INTO llmjobs_jobs \
-                     (id, name, status, args, priority, max_attempts, run_at, created_at) \
+                    "INSERT INTO llmjobs_jobs (id, name, status, args, priority, \
+                     concurrency_key, key_limit, max_attempts, run_at, created_at) \
                      VALUES {values}"
                 ))
             })
@@ -221,6 +221,8 @@ async fn insert_jobs(conn: &mut SqliteConnection, jobs: &[&NewJob]) -> Result<()
                 .bind(&job.name)
                 .bind(&job.args)
                 .bind(job.priority)
+                .bind(job.concurrency_key.as_deref())
+                .bind(job.key_limit.map(i64::from))
                 .bind(i64::from(job.max_attempts))
                 .bind(job.run_at)
                 .bind(job.created_at);
@@ -247,55 +249,60 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Reply> {
         } => {
             let id = id.to_string();
             let owner: &str = owner;
-            let result = match finish {
-                Finish::Completed { result } => sqlx::query(
-                    "UPDATE llmjobs_jobs SET status = 'completed', result = ?, error = NULL, \
+            let result =
+                match finish {
+                    Finish::Completed { result } => sqlx::query(
+                        "UPDATE llmjobs_jobs SET status = 'completed', result = ?, error = NULL, \
                      completed_at = ?, lease_until = NULL, progress = coalesce(?, progress) \
                      WHERE id = ? AND status = 'running' AND owner = ?",
-                )
-                .bind(result)
-                .bind(now)
-                .bind(progress)
-                .bind(&id)
-                .bind(owner)
-                .execute(&mut *conn)
-                .await?,
-                Finish::Failed { error } => sqlx::query(
-                    "UPDATE llmjobs_jobs SET status = 'failed', error = ?, completed_at = ?, \
+                    )
+                    .bind(result)
+                    .bind(now)
+                    .bind(progress)
+                    .bind(&id)
+                    .bind(owner)
+                    .execute(&mut *conn)
+                    .await?,
+                    Finish::Failed { error } => sqlx::query(
+                        "UPDATE llmjobs_jobs SET status = 'failed', error = ?, completed_at = ?, \
                      lease_until = NULL, progress = coalesce(?, progress) \
                      WHERE id = ? AND status = 'running' AND owner = ?",
-                )
-                .bind(error)
-                .bind(now)
-                .bind(progress)
-                .bind(&id)
-                .bind(owner)
-                .execute(&mut *conn)
-                .await?,
-                Finish::Retry { error, run_at } => sqlx::query(
-                    "UPDATE llmjobs_jobs SET status = 'pending', error = ?, run_at = ?, \
+                    )
+                    .bind(error)
+                    .bind(now)
+                    .bind(progress)
+                    .bind(&id)
+                    .bind(owner)
+                    .execute(&mut *conn)
+                    .await?,
+                    Finish::Retry { error, run_at } => {
+                        sqlx::query(
+                            "UPDATE llmjobs_jobs SET status = 'pending', error = ?, run_at = ?, \
                      owner = NULL, lease_until = NULL, progress = coalesce(?, progress) \
                      WHERE id = ? AND status = 'running' AND owner = ?",
-                )
-                .bind(error)
-                .bind(run_at)
-                .bind(progress)
-                .bind(&id)
-                .bind(owner)
-                .execute(&mut *conn)
-                .await?,
-                Finish::Cancelled => sqlx::query(
-                    "UPDATE llmjobs_jobs SET status = 'cancelled', completed_at = ?, \
+                        )
+                        .bind(error)
+                        .bind(run_at)
+                        .bind(progress)
+                        .bind(&id)
+                        .bind(owner)
+                        .execute(&mut *conn)
+                        .await?
+                    }
+                    Finish::Cancelled => {
+                        sqlx::query(
+                            "UPDATE llmjobs_jobs SET status = 'cancelled', completed_at = ?, \
                      lease_until = NULL, progress = coalesce(?, progress) \
                      WHERE id = ? AND status = 'running' AND owner = ?",
-                )
-                .bind(now)
-                .bind(progress)
-                .bind(&id)
-                .bind(owner)
-                .execute(&mut *conn)
-                .await?,
-            };
+                        )
+                        .bind(now)
+                        .bind(progress)
+                        .bind(&id)
+                        .bind(owner)
+                        .execute(&mut *conn)
+                        .await?
+                    }
+                };
             Reply::Changed(result.rows_affected() == 1)
         }
         WriteOp::Cancel { id } => Reply::Cancel(cancel(conn, *id, now).await?),
@@ -413,6 +420,44 @@ async fn cancel(conn: &mut SqliteConnection, id: JobId, now: i64) -> Result<Canc
     }
 }
 
+/// How many jobs run now under each concurrency key that the candidates use.
+async fn running_by_key(
+    conn: &mut SqliteConnection,
+    candidates: &[sqlx::sqlite::SqliteRow],
+) -> Result<std::collections::HashMap<String, u32>> {
+    let mut keys = Vec::new();
+    for row in candidates {
+        let key: Option<String> = row.try_get("concurrency_key")?;
+        let limit: Option<i64> = row.try_get("key_limit")?;
+        if let (Some(key), Some(_)) = (key, limit)
+            && !keys.contains(&key)
+        {
+            keys.push(key);
+        }
+    }
+    let mut counts = std::collections::HashMap::new();
+    for chunk in keys.chunks(256) {
+        let placeholders = vec!["?"; chunk.len()].join(", ");
+        let sql = AssertSqlSafe(format!(
+            "SELECT concurrency_key, count(*) AS n FROM llmjobs_jobs \
+             WHERE status = 'running' AND concurrency_key IN ({placeholders}) \
+             GROUP BY concurrency_key"
+        ));
+        let mut query = sqlx::query(sql);
+        for key in chunk {
+            query = query.bind(key);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let n: i64 = row.try_get("n")?;
+            counts.insert(
+                row.try_get("concurrency_key")?,
+                u32::try_from(n).unwrap_or(u32::MAX),
+            );
+        }
+    }
+    Ok(counts)
+}
+
 /// Picks due pending jobs this worker can run, within the per-name and global limits counted
 /// over the whole database (the write lock makes the count and the claim one atomic step across
 /// processes), and marks them running.
@@ -457,7 +502,7 @@ async fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Ve
 
     let placeholders = vec!["?"; room.len()].join(", ");
     let sql = AssertSqlSafe(format!(
-        "SELECT id, name FROM llmjobs_jobs \
+        "SELECT id, name, concurrency_key, key_limit FROM llmjobs_jobs \
          WHERE status = 'pending' AND run_at <= ? AND name IN ({placeholders}) \
          ORDER BY priority DESC, run_at, id LIMIT ?"
     ));
@@ -471,18 +516,32 @@ async fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Ve
         .bind(i64::try_from(window).unwrap_or(i64::MAX))
         .fetch_all(&mut *conn)
         .await?;
+    let running_by_key = running_by_key(conn, &candidates).await?;
+    let mut started_by_key = std::collections::HashMap::<String, u32>::new();
     let mut chosen = Vec::with_capacity(slots);
     for row in candidates {
         if chosen.len() == slots {
             break;
         }
         let name: String = row.try_get("name")?;
-        if let Some((_, left)) = room.iter_mut().find(|(n, _)| *n == name)
-            && *left > 0
-        {
-            *left -= 1;
-            chosen.push(row.try_get::<String, _>("id")?);
+        let Some((_, left)) = room.iter_mut().find(|(n, _)| *n == name) else {
+            continue;
+        };
+        if *left == 0 {
+            continue;
         }
+        let key: Option<String> = row.try_get("concurrency_key")?;
+        let key_limit: Option<i64> = row.try_get("key_limit")?;
+        if let (Some(key), Some(limit)) = (key, key_limit) {
+            let running = running_by_key.get(&key).copied().unwrap_or(0);
+            let started = started_by_key.entry(key).or_insert(0);
+            if i64::from(running + *started) >= limit {
+                continue;
+            }
+            *started += 1;
+        }
+        *left -= 1;
+        chosen.push(row.try_get::<String, _>("id")?);
     }
 
     let mut claimed = Vec::with_capacity(chosen.len());

@@ -1,0 +1,181 @@
+//! LLM calls inside jobs: `ctx.llm()` with journaled answers, and the built-in durable
+//! [`llm_call`] job.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Attempt, AttemptPurpose, AttemptRunner, BoxFuture, ChatRequest, ChatResponse,
+    DEFAULT_LONG_RUNNING_PATTERNS, LlmClient, LlmError, StreamEvent,
+};
+use crate::{Job, JobCall, JobContext, JobError, Progress};
+
+/// How often, at most, streamed output is reported as progress.
+const STREAM_REPORT_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The LLM client as a job sees it (from [`JobContext::llm`]): every answer and every agent
+/// check is a journaled step, so a job resumed after a crash gets the answers it already paid
+/// for from the journal instead of calling the model again.
+#[derive(Clone)]
+pub struct JobLlm {
+    ctx: JobContext,
+    client: Result<LlmClient, String>,
+}
+
+impl std::fmt::Debug for JobLlm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobLlm")
+            .field("job", &self.ctx.id())
+            .field("configured", &self.client.is_ok())
+            .finish()
+    }
+}
+
+impl JobLlm {
+    pub(crate) fn new(ctx: JobContext, client: Result<LlmClient, String>) -> Self {
+        JobLlm { ctx, client }
+    }
+
+    /// The underlying client, for calls that should not be journaled.
+    pub fn client(&self) -> Result<&LlmClient, JobError> {
+        self.client
+            .as_ref()
+            .map_err(|reason| JobError::permanent(JobError::msg(reason)))
+    }
+
+    /// Calls the model with HTTP retries and validators ([`LlmClient::call`]), journaling each
+    /// answer and check.
+    pub async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, JobError> {
+        let client = self.client()?;
+        let runner = JournalRunner { ctx: &self.ctx };
+        client
+            .call_with(request, &runner, None)
+            .await
+            .map_err(LlmError::into_job_error)
+    }
+
+    /// Like [`JobLlm::call`], streaming: the text received so far and the token counts are
+    /// reported as the job's progress (stage `"llm"`), a few times a second.
+    pub async fn call_streaming(&self, request: &ChatRequest) -> Result<ChatResponse, JobError> {
+        let client = self.client()?;
+        let runner = JournalRunner { ctx: &self.ctx };
+        let mut text = String::new();
+        let mut attempt = 0;
+        let mut last_report: Option<Instant> = None;
+        let ctx = &self.ctx;
+        let mut on_event = |event: &StreamEvent| {
+            if event.attempt != attempt {
+                // A retry started over: what came before is void.
+                attempt = event.attempt;
+                text.clear();
+            }
+            text.push_str(&event.delta_text);
+            if last_report.is_none_or(|t| t.elapsed() >= STREAM_REPORT_INTERVAL) {
+                last_report = Some(Instant::now());
+                ctx.report(
+                    Progress::stage("llm")
+                        .with_partial_output(text.clone())
+                        .with_tokens(event.input_tokens.unwrap_or(0), event.output_tokens_so_far),
+                );
+            }
+        };
+        let response = client
+            .call_with(request, &runner, Some(&mut on_event))
+            .await
+            .map_err(LlmError::into_job_error)?;
+        self.ctx.report(
+            Progress::stage("llm")
+                .with_fraction(1.0)
+                .with_partial_output(response.text.clone())
+                .with_tokens(response.usage.input_tokens, response.usage.output_tokens),
+        );
+        Ok(response)
+    }
+}
+
+/// Runs each provider attempt as a journaled step named after what it is for (`llm answer-1`,
+/// `llm check-1.0`). Failed tries are not journaled, so the try that succeeds takes the step's
+/// place, and a resumed job replays it.
+struct JournalRunner<'c> {
+    ctx: &'c JobContext,
+}
+
+impl AttemptRunner for JournalRunner<'_> {
+    fn run<'a>(&'a self, attempt: Attempt<'a>) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            let info = *attempt.info();
+            let name = match info.purpose {
+                AttemptPurpose::Answer => format!("llm answer-{}", info.round),
+                AttemptPurpose::Check { validator } => {
+                    format!("llm check-{}.{validator}", info.round)
+                }
+            };
+            let model = attempt.request().model.clone();
+            let failure: Mutex<Option<LlmError>> = Mutex::new(None);
+            let result = self
+                .ctx
+                .step(&name, async {
+                    attempt.send().await.map_err(|e| {
+                        let kind = e.job_error_kind();
+                        let message = e.to_string();
+                        *failure.lock().expect("failure slot") = Some(e);
+                        JobError::msg(message).with_kind(kind)
+                    })
+                })
+                .await;
+            match result {
+                Ok(response) => Ok(response),
+                Err(job_error) => {
+                    Err(failure
+                        .into_inner()
+                        .expect("failure slot")
+                        .unwrap_or_else(|| LlmError::InvalidRequest {
+                            // Replayed from the journal, or the journal itself failed.
+                            model,
+                            reason: job_error.to_string(),
+                        }))
+                }
+            }
+        })
+    }
+}
+
+/// The built-in durable LLM call; spawn it with [`llm_call`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LlmCall {
+    request: ChatRequest,
+}
+
+impl Job for LlmCall {
+    const NAME: &'static str = "llmjobs.llm_call";
+    type Output = ChatResponse;
+
+    fn is_long_running(&self) -> bool {
+        self.request.is_long_running(DEFAULT_LONG_RUNNING_PATTERNS)
+    }
+
+    async fn run(ctx: JobContext, args: Self) -> Result<ChatResponse, JobError> {
+        ctx.llm().call_streaming(&args.request).await
+    }
+}
+
+inventory::submit! { crate::job::Registration::of::<LlmCall>() }
+
+/// A durable LLM call: the original `llm_call`, without its defects.
+///
+/// - `jobs.run_with_timeout(llm_call(req), 30s)` is the original `llm_call_with_timeout`: past
+///   the timeout you get a handle while the same request keeps going, instead of a second
+///   request.
+/// - `jobs.spawn(llm_call(req))` is the original background polling mode, durable.
+/// - A model matching [`DEFAULT_LONG_RUNNING_PATTERNS`] (`max/*`), an agent-checked request,
+///   or `long_running: true` goes straight to the background, as the original did.
+///
+/// The call streams, so its progress shows the text received so far; validators run with
+/// feedback retries, and an answer that never passes fails the job with a "needs review"
+/// error carrying the validators' feedback.
+pub fn llm_call(request: ChatRequest) -> JobCall<ChatResponse> {
+    JobCall::new::<LlmCall>(&LlmCall { request })
+}

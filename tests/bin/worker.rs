@@ -1,0 +1,167 @@
+//! A worker process for the crash tests: it spawns and runs jobs on a database file, and the
+//! tests SIGKILL it at chosen points.
+//!
+//! Usage:
+//!   llmjobs-test-worker spawn DB LOG COUNT SLEEP_MS   spawn COUNT jobs, then run jobs forever
+//!   llmjobs-test-worker steps DB LOG                    spawn one five-step job, then run jobs forever
+//!   llmjobs-test-worker long DB LOG                     spawn one job that sleeps a minute, then run jobs forever
+//!   llmjobs-test-worker llm3 DB LOG MOCK_URL            spawn one job of three LLM calls, then run jobs forever
+//!   llmjobs-test-worker run DB [MOCK_URL]               run jobs until none is left unfinished
+
+use std::time::Duration;
+
+use llmjobs::llm::ChatRequest;
+use llmjobs::llm::mock::MockLlmServer;
+use llmjobs::{JobContext, JobError, JobState, Jobs, llm_job};
+use llmjobs_testkit::append_line;
+
+/// Logs its start and end to `log`, sleeping in between like a slow LLM call.
+#[llm_job(max_concurrency = 4)]
+async fn logged_sleep(
+    ctx: JobContext,
+    n: u32,
+    sleep_ms: u64,
+    log: String,
+) -> Result<u32, JobError> {
+    let log = std::path::Path::new(&log);
+    append_line(
+        log,
+        &format!("start {} {n} attempt={}", ctx.id(), ctx.attempt()),
+    );
+    tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    append_line(log, &format!("done {} {n}", ctx.id()));
+    Ok(n * 2)
+}
+
+/// Five journaled steps; each step logs when its body runs and when it has been committed, and
+/// pauses after committing so a test can kill the process between steps.
+#[llm_job]
+async fn five_steps(ctx: JobContext, log: String) -> Result<u64, JobError> {
+    let log = std::path::Path::new(&log);
+    let mut total = 0;
+    for i in 1..=5u64 {
+        let value: u64 = ctx
+            .step("square", async {
+                append_line(log, &format!("run {i}"));
+                Ok::<_, JobError>(i * i)
+            })
+            .await?;
+        append_line(log, &format!("committed {i}"));
+        total += value;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(total)
+}
+
+/// Logs when its future is dropped, so a test can see a cancellation reach the body.
+struct DropLog {
+    log: std::path::PathBuf,
+    line: String,
+}
+
+impl Drop for DropLog {
+    fn drop(&mut self) {
+        append_line(&self.log, &self.line);
+    }
+}
+
+/// Sleeps a minute; logs `start ID` when it starts and `dropped ID` when its future is dropped.
+#[llm_job]
+pub async fn guarded_sleep(ctx: JobContext, log: String) -> Result<(), JobError> {
+    let log = std::path::PathBuf::from(log);
+    append_line(&log, &format!("start {}", ctx.id()));
+    let _guard = DropLog {
+        line: format!("dropped {}", ctx.id()),
+        log,
+    };
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    Ok(())
+}
+
+/// Logs its start and end times (microseconds since the Unix epoch) to `log`.
+#[llm_job]
+pub async fn keyed_sleep(model: String, sleep_ms: u64, log: String) -> Result<(), JobError> {
+    let log = std::path::Path::new(&log);
+    append_line(
+        log,
+        &format!("start {} {model}", llmjobs_testkit::micros_now()),
+    );
+    tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    append_line(
+        log,
+        &format!("end {} {model}", llmjobs_testkit::micros_now()),
+    );
+    Ok(())
+}
+
+/// Three LLM calls in a row; logs `answered N` after each is journaled, and pauses after each
+/// so a test can kill the process between calls.
+#[llm_job]
+async fn three_calls(ctx: JobContext, log: String) -> Result<Vec<String>, JobError> {
+    let log = std::path::Path::new(&log);
+    let mut answers = Vec::new();
+    for i in 1..=3 {
+        let request = ChatRequest::new("openai/gpt-4o-mini").user(format!("question {i}"));
+        let response = ctx.llm().call(&request).await?;
+        append_line(log, &format!("answered {i}"));
+        answers.push(response.text);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(answers)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: llmjobs-test-worker (spawn DB LOG COUNT SLEEP_MS | steps DB LOG | long DB LOG | llm3 DB LOG MOCK_URL | run DB [MOCK_URL])";
+    let mode = args.get(1).ok_or(usage)?;
+    let db = args.get(2).ok_or(usage)?;
+    let mut builder = Jobs::builder().url(db.as_str()).concurrency(8);
+    let mock_url = match mode.as_str() {
+        "llm3" => args.get(4),
+        "run" => args.get(3),
+        _ => None,
+    };
+    if let Some(url) = mock_url {
+        builder = builder.llm(MockLlmServer::client_builder_for(url).build()?);
+    }
+    let jobs = builder.open().await?;
+    match mode.as_str() {
+        "spawn" => {
+            let log = args.get(3).ok_or(usage)?;
+            let count: u32 = args.get(4).ok_or(usage)?.parse()?;
+            let sleep_ms: u64 = args.get(5).ok_or(usage)?.parse()?;
+            for n in 0..count {
+                jobs.spawn(logged_sleep(n, sleep_ms, log.clone())).await?;
+            }
+            println!("spawned {count}");
+            std::future::pending::<()>().await;
+        }
+        "steps" => {
+            let log = args.get(3).ok_or(usage)?;
+            jobs.spawn(five_steps(log.clone())).await?;
+            std::future::pending::<()>().await;
+        }
+        "long" => {
+            let log = args.get(3).ok_or(usage)?;
+            jobs.spawn(guarded_sleep(log.clone())).await?;
+            std::future::pending::<()>().await;
+        }
+        "llm3" => {
+            let log = args.get(3).ok_or(usage)?;
+            jobs.spawn(three_calls(log.clone())).await?;
+            std::future::pending::<()>().await;
+        }
+        "run" => loop {
+            let pending = jobs.list(Some(JobState::Pending), 1).await?.len();
+            let running = jobs.list(Some(JobState::Running), 1).await?.len();
+            if pending + running == 0 {
+                jobs.shutdown().await;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        },
+        other => return Err(format!("unknown mode `{other}`; {usage}").into()),
+    }
+    Ok(())
+}
