@@ -9,7 +9,7 @@ use crate::handle::CancelOutcome;
 use crate::job::Registration;
 use crate::runtime::{self, Backoff, Entry, ProgressEvent, Settings, Shared};
 use crate::status::{JobCounts, JobState, JobStatus, now_ms};
-use crate::store::{CancelEffect, NewJob, Store};
+use crate::store::{CancelEffect, ClaimedJob, LocalClaim, NewJob, Store};
 use crate::{Error, Job, JobCall, JobHandle, JobId, Outcome, Result};
 
 /// How hard a commit works to survive a crash.
@@ -84,28 +84,52 @@ impl Jobs {
             .unwrap_or(self.shared.settings.default_retries);
         let now = now_ms();
         let id = JobId::new();
-        self.shared
-            .store
-            .enqueue(NewJob {
-                id,
-                name: call.name().to_string(),
-                args: args.to_string(),
-                priority: call.priority_value(),
-                concurrency_key: call.key().map(str::to_string),
-                key_limit: call.config().key_limit.or(config.key_limit),
-                max_attempts: retries.saturating_add(1),
-                run_at: now,
-                created_at: now,
-            })
-            .await?;
-        if local.is_some() {
-            self.shared.wake_dispatcher();
+        let key_limit = call.config().key_limit.or(config.key_limit);
+        // A job this process can run at once skips the claim: it is inserted running, here.
+        let handoff = local.is_some_and(|entry| {
+            entry.config.max_concurrency.is_none() && (call.key().is_none() || key_limit.is_none())
+        }) && self.shared.reserve_slot(id);
+        let job = NewJob {
+            id,
+            name: call.name().to_string(),
+            args: args.to_string(),
+            priority: call.priority_value(),
+            concurrency_key: call.key().map(str::to_string),
+            key_limit,
+            max_attempts: retries.saturating_add(1),
+            run_at: now,
+            created_at: now,
+            claimed_by: handoff.then(|| LocalClaim {
+                owner: self.shared.owner.clone(),
+                lease_until: now + self.shared.settings.lease.as_millis() as i64,
+            }),
+        };
+        let inserted = self.shared.store.enqueue(job.clone()).await;
+        if handoff {
+            match inserted {
+                Ok(()) => self.shared.start_reserved(ClaimedJob {
+                    id,
+                    name: job.name,
+                    args: job.args,
+                    attempts: 1,
+                    max_attempts: job.max_attempts,
+                }),
+                Err(e) => {
+                    self.shared.release_slot(id);
+                    return Err(e);
+                }
+            }
         } else {
-            tracing::warn!(
-                job.name = call.name(),
-                job.id = %id,
-                "no job of this name is registered in this process; it stays pending until a process that defines it runs it"
-            );
+            inserted?;
+            if local.is_some() {
+                self.shared.wake_dispatcher();
+            } else {
+                tracing::warn!(
+                    job.name = call.name(),
+                    job.id = %id,
+                    "no job of this name is registered in this process; it stays pending until a process that defines it runs it"
+                );
+            }
         }
         Ok(JobHandle::new(id, self.clone()))
     }

@@ -279,6 +279,45 @@ impl Shared {
         }
     }
 
+    /// Takes a slot of this process's concurrency for a job about to be handed straight to a
+    /// local worker. `false` when the process has no free slot or is not running jobs.
+    pub(crate) fn reserve_slot(&self, id: JobId) -> bool {
+        if !self.settings.run_jobs
+            || self.settings.global_concurrency.is_some()
+            || self.stop_claiming.is_cancelled()
+        {
+            return false;
+        }
+        let mut running = self.running.lock().expect("running lock");
+        if running.jobs.len() >= self.settings.concurrency as usize {
+            return false;
+        }
+        running.jobs.insert(id, self.abort.child_token());
+        true
+    }
+
+    /// Gives back a slot taken by [`Shared::reserve_slot`] for a job that was not inserted.
+    pub(crate) fn release_slot(&self, id: JobId) {
+        self.running.lock().expect("running lock").jobs.remove(&id);
+        self.wake.notify_one();
+    }
+
+    /// Starts a job whose slot [`Shared::reserve_slot`] took and that was inserted running.
+    pub(crate) fn start_reserved(self: &Arc<Self>, job: ClaimedJob) {
+        let token = self
+            .running
+            .lock()
+            .expect("running lock")
+            .jobs
+            .get(&job.id)
+            .cloned();
+        // Without a token the runtime was dropped meanwhile: the row stays running under this
+        // owner, whose lock is gone, so the next worker resumes it.
+        if let Some(token) = token {
+            spawn_worker(self, job, token);
+        }
+    }
+
     fn running_count(&self) -> usize {
         self.running.lock().expect("running lock").jobs.len()
     }
@@ -412,6 +451,10 @@ fn start_job(shared: &Arc<Shared>, job: ClaimedJob) {
         .expect("running lock")
         .jobs
         .insert(job.id, token.clone());
+    spawn_worker(shared, job, token);
+}
+
+fn spawn_worker(shared: &Arc<Shared>, job: ClaimedJob, token: CancellationToken) {
     let span = tracing::info_span!(
         "llmjobs.job",
         job.name = %job.name,
@@ -427,9 +470,9 @@ fn start_job(shared: &Arc<Shared>, job: ClaimedJob) {
 async fn run_job(shared: Arc<Shared>, job: ClaimedJob, token: CancellationToken) {
     let id = job.id;
     let finish = attempt(&shared, &job, &token).await;
-    if let Some((finish, progress)) = finish {
-        record_finish(&shared, id, finish, progress).await;
-    }
+    // The body is done: its slot can take the next job while the outcome is committed (the
+    // database still counts the job as running until then, which only errs on the safe side
+    // for limits shared with other processes).
     shared
         .running
         .lock()
@@ -437,6 +480,9 @@ async fn run_job(shared: Arc<Shared>, job: ClaimedJob, token: CancellationToken)
         .jobs
         .remove(&id);
     shared.wake.notify_one();
+    if let Some((finish, progress)) = finish {
+        record_finish(&shared, id, finish, progress).await;
+    }
     shared.notify_finished(id);
 }
 

@@ -20,6 +20,16 @@ pub(crate) struct NewJob {
     pub(crate) max_attempts: u32,
     pub(crate) run_at: i64,
     pub(crate) created_at: i64,
+    /// Inserted already claimed by this worker (a local hand-off), rather than pending.
+    pub(crate) claimed_by: Option<LocalClaim>,
+}
+
+/// A job handed straight to a local worker at spawn: it is inserted `running`, with its first
+/// attempt started, so no claim round trip is needed.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalClaim {
+    pub(crate) owner: Arc<str>,
+    pub(crate) lease_until: i64,
 }
 
 /// How many jobs of one name a claim may take.

@@ -74,6 +74,7 @@ pub(super) enum Reply {
 pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        tracing::trace!(ops = batch.len(), "committing a batch");
         commit_batch(&mut conn, &mut batch).await;
     }
     if let Err(e) = sqlx::Connection::close(conn).await {
@@ -178,10 +179,108 @@ async fn apply_all(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<
             i += run;
             continue;
         }
+        // Consecutive completions become one multi-row UPDATE.
+        let run = ops[i..]
+            .iter()
+            .take_while(|op| completion(op).is_some())
+            .count();
+        if run > 1 {
+            let done: Vec<Completion<'_>> = ops[i..i + run]
+                .iter()
+                .map(|op| completion(op).expect("counted as a completion"))
+                .collect();
+            replies.extend(complete_jobs(conn, &done).await?);
+            i += run;
+            continue;
+        }
         replies.push(apply(conn, ops[i]).await?);
         i += 1;
     }
     Ok(replies)
+}
+
+/// The parts of a successful `Finish` op.
+struct Completion<'a> {
+    id: String,
+    owner: &'a str,
+    result: &'a str,
+    progress: Option<&'a str>,
+}
+
+fn completion<'a>(op: &&'a WriteOp) -> Option<Completion<'a>> {
+    match op {
+        WriteOp::Finish {
+            id,
+            owner,
+            finish: Finish::Completed { result },
+            progress,
+        } => Some(Completion {
+            id: id.to_string(),
+            owner,
+            result,
+            progress: progress.as_deref(),
+        }),
+        _ => None,
+    }
+}
+
+fn complete_sql(rows: usize) -> AssertSqlSafe<Arc<str>> {
+    static CACHE: OnceLock<Vec<Arc<str>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| {
+        ROW_BUCKETS
+            .iter()
+            .map(|&n| {
+                let cases = "WHEN ? THEN ? ".repeat(n);
+                let owners = vec!["(?, ?)"; n].join(", ");
+                Arc::from(format!(
+                    "UPDATE llmjobs_jobs SET status = 'completed', error = NULL, \
+                     completed_at = ?, lease_until = NULL, \
+                     result = CASE id {cases}END, \
+                     progress = coalesce(CASE id {cases}END, progress) \
+                     WHERE status = 'running' AND (id, owner) IN (VALUES {owners}) \
+                     RETURNING id"
+                ))
+            })
+            .collect()
+    });
+    let index = ROW_BUCKETS
+        .iter()
+        .position(|&n| n == rows)
+        .expect("a bucket size");
+    AssertSqlSafe(cache[index].clone())
+}
+
+/// Marks jobs completed with one statement per bucket of rows; each reply says whether that
+/// job's row was still its owner's running job.
+async fn complete_jobs(conn: &mut SqliteConnection, jobs: &[Completion<'_>]) -> Result<Vec<Reply>> {
+    let now = crate::status::now_ms();
+    let mut changed = std::collections::HashSet::with_capacity(jobs.len());
+    let mut rest = jobs;
+    while !rest.is_empty() {
+        let n = *ROW_BUCKETS
+            .iter()
+            .find(|&&n| n <= rest.len())
+            .expect("1 is a bucket");
+        let (chunk, tail) = rest.split_at(n);
+        let mut query = sqlx::query(complete_sql(n)).bind(now);
+        for job in chunk {
+            query = query.bind(&job.id).bind(job.result);
+        }
+        for job in chunk {
+            query = query.bind(&job.id).bind(job.progress);
+        }
+        for job in chunk {
+            query = query.bind(&job.id).bind(job.owner);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            changed.insert(row.try_get::<String, _>("id")?);
+        }
+        rest = tail;
+    }
+    Ok(jobs
+        .iter()
+        .map(|job| Reply::Changed(changed.contains(&job.id)))
+        .collect())
 }
 
 fn insert_sql(rows: usize) -> AssertSqlSafe<Arc<str>> {
@@ -190,10 +289,11 @@ fn insert_sql(rows: usize) -> AssertSqlSafe<Arc<str>> {
         ROW_BUCKETS
             .iter()
             .map(|&n| {
-                let values = vec!["(?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
+                let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
                 Arc::from(format!(
                     "INSERT INTO llmjobs_jobs (id, name, status, args, priority, \
-                     concurrency_key, key_limit, max_attempts, run_at, created_at) \
+                     concurrency_key, key_limit, max_attempts, run_at, created_at, \
+                     owner, attempts, started_at, lease_until) \
                      VALUES {values}"
                 ))
             })
@@ -216,16 +316,26 @@ async fn insert_jobs(conn: &mut SqliteConnection, jobs: &[&NewJob]) -> Result<()
         let (chunk, tail) = rest.split_at(n);
         let mut query = sqlx::query(insert_sql(n));
         for job in chunk {
+            let claim = job.claimed_by.as_ref();
             query = query
                 .bind(job.id.to_string())
                 .bind(&job.name)
+                .bind(if claim.is_some() {
+                    "running"
+                } else {
+                    "pending"
+                })
                 .bind(&job.args)
                 .bind(job.priority)
                 .bind(job.concurrency_key.as_deref())
                 .bind(job.key_limit.map(i64::from))
                 .bind(i64::from(job.max_attempts))
                 .bind(job.run_at)
-                .bind(job.created_at);
+                .bind(job.created_at)
+                .bind(claim.map(|c| &*c.owner))
+                .bind(i64::from(claim.is_some()))
+                .bind(claim.map(|_| job.created_at))
+                .bind(claim.map(|c| c.lease_until));
         }
         query.execute(&mut *conn).await?;
         rest = tail;
@@ -586,4 +696,106 @@ async fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Ve
         }
     }
     Ok(claimed)
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::ConnectOptions;
+    use sqlx::sqlite::SqliteConnectOptions;
+
+    use super::*;
+    use crate::store::LocalClaim;
+
+    async fn connection() -> SqliteConnection {
+        let mut conn = SqliteConnectOptions::new()
+            .in_memory(true)
+            .connect()
+            .await
+            .unwrap();
+        super::super::migrate(&mut conn).await.unwrap();
+        conn
+    }
+
+    fn running_job(owner: &str) -> NewJob {
+        NewJob {
+            id: JobId::new(),
+            name: "job".into(),
+            args: "{}".into(),
+            priority: 0,
+            concurrency_key: None,
+            key_limit: None,
+            max_attempts: 1,
+            run_at: 0,
+            created_at: 0,
+            claimed_by: Some(LocalClaim {
+                owner: owner.into(),
+                lease_until: i64::MAX,
+            }),
+        }
+    }
+
+    fn complete(job: &NewJob, owner: &str, result: &str) -> WriteOp {
+        WriteOp::Finish {
+            id: job.id,
+            owner: owner.into(),
+            finish: Finish::Completed {
+                result: result.into(),
+            },
+            progress: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn completions_batched_together_change_only_their_owners_running_rows() {
+        let mut conn = connection().await;
+        let jobs: Vec<NewJob> = (0..5).map(|_| running_job("me")).collect();
+        let inserts: Vec<WriteOp> = jobs.iter().cloned().map(WriteOp::Enqueue).collect();
+        transaction(&mut conn, &inserts.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+
+        let ops = [
+            complete(&jobs[0], "me", "0"),
+            complete(&jobs[1], "someone else", "1"),
+            complete(&jobs[2], "me", "2"),
+            complete(&jobs[3], "me", "3"),
+            complete(&jobs[0], "me", "again"),
+        ];
+        let replies = transaction(&mut conn, &ops.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let changed: Vec<bool> = replies
+            .iter()
+            .map(|r| matches!(r, Reply::Changed(true)))
+            .collect();
+        // The second completion of job 0 is part of the same statement; the first WHEN wins.
+        assert_eq!(changed, [true, false, true, true, true]);
+
+        let rows: Vec<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT id, status, result FROM llmjobs_jobs")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        for (id, status, result) in rows {
+            let index = jobs.iter().position(|j| j.id.to_string() == id).unwrap();
+            match index {
+                0 | 2 | 3 => {
+                    assert_eq!(status, "completed");
+                    assert_eq!(result.as_deref(), Some(index.to_string().as_str()));
+                }
+                _ => assert_eq!((status.as_str(), result), ("running", None)),
+            }
+        }
+
+        // A terminal row is final: a late completion changes nothing.
+        let late = [
+            complete(&jobs[2], "me", "late"),
+            complete(&jobs[4], "me", "4"),
+        ];
+        let replies = transaction(&mut conn, &late.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert!(matches!(replies[0], Reply::Changed(false)));
+        assert!(matches!(replies[1], Reply::Changed(true)));
+    }
 }
