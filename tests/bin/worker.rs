@@ -6,6 +6,7 @@
 //!   llmjobs-test-worker steps DB LOG                    spawn one five-step job, then run jobs forever
 //!   llmjobs-test-worker long DB LOG                     spawn one job that sleeps a minute, then run jobs forever
 //!   llmjobs-test-worker llm3 DB LOG MOCK_URL            spawn one job of three LLM calls, then run jobs forever
+//!   llmjobs-test-worker torture DB LOG COUNT            spawn COUNT two-step jobs, then run jobs forever
 //!   llmjobs-test-worker run DB [MOCK_URL]               run jobs until none is left unfinished
 
 use std::time::Duration;
@@ -110,10 +111,30 @@ async fn three_calls(ctx: JobContext, log: String) -> Result<Vec<String>, JobErr
     Ok(answers)
 }
 
+/// Two journaled steps, each logged as `run ID STEP` inside the step and `committed ID STEP`
+/// after it returns (so after its journal entry is durable).
+#[llm_job]
+async fn two_steps(ctx: JobContext, log: String) -> Result<u32, JobError> {
+    let log = std::path::Path::new(&log);
+    let id = ctx.id();
+    let mut total = 0;
+    for step in 1..=2u32 {
+        total += ctx
+            .step("work", async {
+                append_line(log, &format!("run {id} {step}"));
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                Ok::<_, JobError>(step)
+            })
+            .await?;
+        append_line(log, &format!("committed {id} {step}"));
+    }
+    Ok(total)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: llmjobs-test-worker (spawn DB LOG COUNT SLEEP_MS | steps DB LOG | long DB LOG | llm3 DB LOG MOCK_URL | run DB [MOCK_URL])";
+    let usage = "usage: llmjobs-test-worker (spawn DB LOG COUNT SLEEP_MS | steps DB LOG | long DB LOG | llm3 DB LOG MOCK_URL | torture DB LOG COUNT | run DB [MOCK_URL])";
     let mode = args.get(1).ok_or(usage)?;
     let db = args.get(2).ok_or(usage)?;
     let mut builder = Jobs::builder().url(db.as_str()).concurrency(8);
@@ -150,6 +171,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "llm3" => {
             let log = args.get(3).ok_or(usage)?;
             jobs.spawn(three_calls(log.clone())).await?;
+            std::future::pending::<()>().await;
+        }
+        "torture" => {
+            let log = args.get(3).ok_or(usage)?;
+            let count: u32 = args.get(4).ok_or(usage)?.parse()?;
+            for _ in 0..count {
+                jobs.spawn(two_steps(log.clone())).await?;
+            }
+            append_line(std::path::Path::new(log), "spawned");
             std::future::pending::<()>().await;
         }
         "run" => loop {
