@@ -97,14 +97,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tokens_out += response.total_usage.output_tokens;
                 ("completed", response.total_usage.total().to_string())
             }
-            Err(_) if status.state == JobState::Failed => {
-                let error = status.error.as_deref().unwrap_or("");
-                if error.contains("fails validation") {
-                    ("review", "-".to_string())
-                } else {
-                    ("failed", "-".to_string())
-                }
-            }
+            Err(_) if status.needs_review => ("review", "-".to_string()),
+            Err(_) if status.state == JobState::Failed => ("failed", "-".to_string()),
             Err(_) => ("cancelled", "-".to_string()),
         };
         *totals.entry(outcome).or_default() += 1;

@@ -376,13 +376,13 @@ async fn a_per_key_limit_holds_across_two_processes() {
         .await
         .unwrap();
     for _ in 0..8 {
-        let call = keyed_sleep("model-a".into(), 300, log.display().to_string())
-            .concurrency_key("model-a", 2);
+        let call = keyed_sleep("model-a".into(), 300, log.display().to_string());
+        assert_eq!(call.key(), Some("model-a"), "the job declares its key");
         front.spawn(call).await.unwrap();
     }
-    // Another key is not held back by model-a's limit.
+    // Another key is not held back by model-a's limit; a call can also set its own key.
     for _ in 0..2 {
-        let call = keyed_sleep("model-b".into(), 300, log.display().to_string())
+        let call = keyed_sleep("ignored".into(), 300, log.display().to_string())
             .concurrency_key("model-b", 2);
         front.spawn(call).await.unwrap();
     }
@@ -413,7 +413,7 @@ async fn a_per_key_limit_holds_across_two_processes() {
 }
 
 /// The `keyed_sleep` job of the worker binary, declared here too so calls can be built.
-#[llm_job]
+#[llm_job(concurrency_key = model, key_limit = 2)]
 async fn keyed_sleep(model: String, sleep_ms: u64, log: String) -> Result<(), JobError> {
     let _ = (model, sleep_ms, log);
     unreachable!("run by the worker processes only")

@@ -134,8 +134,16 @@ async fn a_stubborn_answer_fails_the_job_as_needing_review() {
         .validate(llmjobs::llm::Validator::JsonString)
         .max_attempts(2);
     let handle = jobs.spawn(llm_call(request)).await.unwrap();
-    let err = handle.wait().await.unwrap_err().to_string();
-    assert!(err.contains("fails validation"), "{err}");
-    assert_eq!(handle.status().await.unwrap().state, JobState::Failed);
+    let err = handle.wait().await.unwrap_err();
+    assert!(matches!(err, llmjobs::Error::NeedsReview { .. }), "{err}");
+    assert!(err.to_string().contains("fails validation"), "{err}");
+    let status = handle.status().await.unwrap();
+    assert_eq!(status.state, JobState::Failed, "never completed");
+    assert!(status.needs_review);
+    assert_eq!(
+        status.attempts, 1,
+        "not retried as a job: the feedback loop already ran"
+    );
+    assert_eq!(mock.request_count(), 2, "two answers, both rejected");
     jobs.shutdown().await;
 }

@@ -9,7 +9,8 @@ use syn::{Lit, LitBool, LitInt, LitStr, Path, Token};
 
 /// Every argument the attribute accepts, as listed in error messages.
 const VALID_ARGUMENTS: &str = "`name = \"...\"`, `max_concurrency = N`, `timeout = \"30s\"`, \
-                               `retries = N`, `long_running` and `crate = \"path\"`";
+                               `retries = N`, `long_running`, `concurrency_key = PARAMETER`, \
+                               `key_limit = N` and `crate = \"path\"`";
 
 /// The parsed arguments; `None` means "not given, use the runtime's default".
 #[derive(Default)]
@@ -20,6 +21,10 @@ pub(crate) struct Args {
     pub(crate) timeout: Option<Duration>,
     pub(crate) retries: Option<u32>,
     pub(crate) long_running: bool,
+    /// The parameter whose value is the call's concurrency key (`concurrency_key = model`).
+    pub(crate) concurrency_key: Option<syn::Ident>,
+    /// At most this many jobs with one key run at once (`key_limit = 2`).
+    pub(crate) key_limit: Option<(u32, LitInt)>,
     /// The path of the `llmjobs` crate (`crate = "..."`).
     pub(crate) krate: Option<Path>,
     /// Names already given, to reject duplicates.
@@ -30,7 +35,17 @@ impl Args {
     pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
         let mut args = Args::default();
         syn::meta::parser(|meta| args.parse_one(meta)).parse2(tokens)?;
-        Ok(args)
+        match (&args.concurrency_key, &args.key_limit) {
+            (Some(key), None) => Err(syn::Error::new(
+                key.span(),
+                "`concurrency_key` needs `key_limit = N`: how many jobs with one key may run at once",
+            )),
+            (None, Some((_, lit))) => Err(syn::Error::new(
+                lit.span(),
+                "`key_limit` needs `concurrency_key = PARAMETER`: the parameter whose value is the key",
+            )),
+            _ => Ok(args),
+        }
     }
 
     fn parse_one(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
@@ -85,6 +100,25 @@ impl Args {
                 } else {
                     true
                 };
+            }
+            "concurrency_key" => {
+                let ident: syn::Ident = meta.value()?.parse().map_err(|e| {
+                    syn::Error::new(
+                        e.span(),
+                        "`concurrency_key` names a parameter of the function, e.g. `concurrency_key = model`",
+                    )
+                })?;
+                self.concurrency_key = Some(ident);
+            }
+            "key_limit" => {
+                let (limit, lit) = whole_number(&meta, "key_limit = 2")?;
+                if limit == 0 {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`key_limit` must be at least 1: a limit of 0 would never run the job",
+                    ));
+                }
+                self.key_limit = Some((limit, lit));
             }
             "crate" => {
                 let path = string_value(&meta, "crate = \"::llmjobs\"")?;
@@ -247,6 +281,8 @@ mod tests {
             "timeout",
             "retries",
             "long_running",
+            "concurrency_key",
+            "key_limit",
             "crate",
         ] {
             assert!(message.contains(&format!("`{valid}")), "{valid}: {message}");
@@ -259,6 +295,19 @@ mod tests {
         assert!(
             message.contains("duplicate argument `retries`"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn concurrency_key_and_key_limit_go_together() {
+        let args = parse(quote!(concurrency_key = model, key_limit = 2)).unwrap();
+        assert_eq!(args.concurrency_key.unwrap().to_string(), "model");
+        assert_eq!(args.key_limit.unwrap().0, 2);
+        assert!(error(quote!(concurrency_key = model)).contains("needs `key_limit"));
+        assert!(error(quote!(key_limit = 2)).contains("needs `concurrency_key"));
+        assert!(error(quote!(concurrency_key = model, key_limit = 0)).contains("at least 1"));
+        assert!(
+            error(quote!(concurrency_key = "model", key_limit = 1)).contains("names a parameter")
         );
     }
 

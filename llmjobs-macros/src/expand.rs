@@ -17,7 +17,10 @@ pub(crate) fn llm_job(args: TokenStream, item: TokenStream) -> syn::Result<Token
     let args = Args::parse(args);
     let job = parse_function(item).and_then(JobFn::analyze);
     match (args, job) {
-        (Ok(args), Ok(job)) => Ok(job.expand(&args)),
+        (Ok(args), Ok(job)) => {
+            job.check_key(&args)?;
+            Ok(job.expand(&args))
+        }
         (Err(mut error), Err(job_error)) => {
             error.combine(job_error);
             Err(error)
@@ -182,6 +185,32 @@ impl JobFn {
         }
     }
 
+    /// `concurrency_key` must name one of the stored parameters.
+    fn check_key(&self, args: &Args) -> syn::Result<()> {
+        let Some(key) = &args.concurrency_key else {
+            return Ok(());
+        };
+        if self.params.iter().any(|p| p.field == *key) {
+            return Ok(());
+        }
+        let names: Vec<String> = self
+            .params
+            .iter()
+            .map(|p| format!("`{}`", p.field))
+            .collect();
+        Err(syn::Error::new(
+            key.span(),
+            format_args!(
+                "`concurrency_key = {key}` must name a parameter of the function{}",
+                if names.is_empty() {
+                    ", and this one has none".to_string()
+                } else {
+                    format!(": one of {}", names.join(", "))
+                }
+            ),
+        ))
+    }
+
     fn job_impl(&self, krate: &syn::Path, args: &Args) -> TokenStream {
         let ident = &self.item.sig.ident;
         let name = match &args.name {
@@ -190,6 +219,13 @@ impl JobFn {
         };
         let output = &self.output;
         let config = config_calls(args);
+        let key_fn = args.concurrency_key.as_ref().map(|key| {
+            quote_spanned! {key.span()=>
+                fn concurrency_key(&self) -> ::core::option::Option<::std::string::String> {
+                    ::core::option::Option::Some(#krate::__private::key_of(&self.#key))
+                }
+            }
+        });
 
         let ctx = match self.context {
             Some(_) => format_ident!("ctx"),
@@ -236,6 +272,8 @@ impl JobFn {
                 fn config() -> #krate::JobConfig {
                     #krate::JobConfig::new() #config
                 }
+
+                #key_fn
 
                 fn run(#ctx: #krate::JobContext, args: Self) -> #future_type {
                     #future
@@ -338,6 +376,10 @@ fn config_calls(args: &Args) -> TokenStream {
     }
     if args.long_running {
         calls.extend(quote!(.long_running(true)));
+    }
+    if let Some((limit, _)) = args.key_limit {
+        let limit = Literal::u32_unsuffixed(limit);
+        calls.extend(quote!(.key_limit(#limit)));
     }
     calls
 }

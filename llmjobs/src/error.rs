@@ -68,6 +68,17 @@ pub enum Error {
         /// The error recorded for the last attempt.
         error: String,
     },
+    /// The job ended `failed` with an answer that never passed validation: a person should
+    /// review it.
+    #[error("job {id} ({name}) needs human review: {error}")]
+    NeedsReview {
+        /// The job's id.
+        id: JobId,
+        /// The job's name.
+        name: String,
+        /// Why its last answer was rejected.
+        error: String,
+    },
     /// The job ended in the `cancelled` state.
     #[error("job {id} ({name}) was cancelled")]
     JobCancelled {
@@ -134,6 +145,9 @@ pub enum ErrorKind {
     Permanent,
     /// May be retried, but not before the given delay (a provider's `Retry-After`).
     RetryAfter(Duration),
+    /// Never retried, and a person should look at it: the job produced an answer that never
+    /// passed validation. The job ends `failed` with [`JobStatus::needs_review`](crate::JobStatus::needs_review) set.
+    NeedsReview,
 }
 
 /// The error a job body returns.
@@ -181,9 +195,14 @@ impl JobError {
         self.kind
     }
 
+    /// An error that is never retried and marks the job as needing human review.
+    pub fn needs_review(error: impl Into<JobError>) -> Self {
+        error.into().with_kind(ErrorKind::NeedsReview)
+    }
+
     /// Whether the job fails at once, without retrying.
     pub fn is_permanent(&self) -> bool {
-        self.kind == ErrorKind::Permanent
+        matches!(self.kind, ErrorKind::Permanent | ErrorKind::NeedsReview)
     }
 
     /// The error this one wraps, if it was converted from another error.

@@ -200,6 +200,11 @@ impl<T: DeserializeOwned> JobHandle<T> {
                     message: e.to_string(),
                 })
             }
+            JobState::Failed if status.needs_review => Err(Error::NeedsReview {
+                id: self.id,
+                name: status.name,
+                error: status.error.unwrap_or_default(),
+            }),
             JobState::Failed => Err(Error::JobFailed {
                 id: self.id,
                 name: status.name,

@@ -82,3 +82,13 @@ pub mod job_arg {
     pub trait DeserializeJobArg: serde::de::DeserializeOwned {}
     impl<T: serde::de::DeserializeOwned> DeserializeJobArg for T {}
 }
+
+/// The concurrency key of a call, from the parameter `#[llm_job(concurrency_key = ...)]` names:
+/// a string as it is, anything else as its JSON text.
+pub fn key_of<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        Ok(other) => other.to_string(),
+        Err(e) => format!("<unserializable key: {e}>"),
+    }
+}

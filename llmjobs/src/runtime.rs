@@ -497,6 +497,7 @@ async fn attempt(
         return Some((
             Finish::Failed {
                 error: format!("no job named `{}` is registered in this worker", job.name),
+                needs_review: false,
             },
             None,
         ));
@@ -512,7 +513,13 @@ async fn attempt(
         Ok(body) => body,
         Err(message) => {
             tracing::warn!(error = %message, "stored arguments do not deserialize");
-            return Some((Finish::Failed { error: message }, None));
+            return Some((
+                Finish::Failed {
+                    error: message,
+                    needs_review: false,
+                },
+                None,
+            ));
         }
     };
     let timeout = entry.config.timeout.or(shared.settings.default_timeout);
@@ -550,11 +557,24 @@ async fn attempt(
             match error.kind() {
                 crate::ErrorKind::Permanent => {
                     tracing::info!(error = %message, "job failed permanently");
-                    Finish::Failed { error: message }
+                    Finish::Failed {
+                        error: message,
+                        needs_review: false,
+                    }
+                }
+                crate::ErrorKind::NeedsReview => {
+                    tracing::info!(error = %message, "job failed; it needs human review");
+                    Finish::Failed {
+                        error: message,
+                        needs_review: true,
+                    }
                 }
                 _ if !retries_left => {
                     tracing::info!(error = %message, attempts = job.attempts, "job failed; no retries left");
-                    Finish::Failed { error: message }
+                    Finish::Failed {
+                        error: message,
+                        needs_review: false,
+                    }
                 }
                 kind => {
                     let backoff = shared.settings.backoff.delay(job.attempts);

@@ -103,6 +103,9 @@ pub struct JobStatus {
     pub run_at: SystemTime,
     /// Whether a cancellation was requested while it ran.
     pub cancel_requested: bool,
+    /// For a `failed` job: it failed because its answer never passed validation, and a person
+    /// should review it (see [`ErrorKind::NeedsReview`](crate::ErrorKind::NeedsReview)).
+    pub needs_review: bool,
 }
 
 /// How many jobs are in each state.

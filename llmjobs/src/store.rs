@@ -68,7 +68,7 @@ pub(crate) struct ClaimedJob {
 #[derive(Debug, Clone)]
 pub(crate) enum Finish {
     Completed { result: String },
-    Failed { error: String },
+    Failed { error: String, needs_review: bool },
     Retry { error: String, run_at: i64 },
     Cancelled,
 }
@@ -109,6 +109,7 @@ pub(crate) struct JobRow {
     pub(crate) max_attempts: i64,
     pub(crate) owner: Option<String>,
     pub(crate) cancel_requested: i64,
+    pub(crate) needs_review: i64,
     pub(crate) run_at: i64,
     pub(crate) created_at: i64,
     pub(crate) started_at: Option<i64>,
@@ -117,7 +118,7 @@ pub(crate) struct JobRow {
 
 /// The columns [`JobRow`] reads, for `SELECT`s.
 pub(crate) const JOB_ROW_COLUMNS: &str = "id, name, status, result, error, progress, priority, \
-     concurrency_key, attempts, max_attempts, owner, cancel_requested, run_at, created_at, started_at, completed_at";
+     concurrency_key, attempts, max_attempts, owner, cancel_requested, needs_review, run_at, created_at, started_at, completed_at";
 
 impl JobRow {
     pub(crate) fn state(&self) -> Result<JobState> {
@@ -159,6 +160,7 @@ impl JobRow {
             completed_at: self.completed_at.map(from_ms),
             run_at: from_ms(self.run_at),
             cancel_requested: self.cancel_requested != 0,
+            needs_review: self.needs_review != 0,
         })
     }
 }

@@ -79,8 +79,9 @@ pub async fn guarded_sleep(ctx: JobContext, log: String) -> Result<(), JobError>
     Ok(())
 }
 
-/// Logs its start and end times (microseconds since the Unix epoch) to `log`.
-#[llm_job]
+/// Logs its start and end times (microseconds since the Unix epoch) to `log`; at most two
+/// with the same model run at once.
+#[llm_job(concurrency_key = model, key_limit = 2)]
 pub async fn keyed_sleep(model: String, sleep_ms: u64, log: String) -> Result<(), JobError> {
     let log = std::path::Path::new(&log);
     append_line(

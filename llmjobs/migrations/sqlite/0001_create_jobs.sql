@@ -16,6 +16,7 @@ CREATE TABLE llmjobs_jobs (
     owner            TEXT,
     lease_until      INTEGER,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    needs_review     INTEGER NOT NULL DEFAULT 0,
     run_at           INTEGER NOT NULL,
     created_at       INTEGER NOT NULL,
     started_at       INTEGER,

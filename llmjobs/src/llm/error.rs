@@ -199,7 +199,9 @@ impl LlmError {
     /// errors, and [`LlmError::NeedsReview`] (retrying the job would pay for the same answers
     /// again). Retry-after: rate limits that said how long to wait. Retryable: everything else.
     pub fn job_error_kind(&self) -> ErrorKind {
-        if !self.is_retryable() {
+        if self.needs_review() {
+            ErrorKind::NeedsReview
+        } else if !self.is_retryable() {
             ErrorKind::Permanent
         } else if let Some(delay) = self.retry_after() {
             ErrorKind::RetryAfter(delay)

@@ -373,14 +373,18 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Reply> {
                     .bind(owner)
                     .execute(&mut *conn)
                     .await?,
-                    Finish::Failed { error } => sqlx::query(
+                    Finish::Failed {
+                        error,
+                        needs_review,
+                    } => sqlx::query(
                         "UPDATE llmjobs_jobs SET status = 'failed', error = ?, completed_at = ?, \
-                     lease_until = NULL, progress = coalesce(?, progress) \
+                     lease_until = NULL, progress = coalesce(?, progress), needs_review = ? \
                      WHERE id = ? AND status = 'running' AND owner = ?",
                     )
                     .bind(error)
                     .bind(now)
                     .bind(progress)
+                    .bind(i64::from(*needs_review))
                     .bind(&id)
                     .bind(owner)
                     .execute(&mut *conn)
