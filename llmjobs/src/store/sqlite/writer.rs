@@ -16,7 +16,7 @@ const MAX_BATCH: usize = 1024;
 
 /// Multi-row statements are built for these row counts, so a handful of prepared statements
 /// serve every batch size.
-const ROW_BUCKETS: [usize; 5] = [256, 64, 16, 4, 1];
+const ROW_BUCKETS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 
 pub(super) struct Request {
     pub(super) op: WriteOp,
@@ -157,46 +157,45 @@ fn is_busy(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Applies a batch. Inserts all go into multi-row INSERTs and completions into multi-row
+/// UPDATEs, whatever their place in the batch: every op in a batch comes from a caller still
+/// waiting for its reply, so no op depends on another of the same batch, and any order is one
+/// in which they could have arrived. Inserts go first so that a claim in the same batch sees
+/// the new jobs.
 async fn apply_all(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
-    let mut replies = Vec::with_capacity(ops.len());
-    let mut i = 0;
-    while i < ops.len() {
-        // Consecutive inserts become multi-row INSERTs.
-        let run = ops[i..]
-            .iter()
-            .take_while(|op| matches!(op, WriteOp::Enqueue(_)))
-            .count();
-        if run > 0 {
-            let jobs: Vec<&NewJob> = ops[i..i + run]
-                .iter()
-                .map(|op| match op {
-                    WriteOp::Enqueue(job) => job,
-                    _ => unreachable!("counted as an insert"),
-                })
-                .collect();
-            insert_jobs(conn, &jobs).await?;
-            replies.extend((0..run).map(|_| Reply::Done));
-            i += run;
-            continue;
+    let mut replies: Vec<Option<Reply>> = (0..ops.len()).map(|_| None).collect();
+    let mut inserts = Vec::new();
+    let mut completions = Vec::new();
+    let mut others = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            WriteOp::Enqueue(job) => inserts.push((i, job)),
+            _ => match completion(op) {
+                Some(done) => completions.push((i, done)),
+                None => others.push(i),
+            },
         }
-        // Consecutive completions become one multi-row UPDATE.
-        let run = ops[i..]
-            .iter()
-            .take_while(|op| completion(op).is_some())
-            .count();
-        if run > 1 {
-            let done: Vec<Completion<'_>> = ops[i..i + run]
-                .iter()
-                .map(|op| completion(op).expect("counted as a completion"))
-                .collect();
-            replies.extend(complete_jobs(conn, &done).await?);
-            i += run;
-            continue;
-        }
-        replies.push(apply(conn, ops[i]).await?);
-        i += 1;
     }
-    Ok(replies)
+    if !inserts.is_empty() {
+        let jobs: Vec<&NewJob> = inserts.iter().map(|(_, job)| *job).collect();
+        insert_jobs(conn, &jobs).await?;
+        for (i, _) in &inserts {
+            replies[*i] = Some(Reply::Done);
+        }
+    }
+    if !completions.is_empty() {
+        let (positions, done): (Vec<usize>, Vec<Completion<'_>>) = completions.into_iter().unzip();
+        for (i, reply) in positions.into_iter().zip(complete_jobs(conn, &done).await?) {
+            replies[i] = Some(reply);
+        }
+    }
+    for i in others {
+        replies[i] = Some(apply(conn, ops[i]).await?);
+    }
+    Ok(replies
+        .into_iter()
+        .map(|reply| reply.expect("every op answered"))
+        .collect())
 }
 
 /// The parts of a successful `Finish` op.
