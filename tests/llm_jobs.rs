@@ -147,3 +147,62 @@ async fn a_stubborn_answer_fails_the_job_as_needing_review() {
     assert_eq!(mock.request_count(), 2, "two answers, both rejected");
     jobs.shutdown().await;
 }
+
+#[tokio::test]
+async fn configured_long_running_models_replace_the_default_patterns() {
+    let mock = MockLlmServer::start().await.unwrap();
+    let db = TempDb::new();
+    let jobs = Jobs::builder()
+        .url(db.url())
+        .llm(mock.client_builder().build().unwrap())
+        .long_running_models(["openai/gpt-4o*"])
+        .open()
+        .await
+        .unwrap();
+    let slow_model = ChatRequest::new("openai/gpt-4o-mini").user("hi");
+    let outcome = jobs
+        .run_with_timeout(llm_call(slow_model), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::Pending(_)),
+        "matches the configured pattern"
+    );
+
+    let proxy_model = ChatRequest::new("max/text-generation").user("hi");
+    let outcome = jobs
+        .run_with_timeout(llm_call(proxy_model), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::Ready(_)),
+        "max/* is no longer in the patterns"
+    );
+    jobs.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_job_status_shows_its_llm_token_totals() {
+    let mock = MockLlmServer::start().await.unwrap();
+    let db = TempDb::new();
+    let jobs = jobs_with(&mock, &db).await;
+    let request = ChatRequest::new("openai/gpt-4o-mini").user("Summarize the sea in a line.");
+    let handle = jobs.spawn(llm_call(request)).await.unwrap();
+    let response = handle.clone().wait().await.unwrap();
+    let progress: llmjobs::Progress =
+        serde_json::from_value(handle.status().await.unwrap().progress.unwrap()).unwrap();
+    assert_eq!(
+        progress.input_tokens,
+        Some(response.total_usage.input_tokens)
+    );
+    assert_eq!(
+        progress.output_tokens,
+        Some(response.total_usage.output_tokens)
+    );
+    assert!(response.total_usage.output_tokens > 0);
+    assert_eq!(
+        progress.partial_output.as_deref(),
+        Some(response.text.as_str())
+    );
+    jobs.shutdown().await;
+}

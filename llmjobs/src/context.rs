@@ -32,6 +32,9 @@ struct ContextInner {
     next_step: AtomicU32,
     journal: tokio::sync::OnceCell<Vec<StepRecord>>,
     progress: Mutex<ProgressSlot>,
+    /// Tokens and cost of the job's LLM calls so far.
+    #[cfg(feature = "llm")]
+    llm_usage: Mutex<crate::llm::UsageTotals>,
 }
 
 /// The latest report not yet written, and whether a writer task is on its way.
@@ -66,6 +69,9 @@ pub struct Progress {
     /// Tokens received so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tokens: Option<u64>,
+    /// What the job's LLM calls have cost so far, in US dollars, where prices are known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 impl Progress {
@@ -110,6 +116,12 @@ impl Progress {
         self.output_tokens = Some(output);
         self
     }
+
+    /// Sets the cost so far, in US dollars.
+    pub fn with_cost(mut self, cost_usd: Option<f64>) -> Self {
+        self.cost_usd = cost_usd;
+        self
+    }
 }
 
 /// A journal entry: the step's output, or the permanent error it ended with.
@@ -138,6 +150,8 @@ impl JobContext {
                 next_step: AtomicU32::new(0),
                 journal: tokio::sync::OnceCell::new(),
                 progress: Mutex::new(ProgressSlot::default()),
+                #[cfg(feature = "llm")]
+                llm_usage: Mutex::new(crate::llm::UsageTotals::default()),
             }),
         }
     }
@@ -333,6 +347,16 @@ impl JobContext {
     /// journal, and streamed deltas are reported as the job's progress.
     pub fn llm(&self) -> crate::llm::JobLlm {
         crate::llm::JobLlm::new(self.clone(), self.inner.shared.settings.llm.clone())
+    }
+
+    /// Adds an LLM answer's usage to the job's totals; the new totals.
+    pub(crate) fn add_llm_usage(
+        &self,
+        response: &crate::llm::ChatResponse,
+    ) -> crate::llm::UsageTotals {
+        let mut totals = self.inner.llm_usage.lock().expect("usage lock");
+        totals.add(response);
+        *totals
     }
 }
 

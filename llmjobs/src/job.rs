@@ -150,6 +150,8 @@ pub struct JobCall<T> {
     priority: i32,
     key: Option<String>,
     long_running: bool,
+    /// Set by [`JobCall::long_running`]: the caller decided, whatever classifiers say.
+    long_running_forced: bool,
     _output: PhantomData<fn() -> T>,
 }
 
@@ -162,6 +164,7 @@ impl<T> JobCall<T> {
             args: serde_json::value::to_raw_value(args).map_err(|e| e.to_string()),
             key: args.concurrency_key(),
             long_running: args.is_long_running(),
+            long_running_forced: false,
             priority: 0,
             config,
             _output: PhantomData,
@@ -179,6 +182,7 @@ impl<T> JobCall<T> {
             priority: 0,
             key: None,
             long_running: false,
+            long_running_forced: false,
             _output: PhantomData,
         }
     }
@@ -213,6 +217,7 @@ impl<T> JobCall<T> {
     /// Sends the call to the background (or not), whatever the job's own classification.
     pub fn long_running(mut self, long_running: bool) -> Self {
         self.long_running = long_running;
+        self.long_running_forced = true;
         self
     }
 
@@ -224,6 +229,11 @@ impl<T> JobCall<T> {
     /// Whether the call goes straight to the background.
     pub fn is_long_running(&self) -> bool {
         self.long_running
+    }
+
+    /// Whether [`JobCall::long_running`] decided the routing.
+    pub(crate) fn is_long_running_forced(&self) -> bool {
+        self.long_running_forced
     }
 
     pub(crate) fn config(&self) -> &JobConfig {
@@ -256,6 +266,7 @@ impl<T> Clone for JobCall<T> {
             priority: self.priority,
             key: self.key.clone(),
             long_running: self.long_running,
+            long_running_forced: self.long_running_forced,
             _output: PhantomData,
         }
     }
@@ -308,6 +319,7 @@ impl<'de, T> Deserialize<'de> for JobCall<T> {
             priority: wire.priority,
             key: wire.key.map(Cow::into_owned),
             long_running: wire.long_running,
+            long_running_forced: wire.long_running,
             _output: PhantomData,
         })
     }

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 
 use crate::handle::CancelOutcome;
 use crate::job::Registration;
-use crate::runtime::{self, Backoff, Entry, ProgressEvent, Settings, Shared};
+use crate::runtime::{self, Backoff, CallInfo, Entry, ProgressEvent, Settings, Shared};
 use crate::status::{JobCounts, JobState, JobStatus, now_ms};
 use crate::store::{CancelEffect, ClaimedJob, LocalClaim, NewJob, Store};
 use crate::{Error, Job, JobCall, JobHandle, JobId, Outcome, Result};
@@ -148,12 +148,34 @@ impl Jobs {
         call: JobCall<T>,
         timeout: Duration,
     ) -> Result<Outcome<T>> {
-        let long_running = call.is_long_running();
+        let long_running = self.is_long_running(&call);
         let handle = self.spawn(call).await?;
         if long_running {
             return Ok(Outcome::Pending(handle));
         }
         handle.wait_timeout(timeout).await
+    }
+
+    /// Whether `call` goes straight to the background: the caller's own say
+    /// ([`JobCall::long_running`]), else the first classifier with an opinion, else the job's
+    /// ([`Job::is_long_running`]).
+    fn is_long_running<T>(&self, call: &JobCall<T>) -> bool {
+        if call.is_long_running_forced() {
+            return call.is_long_running();
+        }
+        let Ok(args) = call.args_json() else {
+            return call.is_long_running();
+        };
+        let info = CallInfo {
+            name: call.name(),
+            args,
+        };
+        self.shared
+            .settings
+            .classifiers
+            .iter()
+            .find_map(|classify| classify(&info))
+            .unwrap_or(call.is_long_running())
     }
 
     /// A handle to an existing job, from this process or any other. The type is not checked
@@ -272,6 +294,7 @@ impl Default for JobsBuilder {
             durability: Durability::Full,
             settings: Settings {
                 on_progress: None,
+                classifiers: Vec::new(),
                 #[cfg(feature = "llm")]
                 llm: Err("not configured yet".into()),
                 concurrency: 64,
@@ -380,6 +403,38 @@ impl JobsBuilder {
     pub fn llm(mut self, client: crate::llm::LlmClient) -> Self {
         self.settings.llm = Ok(client);
         self
+    }
+
+    /// Adds a spawn-time classifier: for each call given to [`Jobs::run_with_timeout`], it may
+    /// say whether the call goes straight to the background (`Some`), or leave it to the next
+    /// classifier and finally to the job itself (`None`). A call's own
+    /// [`JobCall::long_running`] always wins.
+    pub fn classify_long_running<F>(mut self, classify: F) -> Self
+    where
+        F: Fn(&CallInfo<'_>) -> Option<bool> + Send + Sync + 'static,
+    {
+        self.settings.classifiers.push(Arc::new(classify));
+        self
+    }
+
+    /// The model patterns (`"max/*"`, `"o1-*"`) whose [`llm_call`](crate::llm::llm_call)s go
+    /// straight to the background, instead of the default
+    /// [`DEFAULT_LONG_RUNNING_PATTERNS`](crate::llm::DEFAULT_LONG_RUNNING_PATTERNS). Requests
+    /// with an agent check or `long_running: true` still do.
+    #[cfg(feature = "llm")]
+    pub fn long_running_models<I, S>(self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let patterns: Vec<String> = patterns.into_iter().map(Into::into).collect();
+        self.classify_long_running(move |call| {
+            if call.name != <crate::llm::LlmCall as Job>::NAME {
+                return None;
+            }
+            let request: crate::llm::ChatRequest = serde_json::from_str(call.args).ok()?;
+            Some(request.is_long_running(&patterns))
+        })
     }
 
     /// Registers a job by hand: for jobs that implement [`Job`] without `#[llm_job]`.

@@ -68,5 +68,5 @@ pub use job::{Job, JobCall, JobConfig};
 pub use jobs::{Durability, Jobs, JobsBuilder};
 #[cfg(feature = "macros")]
 pub use llmjobs_macros::llm_job;
-pub use runtime::{Backoff, ProgressEvent};
+pub use runtime::{Backoff, CallInfo, ProgressEvent};
 pub use status::{JobCounts, JobState, JobStatus};

@@ -72,7 +72,7 @@ mod validate;
 
 pub use client::{LlmClient, LlmClientBuilder};
 pub use error::LlmError;
-pub use job::{JobLlm, LlmCall, llm_call};
+pub use job::{JobLlm, LlmCall, UsageTotals, llm_call};
 pub use limits::RateLimit;
 pub use pricing::Price;
 pub use request::{

@@ -35,10 +35,25 @@ pub struct ProgressEvent<'a> {
     pub progress: &'a Progress,
 }
 
+/// Decides, at spawn, whether a call goes straight to the background.
+pub(crate) type Classifier = Arc<dyn Fn(&CallInfo<'_>) -> Option<bool> + Send + Sync>;
+
+/// What a spawn-time classifier ([`JobsBuilder::classify_long_running`](crate::JobsBuilder::classify_long_running))
+/// sees of a call.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct CallInfo<'a> {
+    /// The job's name.
+    pub name: &'a str,
+    /// The call's arguments, as JSON.
+    pub args: &'a str,
+}
+
 /// Settings fixed when the runtime starts.
 #[derive(Clone)]
 pub(crate) struct Settings {
     pub(crate) on_progress: Option<ProgressCallback>,
+    pub(crate) classifiers: Vec<Classifier>,
     /// The client behind `ctx.llm()`, or why there is none.
     #[cfg(feature = "llm")]
     pub(crate) llm: Result<crate::llm::LlmClient, String>,
@@ -711,6 +726,7 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("on_progress", &self.on_progress.is_some())
+            .field("classifiers", &self.classifiers.len())
             .field("concurrency", &self.concurrency)
             .field("global_concurrency", &self.global_concurrency)
             .field("lease", &self.lease)

@@ -50,10 +50,30 @@ impl JobLlm {
     pub async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, JobError> {
         let client = self.client()?;
         let runner = JournalRunner { ctx: &self.ctx };
-        client
+        let response = client
             .call_with(request, &runner, None)
             .await
-            .map_err(LlmError::into_job_error)
+            .map_err(LlmError::into_job_error)?;
+        self.report_totals(&response, None);
+        Ok(response)
+    }
+
+    /// Adds the answer's usage and cost to the job's totals, and reports them as progress, so
+    /// the job's status shows what its LLM calls used.
+    fn report_totals(&self, response: &ChatResponse, output: Option<String>) {
+        let totals = self.ctx.add_llm_usage(response);
+        let mut report = Progress::stage("llm")
+            .with_tokens(totals.input_tokens, totals.output_tokens)
+            .with_cost(totals.cost_usd)
+            .with_message(format!(
+                "{} LLM call(s), {} tokens",
+                totals.calls,
+                totals.input_tokens + totals.output_tokens
+            ));
+        if let Some(output) = output {
+            report = report.with_partial_output(output);
+        }
+        self.ctx.report(report);
     }
 
     /// Like [`JobLlm::call`], streaming: the text received so far and the token counts are
@@ -85,12 +105,7 @@ impl JobLlm {
             .call_with(request, &runner, Some(&mut on_event))
             .await
             .map_err(LlmError::into_job_error)?;
-        self.ctx.report(
-            Progress::stage("llm")
-                .with_fraction(1.0)
-                .with_partial_output(response.text.clone())
-                .with_tokens(response.usage.input_tokens, response.usage.output_tokens),
-        );
+        self.report_totals(&response, Some(response.text.clone()));
         Ok(response)
     }
 }
@@ -178,4 +193,31 @@ inventory::submit! { crate::job::Registration::of::<LlmCall>() }
 /// error carrying the validators' feedback.
 pub fn llm_call(request: ChatRequest) -> JobCall<ChatResponse> {
     JobCall::new::<LlmCall>(&LlmCall { request })
+}
+
+/// The tokens and cost of a job's LLM calls so far (answers, retries and agent checks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct UsageTotals {
+    /// How many calls were made (or replayed from the journal).
+    pub calls: u32,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
+    /// Cost in US dollars; `None` once any call had no known price.
+    pub cost_usd: Option<f64>,
+}
+
+impl UsageTotals {
+    pub(crate) fn add(&mut self, response: &ChatResponse) {
+        self.cost_usd = match (self.calls, self.cost_usd, response.total_cost) {
+            (0, _, cost) => cost,
+            (_, Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        self.calls += 1;
+        self.input_tokens += response.total_usage.input_tokens;
+        self.output_tokens += response.total_usage.output_tokens;
+    }
 }
