@@ -133,12 +133,7 @@ async fn never_runs_here() -> Result<(), JobError> {
 #[tokio::test]
 async fn cancel_of_a_pending_job_is_immediate() {
     let db = TempDb::new();
-    let front = Jobs::builder()
-        .url(db.url())
-        .run_jobs(false)
-        .open()
-        .await
-        .unwrap();
+    let front = db.watcher().await;
     let handle = front.spawn(never_runs_here()).await.unwrap();
     assert_eq!(handle.cancel().await.unwrap(), CancelOutcome::Cancelled);
     assert_eq!(handle.status().await.unwrap().state, JobState::Cancelled);
@@ -220,12 +215,7 @@ async fn cancel_from_another_process_drops_the_future_within_a_second() {
         .unwrap()
         .parse()
         .unwrap();
-    let here = Jobs::builder()
-        .url(db.url())
-        .run_jobs(false)
-        .open()
-        .await
-        .unwrap();
+    let here = db.watcher().await;
     let asked = Instant::now();
     assert_eq!(here.cancel(id).await.unwrap(), CancelOutcome::Requested);
     wait_for(&here, id, JobState::Cancelled).await;
@@ -314,12 +304,7 @@ async fn progress_subscribers_see_every_report_in_order_and_the_last_is_stored()
 
     // 200 reports in a burst were coalesced, but the last one is stored, for any reader.
     handle.clone().wait().await.unwrap();
-    let other = Jobs::builder()
-        .url(db.url())
-        .run_jobs(false)
-        .open()
-        .await
-        .unwrap();
+    let other = db.watcher().await;
     let stored = other.status(handle.id()).await.unwrap().progress.unwrap();
     let stored: Progress = serde_json::from_value(stored).unwrap();
     assert_eq!(stored.message.as_deref(), Some("report 200"));
@@ -369,12 +354,7 @@ async fn a_long_running_job_is_never_waited_on_inline() {
 async fn a_per_key_limit_holds_across_two_processes() {
     let db = TempDb::new();
     let log = db.file("keyed.log");
-    let front = Jobs::builder()
-        .url(db.url())
-        .run_jobs(false)
-        .open()
-        .await
-        .unwrap();
+    let front = db.watcher().await;
     for _ in 0..8 {
         let call = keyed_sleep("model-a".into(), 300, log.display().to_string());
         assert_eq!(call.key(), Some("model-a"), "the job declares its key");

@@ -86,12 +86,7 @@ async fn always_fails() -> Result<(), JobError> {
 async fn status_reports_each_state() {
     let db = TempDb::new();
     // A process that only spawns: the job stays pending.
-    let front = Jobs::builder()
-        .url(db.url())
-        .run_jobs(false)
-        .open()
-        .await
-        .unwrap();
+    let front = db.watcher().await;
     let handle = front.spawn(gated()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = handle.status().await.unwrap();

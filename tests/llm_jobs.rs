@@ -41,12 +41,7 @@ async fn a_job_killed_after_two_llm_calls_sends_only_the_third_on_restart() {
     let bodies: Vec<String> = mock.requests().iter().map(|r| r.body.to_string()).collect();
     assert!(bodies[2].contains("question 3"), "{}", bodies[2]);
 
-    let jobs = Jobs::builder()
-        .url(db.url())
-        .run_jobs(false)
-        .open()
-        .await
-        .unwrap();
+    let jobs = db.watcher().await;
     let all = jobs.list(None, 10).await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].state, JobState::Completed);

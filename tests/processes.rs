@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use llmjobs::{JobState, Jobs};
+use llmjobs::JobState;
 use llmjobs_testkit::{TempDb, WorkerProcess, read_lines, wait_until};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_llmjobs-test-worker");
@@ -19,12 +19,7 @@ async fn logged_sleep(n: u32, sleep_ms: u64, log: String) -> Result<u32, llmjobs
 async fn three_processes_on_one_file_run_each_job_exactly_once() {
     let db = TempDb::new();
     let log = db.file("jobs.log");
-    let front = Jobs::builder()
-        .url(db.url())
-        .run_jobs(false)
-        .open()
-        .await
-        .unwrap();
+    let front = db.watcher().await;
     for n in 0..300 {
         front
             .spawn(logged_sleep(n, 5, log.display().to_string()))
@@ -92,12 +87,7 @@ async fn workers_killed_at_random_points_lose_nothing_and_rerun_no_committed_ste
     let last = WorkerProcess::start(WORKER, &["run", path.to_str().unwrap()]);
     assert!(last.wait(Duration::from_secs(120)).success());
 
-    let jobs = Jobs::builder()
-        .url(db.url())
-        .run_jobs(false)
-        .open()
-        .await
-        .unwrap();
+    let jobs = db.watcher().await;
     let counts = jobs.counts().await.unwrap();
     assert_eq!(counts.total(), 100, "20 rounds of 5 jobs: none lost");
     assert_eq!(counts.completed, 100, "every job completed: {counts:?}");

@@ -34,12 +34,7 @@ async fn steps_committed_before_a_kill_are_not_run_again() {
         let runs = lines.iter().filter(|l| **l == format!("run {i}")).count();
         assert_eq!(runs, 1, "step {i} ran {runs} times: {lines:?}");
     }
-    let jobs = Jobs::builder()
-        .url(db.url())
-        .run_jobs(false)
-        .open()
-        .await
-        .unwrap();
+    let jobs = db.watcher().await;
     let all = jobs.list(None, 10).await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].state, JobState::Completed);
@@ -161,12 +156,7 @@ async fn quick() -> Result<(), JobError> {
 #[tokio::test]
 async fn prune_removes_only_finished_jobs() {
     let db = TempDb::new();
-    let front = Jobs::builder()
-        .url(db.url())
-        .run_jobs(false)
-        .open()
-        .await
-        .unwrap();
+    let front = db.watcher().await;
     let waiting = front.spawn(quick()).await.unwrap();
     let worker = Jobs::open(&db.url()).await.unwrap();
     let done = worker.spawn(quick()).await.unwrap();

@@ -28,6 +28,17 @@ impl TempDb {
         format!("sqlite://{}", self.path().display())
     }
 
+    /// A runtime on the database that runs no jobs: it spawns, watches and cancels them, as
+    /// a web front end or the CLI would.
+    pub async fn watcher(&self) -> llmjobs::Jobs {
+        llmjobs::Jobs::builder()
+            .url(self.url())
+            .run_jobs(false)
+            .open()
+            .await
+            .expect("open the database")
+    }
+
     /// A file in the same folder (for logs the jobs write).
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
