@@ -16,7 +16,8 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use llmjobs::{Durability, JobContext, JobError, JobState, Jobs, llm_job};
+use llmjobs::{Durability, JobContext, JobError, Jobs, llm_job};
+use llmjobs_testkit::read_lines as lines;
 
 #[llm_job]
 async fn noop() -> Result<(), JobError> {
@@ -66,6 +67,8 @@ async fn five_calls(ctx: JobContext, log: String) -> Result<u64, JobError> {
     Ok(sum)
 }
 
+/// Appends a line without syncing it (unlike the test kit's `append_line`): the log only has
+/// to survive a killed process, and a sync per line would distort the timings.
 fn append(path: &str, line: &str) {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
@@ -75,12 +78,6 @@ fn append(path: &str, line: &str) {
         .expect("open the log");
     file.write_all(format!("{line}\n").as_bytes())
         .expect("write the log");
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().map(str::to_string).collect())
-        .unwrap_or_default()
 }
 
 struct Bench {
@@ -475,5 +472,4 @@ async fn main() {
     if wants("W7") {
         println!("W7 skipped: the PostgreSQL backend does not exist yet");
     }
-    let _ = JobState::Completed;
 }

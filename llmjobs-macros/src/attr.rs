@@ -197,9 +197,8 @@ fn parse_timeout(text: &LitStr) -> syn::Result<Duration> {
     }
 }
 
-/// Parses `"500ms"`, `"30s"`, `"2m"` or `"1h"` (a whole number and a unit). A copy of
-/// `llmjobs::__private::parse_duration` (the runtime cannot be a dependency of its own macro
-/// crate); the two must accept the same strings.
+/// Parses `"500ms"`, `"30s"`, `"2m"` or `"1h"` (a whole number and a unit). Durations are
+/// only ever written in `#[llm_job(timeout = ...)]`, so this is the one parser.
 fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::runtime::Shared;
 use crate::status::{JobState, JobStatus};
+use crate::store::JobRow;
 use crate::{Error, JobId, Jobs, Progress, Result};
 
 /// A job in the database, seen from any process: wait for it, read its status, cancel it.
@@ -168,30 +169,25 @@ impl<T: DeserializeOwned> JobHandle<T> {
     /// A job run by this process wakes the waiter the moment it ends; one run elsewhere is
     /// polled with back-off. Waiting never changes the job.
     pub async fn wait(&self) -> Result<T> {
-        let status = wait_terminal(self.jobs.shared(), self.id, None).await?;
-        self.output_of(status).await
+        let row = wait_terminal(self.jobs.shared(), self.id, None).await?;
+        self.output_of(row)
     }
 
     /// Waits up to `timeout`. Past it, the job keeps running (the same attempt; nothing is
     /// restarted) and you get the handle back in [`Outcome::Pending`].
     pub async fn wait_timeout(self, timeout: Duration) -> Result<Outcome<T>> {
         match wait_terminal(self.jobs.shared(), self.id, Some(timeout)).await {
-            Ok(status) => self.output_of(status).await.map(Outcome::Ready),
+            Ok(row) => self.output_of(row).map(Outcome::Ready),
             Err(Error::WaitTimeout(_)) => Ok(Outcome::Pending(self)),
             Err(e) => Err(e),
         }
     }
 
-    async fn output_of(&self, status: JobStatus) -> Result<T> {
+    /// The output of a terminal job, from the row the wait read last (no second read).
+    fn output_of(&self, row: JobRow) -> Result<T> {
+        let status = row.to_status()?;
         match status.state {
             JobState::Completed => {
-                let row = self
-                    .jobs
-                    .shared()
-                    .store
-                    .get(self.id)
-                    .await?
-                    .ok_or(Error::NotFound(self.id))?;
                 let text = row.result.as_deref().unwrap_or("null");
                 serde_json::from_str(text).map_err(|e| Error::ResultType {
                     id: self.id,
@@ -219,12 +215,12 @@ impl<T: DeserializeOwned> JobHandle<T> {
     }
 }
 
-/// Polls (and, for jobs of this process, listens) until the job is terminal.
+/// Polls (and, for jobs of this process, listens) until the job is terminal; its last row.
 async fn wait_terminal(
     shared: &Arc<Shared>,
     id: JobId,
     timeout: Option<Duration>,
-) -> Result<JobStatus> {
+) -> Result<JobRow> {
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let waiter = shared.waiter(id);
     let mut delay = Duration::from_millis(10);
@@ -234,14 +230,14 @@ async fn wait_terminal(
         // Registered before the read, so a completion between the read and the sleep still
         // wakes us.
         notified.as_mut().enable();
-        let status = shared.status(id).await?;
-        if status.state.is_terminal() {
-            return Ok(status);
+        let row = shared.store.get(id).await?.ok_or(Error::NotFound(id))?;
+        let state = row.state()?;
+        if state.is_terminal() {
+            return Ok(row);
         }
         // A job this process runs wakes us when it ends: no need to poll for it. Others
         // (pending, or run elsewhere) are polled with back-off.
-        let runs_here =
-            status.state == JobState::Running && status.owner.as_deref() == Some(&*shared.owner);
+        let runs_here = state == JobState::Running && row.owner.as_deref() == Some(&*shared.owner);
         let poll_every = if runs_here {
             Duration::from_secs(5)
         } else {

@@ -43,7 +43,6 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod context;
-mod duration;
 mod error;
 mod handle;
 mod id;

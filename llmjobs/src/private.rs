@@ -5,17 +5,6 @@ pub use serde;
 
 pub use crate::job::Registration;
 
-/// Implemented by every type that can be a job argument: serializable, deserializable into an
-/// owned value, and sendable. The macro asserts it per parameter so that an error points at the
-/// parameter's type.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be a job argument",
-    label = "job arguments must implement `Serialize + DeserializeOwned + Send + 'static`",
-    note = "arguments are stored in the database as JSON; derive `serde::Serialize` and `serde::Deserialize` for this type"
-)]
-pub trait JobArg: serde::Serialize + serde::de::DeserializeOwned + Send + 'static {}
-impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> JobArg for T {}
-
 /// Implemented by every type that can be a job's output.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a job's output",
@@ -25,21 +14,12 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> JobArg 
 pub trait JobOutput: serde::Serialize + serde::de::DeserializeOwned + Send + 'static {}
 impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> JobOutput for T {}
 
-/// Compile-time assertion that `T` is a valid job argument.
-pub const fn assert_job_arg<T: JobArg>() {}
-
 /// Compile-time assertion that `T` is a valid job output.
 pub const fn assert_job_output<T: JobOutput>() {}
 
 /// Converts a body's error into a [`JobError`](crate::JobError).
 pub fn into_job_error<E: Into<crate::JobError>>(error: E) -> crate::JobError {
     error.into()
-}
-
-/// Parses a duration written as `"500ms"`, `"30s"`, `"2m"` or `"1h"`. Used by the macro at
-/// expansion time too (it has its own copy, which must agree); exposed for tests.
-pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    crate::duration::parse(text)
 }
 
 /// (De)serialization of the fields of the arguments struct that `#[llm_job]` generates. These
