@@ -28,12 +28,12 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The database refused or failed an operation.
+    /// The database refused or failed an operation. The source is the driver's own error.
     #[error("job database error: {0}")]
-    Database(#[source] sqlx::Error),
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The embedded schema migrations could not be applied.
     #[error("cannot migrate the job database: {0}")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
+    Migrate(String),
     /// Two jobs were registered under the same name.
     #[error("job name `{name}` is registered twice ({first} and {second})")]
     DuplicateJobName {
@@ -120,18 +120,10 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolClosed => Error::Shutdown,
-            e => Error::Database(e),
-        }
-    }
-}
-
-impl From<sqlx::migrate::MigrateError> for Error {
-    fn from(e: sqlx::migrate::MigrateError) -> Self {
-        Error::Migrate(e)
+#[cfg(feature = "sqlite")]
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Database(Box::new(e))
     }
 }
 

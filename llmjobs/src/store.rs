@@ -95,7 +95,7 @@ pub(crate) struct StepRecord {
 }
 
 /// A job row as read back, with its columns still raw.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub(crate) struct JobRow {
     pub(crate) id: String,
     pub(crate) name: String,

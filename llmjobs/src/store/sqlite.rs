@@ -1,14 +1,16 @@
-//! The embedded SQLite backend: WAL, one batching writer connection, a pool of readers.
+//! The embedded SQLite backend: WAL, one batching writer thread, a few reader connections.
+//!
+//! SQLite is called in-process through rusqlite. Every write of the process goes to one writer
+//! thread, which commits whatever is waiting in one transaction (see [`writer`]); reads run on
+//! tokio's blocking pool with connections of their own, so they never wait for a commit. An
+//! in-memory database has one connection only, so its reads go through the writer thread.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, SqliteConnection};
+use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -18,125 +20,245 @@ use super::{
 use crate::status::JobState;
 use crate::{Durability, Error, JobId, Result};
 
+mod migrate;
 mod writer;
 
 use writer::{Reply, WriteOp};
 
-/// The name of the table that records which of llmjobs' migrations ran, kept apart from the
-/// host application's own `_sqlx_migrations`.
-const MIGRATIONS_TABLE: &str = "llmjobs_migrations";
-
 /// How long a connection waits for another process's write lock before reporting busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Idle reader connections kept open.
+const IDLE_READERS: usize = 4;
+
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 128;
 
 /// A parsed `sqlite:` URL.
 #[derive(Debug, Clone)]
 pub(crate) struct SqliteTarget {
-    options: SqliteConnectOptions,
     /// The database file, or `None` for an in-memory database.
     path: Option<PathBuf>,
+    /// Create the file when it does not exist (`mode=rwc`, the default) or not (`mode=rw`).
+    create: bool,
 }
 
 impl SqliteTarget {
-    /// Parses `sqlite://path`, `sqlite:path`, `sqlite::memory:` or a bare file path.
+    /// Parses `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or a bare file path, with an
+    /// optional `?mode=rwc|rw|memory`.
     pub(crate) fn parse(url: &str) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidUrl {
             url: url.to_string(),
             reason,
         };
-        let options = if url.starts_with("sqlite:") {
-            SqliteConnectOptions::from_str(url).map_err(|e| invalid(e.to_string()))?
+        let rest = if let Some(rest) = url.strip_prefix("sqlite://") {
+            rest
+        } else if let Some(rest) = url.strip_prefix("sqlite:") {
+            rest
         } else if url.contains("://") {
             return Err(invalid(
                 "expected `sqlite://PATH`, `sqlite::memory:` or a file path".into(),
             ));
         } else {
-            SqliteConnectOptions::new().filename(url)
+            url
         };
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let path = (!in_memory).then(|| options.get_filename().to_path_buf());
-        if let Some(p) = &path
-            && p.as_os_str().is_empty()
-        {
+        let (file, query) = match rest.split_once('?') {
+            Some((file, query)) => (file, Some(query)),
+            None => (rest, None),
+        };
+        let mut in_memory = file == ":memory:";
+        let mut create = true;
+        for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            match pair {
+                "" | "mode=rwc" => {}
+                "mode=rw" => create = false,
+                "mode=memory" => in_memory = true,
+                other => {
+                    return Err(invalid(format!(
+                        "unknown option `{other}` (llmjobs understands mode=rwc, mode=rw and \
+                         mode=memory)"
+                    )));
+                }
+            }
+        }
+        if !in_memory && file.is_empty() {
             return Err(invalid("the database path is empty".into()));
         }
-        Ok(SqliteTarget { options, path })
+        Ok(SqliteTarget {
+            path: (!in_memory).then(|| PathBuf::from(file)),
+            create,
+        })
     }
 
     /// The database file, or `None` for an in-memory database.
     pub(crate) fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
+
+    /// Opens a connection with the settings every llmjobs connection shares.
+    fn connect(&self, durability: Durability, read_only: bool) -> rusqlite::Result<Connection> {
+        let conn = match &self.path {
+            None => Connection::open_in_memory()?,
+            Some(path) => {
+                let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI;
+                if self.create && !read_only {
+                    flags |= OpenFlags::SQLITE_OPEN_CREATE;
+                }
+                Connection::open_with_flags(path, flags)?
+            }
+        };
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        if self.path.is_some() && !read_only {
+            // Persistent: set once by the writer, seen by every later connection.
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        }
+        let synchronous = match durability {
+            Durability::Full => "FULL",
+            Durability::Relaxed => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        if read_only {
+            conn.pragma_update(None, "query_only", true)?;
+        }
+        Ok(conn)
+    }
+}
+
+/// Connections for reads, opened as needed and kept while idle.
+struct ReadPool {
+    target: SqliteTarget,
+    durability: Durability,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    /// Runs `read` on an idle connection (or a new one), then keeps the connection.
+    fn with<R>(&self, read: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let idle = self.idle.lock().expect("reader pool lock").pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.target.connect(self.durability, true)?,
+        };
+        let result = read(&conn);
+        let mut idle = self.idle.lock().expect("reader pool lock");
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+/// Where reads run.
+enum Readers {
+    /// Connections of their own (a database file).
+    Pool(Arc<ReadPool>),
+    /// The writer's connection, the only one an in-memory database has.
+    Writer,
 }
 
 /// The SQLite store.
 pub(crate) struct SqliteStore {
     writer: mpsc::UnboundedSender<writer::Request>,
-    readers: SqlitePool,
+    readers: Readers,
     url: String,
+    /// Set by `close`: later reads and writes fail with [`Error::Shutdown`].
+    closed: AtomicBool,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) and migrates the database, and starts the writer.
+    /// Opens (creating if needed) and migrates the database, and starts the writer thread.
     pub(crate) async fn open(
         url: &str,
         target: &SqliteTarget,
         durability: Durability,
     ) -> Result<Self> {
-        let open_error = |e: sqlx::Error| Error::Open {
+        let open_error = |e: rusqlite::Error| Error::Open {
             url: url.to_string(),
             source: Box::new(e),
         };
-        let synchronous = match durability {
-            Durability::Full => SqliteSynchronous::Full,
-            Durability::Relaxed => SqliteSynchronous::Normal,
+        let conn = {
+            let target = target.clone();
+            tokio::task::spawn_blocking(move || target.connect(durability, false))
+                .await
+                .map_err(|_| Error::Shutdown)?
+                .map_err(open_error)?
         };
-        let options = target
-            .options
-            .clone()
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(synchronous)
-            .busy_timeout(BUSY_TIMEOUT)
-            .statement_cache_capacity(256)
-            .log_statements(tracing::log::LevelFilter::Trace)
-            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
-
-        let mut conn = options.connect().await.map_err(open_error)?;
-        {
-            // Two processes opening a new database at once must not both create the tables:
-            // the second waits for the first's migrations, then finds them applied.
-            let _guard = match target.path() {
-                Some(path) => Some(
-                    crate::owner::lock_exclusive(&crate::owner::lock_path(path, "migrate")).await?,
-                ),
-                None => None,
-            };
-            migrate(&mut conn).await?;
-        }
-
-        let readers = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(open_error)?;
+        // Two processes opening a new database at once must not both create the tables: the
+        // second waits for the first's migrations, then finds them applied.
+        let guard = match target.path() {
+            Some(path) => {
+                Some(crate::owner::lock_exclusive(&crate::owner::lock_path(path, "migrate")).await?)
+            }
+            None => None,
+        };
+        let conn = tokio::task::spawn_blocking(move || {
+            let result = migrate::run(&conn);
+            drop(guard);
+            result.map(|()| conn)
+        })
+        .await
+        .map_err(|_| Error::Shutdown)??;
 
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer::run(conn, rx));
+        std::thread::Builder::new()
+            .name("llmjobs-writer".into())
+            .spawn(move || writer::run(conn, rx))?;
+        let readers = match target.path() {
+            Some(_) => Readers::Pool(Arc::new(ReadPool {
+                target: target.clone(),
+                durability,
+                idle: Mutex::new(Vec::new()),
+            })),
+            None => Readers::Writer,
+        };
         Ok(SqliteStore {
             writer: tx,
             readers,
             url: url.to_string(),
+            closed: AtomicBool::new(false),
         })
     }
 
     async fn write(&self, op: WriteOp) -> Result<Reply> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(writer::Request { op, reply })
             .map_err(|_| Error::Shutdown)?;
         rx.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Runs `read` on a reader connection.
+    async fn read<R: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        match &self.readers {
+            Readers::Pool(pool) => {
+                let pool = pool.clone();
+                match tokio::task::spawn_blocking(move || pool.with(read)).await {
+                    Ok(result) => result,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => Err(Error::Shutdown),
+                }
+            }
+            Readers::Writer => {
+                let (tx, rx) = oneshot::channel();
+                let op = WriteOp::Read(writer::ReadFn(Box::new(move |conn| {
+                    let _ = tx.send(read(conn));
+                })));
+                self.write(op).await?;
+                rx.await.map_err(|_| Error::Shutdown)?
+            }
+        }
     }
 }
 
@@ -148,18 +270,59 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// Applies the embedded migrations, recording them in llmjobs' own table.
-async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
-    let mut migrator = sqlx::migrate!("./migrations/sqlite");
-    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-    migrator.run(&mut *conn).await?;
-    Ok(())
+fn unexpected(reply: Reply) -> Error {
+    Error::Database(format!("internal error: the writer answered with {reply:?}").into())
 }
 
-fn unexpected(reply: Reply) -> Error {
-    Error::Database(sqlx::Error::Protocol(format!(
-        "internal error: the writer answered with {reply:?}"
-    )))
+/// Reads a job row selected with [`JOB_ROW_COLUMNS`]. A value of the wrong type makes the row
+/// corrupt, named by its id.
+fn job_row(row: &rusqlite::Row<'_>) -> Result<JobRow> {
+    let id: String = row
+        .get::<_, rusqlite::types::Value>(0)
+        .map(|v| match v {
+            rusqlite::types::Value::Text(id) => id,
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_else(|_| "?".into());
+    let corrupt = |e: rusqlite::Error| Error::CorruptRow {
+        id: id.clone(),
+        reason: e.to_string(),
+    };
+    Ok(JobRow {
+        name: row.get(1).map_err(corrupt)?,
+        status: row.get(2).map_err(corrupt)?,
+        result: row.get(3).map_err(corrupt)?,
+        error: row.get(4).map_err(corrupt)?,
+        progress: row.get(5).map_err(corrupt)?,
+        priority: row.get(6).map_err(corrupt)?,
+        concurrency_key: row.get(7).map_err(corrupt)?,
+        attempts: row.get(8).map_err(corrupt)?,
+        max_attempts: row.get(9).map_err(corrupt)?,
+        owner: row.get(10).map_err(corrupt)?,
+        cancel_requested: row.get(11).map_err(corrupt)?,
+        needs_review: row.get(12).map_err(corrupt)?,
+        run_at: row.get(13).map_err(corrupt)?,
+        created_at: row.get(14).map_err(corrupt)?,
+        started_at: row.get(15).map_err(corrupt)?,
+        completed_at: row.get(16).map_err(corrupt)?,
+        id: id.clone(),
+    })
+}
+
+/// Runs `sql` with `params` and reads every row with `map`.
+fn query_all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    mut map: impl FnMut(&rusqlite::Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(map(row)?);
+    }
+    Ok(out)
 }
 
 #[async_trait::async_trait]
@@ -205,36 +368,44 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRow>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {JOB_ROW_COLUMNS} FROM llmjobs_jobs WHERE id = ?"
-        ));
-        Ok(sqlx::query_as::<_, JobRow>(sql)
-            .bind(id.to_string())
-            .fetch_optional(&self.readers)
-            .await?)
+        self.read(move |conn| {
+            let sql = format!("SELECT {JOB_ROW_COLUMNS} FROM llmjobs_jobs WHERE id = ?");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query([id.to_string()])?;
+            match rows.next()? {
+                Some(row) => job_row(row).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
     }
 
     async fn list(&self, state: Option<JobState>, limit: u32) -> Result<Vec<JobRow>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {JOB_ROW_COLUMNS} FROM llmjobs_jobs \
-             WHERE (?1 IS NULL OR status = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2"
-        ));
-        Ok(sqlx::query_as::<_, JobRow>(sql)
-            .bind(state.map(JobState::as_str))
-            .bind(i64::from(limit))
-            .fetch_all(&self.readers)
-            .await?)
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {JOB_ROW_COLUMNS} FROM llmjobs_jobs \
+                 WHERE (?1 IS NULL OR status = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2"
+            );
+            query_all(
+                conn,
+                &sql,
+                rusqlite::params![state.map(JobState::as_str), i64::from(limit)],
+                job_row,
+            )
+        })
+        .await
     }
 
     async fn counts(&self) -> Result<Vec<(String, u64)>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM llmjobs_jobs GROUP BY status")
-                .fetch_all(&self.readers)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(status, n)| (status, u64::try_from(n).unwrap_or(0)))
-            .collect())
+        self.read(|conn| {
+            query_all(
+                conn,
+                "SELECT status, count(*) FROM llmjobs_jobs GROUP BY status",
+                [],
+                |row| Ok((row.get(0)?, row.get::<_, i64>(1)?.unsigned_abs())),
+            )
+        })
+        .await
     }
 
     async fn heartbeat(&self, owner: Arc<str>, lease_until: i64) -> Result<()> {
@@ -248,13 +419,16 @@ impl Store for SqliteStore {
     }
 
     async fn running_owners(&self, except: Arc<str>) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT owner FROM llmjobs_jobs \
-             WHERE status = 'running' AND owner IS NOT NULL AND owner <> ?",
-        )
-        .bind(&*except)
-        .fetch_all(&self.readers)
-        .await?)
+        self.read(move |conn| {
+            query_all(
+                conn,
+                "SELECT DISTINCT owner FROM llmjobs_jobs \
+                 WHERE status = 'running' AND owner IS NOT NULL AND owner <> ?",
+                [&*except],
+                |row| Ok(row.get(0)?),
+            )
+        })
+        .await
     }
 
     async fn release_owner(&self, owner: String) -> Result<u64> {
@@ -272,31 +446,36 @@ impl Store for SqliteStore {
     }
 
     async fn cancel_requests(&self, owner: Arc<str>) -> Result<Vec<JobId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM llmjobs_jobs \
-             WHERE status = 'running' AND owner = ? AND cancel_requested = 1",
-        )
-        .bind(&*owner)
-        .fetch_all(&self.readers)
-        .await?;
+        let ids: Vec<String> = self
+            .read(move |conn| {
+                query_all(
+                    conn,
+                    "SELECT id FROM llmjobs_jobs \
+                     WHERE status = 'running' AND owner = ? AND cancel_requested = 1",
+                    [&*owner],
+                    |row| Ok(row.get(0)?),
+                )
+            })
+            .await?;
         Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
     }
 
     async fn load_steps(&self, id: JobId) -> Result<Vec<StepRecord>> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT seq, name, output FROM llmjobs_steps WHERE job_id = ? ORDER BY seq",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.readers)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, name, output)| StepRecord {
-                seq: u32::try_from(seq).unwrap_or(u32::MAX),
-                name,
-                output,
-            })
-            .collect())
+        self.read(move |conn| {
+            query_all(
+                conn,
+                "SELECT seq, name, output FROM llmjobs_steps WHERE job_id = ? ORDER BY seq",
+                [id.to_string()],
+                |row| {
+                    Ok(StepRecord {
+                        seq: row.get(0)?,
+                        name: row.get(1)?,
+                        output: row.get(2)?,
+                    })
+                },
+            )
+        })
+        .await
     }
 
     async fn append_step(&self, id: JobId, owner: Arc<str>, step: StepRecord) -> Result<bool> {
@@ -323,6 +502,50 @@ impl Store for SqliteStore {
     async fn close(&self) {
         // The writer drains what it has queued; an empty op that round-trips proves it.
         let _ = self.write(WriteOp::Flush).await;
-        self.readers.close().await;
+        self.closed.store(true, Ordering::Release);
+        if let Readers::Pool(pool) = &self.readers {
+            pool.idle.lock().expect("reader pool lock").clear();
+        }
+    }
+}
+
+/// Whether a driver error is SQLite's "busy" or "locked".
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_paths_name_the_file_or_memory() {
+        let path = |url: &str| SqliteTarget::parse(url).unwrap().path.clone();
+        assert_eq!(path("sqlite://jobs.db"), Some("jobs.db".into()));
+        assert_eq!(
+            path("sqlite:///var/lib/jobs.db"),
+            Some("/var/lib/jobs.db".into())
+        );
+        assert_eq!(path("sqlite:jobs.db?mode=rwc"), Some("jobs.db".into()));
+        assert_eq!(path("data/jobs.db"), Some("data/jobs.db".into()));
+        assert_eq!(path("sqlite::memory:"), None);
+        assert_eq!(path("sqlite://:memory:"), None);
+        assert_eq!(path("sqlite://jobs?mode=memory"), None);
+        assert!(
+            !SqliteTarget::parse("sqlite://jobs.db?mode=rw")
+                .unwrap()
+                .create
+        );
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        let err = |url: &str| SqliteTarget::parse(url).unwrap_err().to_string();
+        assert!(err("postgres://localhost/jobs").contains("expected `sqlite://PATH`"));
+        assert!(err("sqlite://").contains("path is empty"));
+        assert!(err("sqlite://jobs.db?cache=shared").contains("unknown option `cache=shared`"));
     }
 }

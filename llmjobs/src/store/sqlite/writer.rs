@@ -1,13 +1,16 @@
-//! The one writer connection. Every write of the process goes through it; whatever is waiting
-//! when it becomes free is committed together in one transaction (group commit), so one fsync
-//! serves many spawns and completions.
+//! The one writer connection, on a thread of its own. Every write of the process goes through
+//! it; whatever is waiting when it becomes free is committed together in one transaction (group
+//! commit), so one fsync serves many spawns and completions, and inserts and completions go in
+//! as multi-row statements.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, Executor, Row, SqliteConnection};
+use rusqlite::{Connection, OptionalExtension, ToSql};
 use tokio::sync::{mpsc, oneshot};
 
+use super::is_busy;
 use crate::store::{CancelEffect, ClaimRequest, ClaimedJob, Finish, NewJob, StepRecord};
 use crate::{Error, JobId, Result};
 
@@ -18,9 +21,21 @@ const MAX_BATCH: usize = 1024;
 /// serve every batch size.
 const ROW_BUCKETS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 
+/// How long a transaction waits, in all, for another process's write lock.
+const LOCK_PATIENCE: Duration = Duration::from_secs(120);
+
 pub(super) struct Request {
     pub(super) op: WriteOp,
     pub(super) reply: oneshot::Sender<Result<Reply>>,
+}
+
+/// A read to run on the writer's connection (an in-memory database has no other).
+pub(super) struct ReadFn(pub(super) Box<dyn FnOnce(&Connection) + Send>);
+
+impl std::fmt::Debug for ReadFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadFn")
+    }
 }
 
 #[derive(Debug)]
@@ -58,6 +73,7 @@ pub(super) enum WriteOp {
     Prune {
         before: i64,
     },
+    Read(ReadFn),
     Flush,
 }
 
@@ -70,14 +86,27 @@ pub(super) enum Reply {
     Cancel(CancelEffect),
 }
 
-/// Runs until every sender is gone.
-pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Request>) {
+/// Runs until every sender is gone, then closes the connection.
+pub(super) fn run(conn: Connection, mut rx: mpsc::UnboundedReceiver<Request>) {
+    let mut received = Vec::with_capacity(MAX_BATCH);
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        tracing::trace!(ops = batch.len(), "committing a batch");
-        commit_batch(&mut conn, &mut batch).await;
+    while rx.blocking_recv_many(&mut received, MAX_BATCH) > 0 {
+        for Request { op, reply } in received.drain(..) {
+            match op {
+                // Reads change nothing; they run at once, outside the transaction.
+                WriteOp::Read(read) => {
+                    (read.0)(&conn);
+                    let _ = reply.send(Ok(Reply::Done));
+                }
+                op => batch.push(Request { op, reply }),
+            }
+        }
+        if !batch.is_empty() {
+            tracing::trace!(ops = batch.len(), "committing a batch");
+            commit_batch(&conn, &mut batch);
+        }
     }
-    if let Err(e) = sqlx::Connection::close(conn).await {
+    if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the job database writer failed");
     }
 }
@@ -85,9 +114,9 @@ pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::UnboundedRecei
 /// Executes `batch` in one transaction and answers every request. When the shared transaction
 /// fails, each request is retried in a transaction of its own, so one bad write cannot fail the
 /// others.
-async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) {
+fn commit_batch(conn: &Connection, batch: &mut Vec<Request>) {
     let ops: Vec<&WriteOp> = batch.iter().map(|r| &r.op).collect();
-    match transaction(conn, &ops).await {
+    match transaction(conn, &ops) {
         Ok(replies) => {
             for (request, reply) in batch.drain(..).zip(replies) {
                 let _ = request.reply.send(Ok(reply));
@@ -100,7 +129,6 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) {
         Err(_) => {
             for request in batch.drain(..) {
                 let result = transaction(conn, &[&request.op])
-                    .await
                     .map(|mut replies| replies.pop().expect("one reply"));
                 let _ = request.reply.send(result);
             }
@@ -108,20 +136,26 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) {
     }
 }
 
-async fn transaction(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
-    begin_immediate(conn).await?;
-    match apply_all(conn, ops).await {
-        Ok(replies) => match conn.execute("COMMIT").await {
+fn transaction(conn: &Connection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
+    begin_immediate(conn)?;
+    match apply_all(conn, ops) {
+        Ok(replies) => match conn.prepare_cached("COMMIT")?.execute([]) {
             Ok(_) => Ok(replies),
             Err(e) => {
-                let _ = conn.execute("ROLLBACK").await;
+                rollback(conn);
                 Err(e.into())
             }
         },
         Err(e) => {
-            let _ = conn.execute("ROLLBACK").await;
+            rollback(conn);
             Err(e)
         }
+    }
+}
+
+fn rollback(conn: &Connection) {
+    if let Err(e) = conn.execute_batch("ROLLBACK") {
+        tracing::warn!(error = %e, "rolling back a failed write transaction failed");
     }
 }
 
@@ -129,15 +163,15 @@ async fn transaction(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Ve
 /// half-way because another process wrote first. The connection's busy timeout waits for the
 /// lock; a writer that holds it longer still is waited for again rather than surfacing
 /// "database is locked".
-async fn begin_immediate(conn: &mut SqliteConnection) -> Result<()> {
+fn begin_immediate(conn: &Connection) -> Result<()> {
     let mut delay = Duration::from_millis(5);
     let mut waited = Duration::ZERO;
     loop {
-        match conn.execute("BEGIN IMMEDIATE").await {
+        match conn.prepare_cached("BEGIN IMMEDIATE")?.execute([]) {
             Ok(_) => return Ok(()),
-            Err(e) if is_busy(&e) && waited < Duration::from_secs(120) => {
+            Err(e) if is_busy(&e) && waited < LOCK_PATIENCE => {
                 tracing::debug!("job database is busy; waiting for the write lock");
-                tokio::time::sleep(delay).await;
+                std::thread::sleep(delay);
                 waited += delay;
                 delay = (delay * 2).min(Duration::from_millis(500));
             }
@@ -146,30 +180,22 @@ async fn begin_immediate(conn: &mut SqliteConnection) -> Result<()> {
     }
 }
 
-fn is_busy(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => {
-            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-            let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
-            matches!(code & 0xff, 5 | 6)
-        }
-        _ => false,
-    }
-}
-
 /// Applies a batch. Inserts all go into multi-row INSERTs and completions into multi-row
-/// UPDATEs, whatever their place in the batch: every op in a batch comes from a caller still
-/// waiting for its reply, so no op depends on another of the same batch, and any order is one
-/// in which they could have arrived. Inserts go first so that a claim in the same batch sees
-/// the new jobs.
-async fn apply_all(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
+/// UPDATEs, whatever their place in the batch, in this order: inserts (so that a claim in the
+/// same batch sees the new jobs), journal appends (a job sends its steps before its outcome and
+/// need not wait for them in between), completions, then everything else in arrival order.
+/// Ops of different callers do not depend on each other, so any such order is one in which
+/// they could have arrived.
+fn apply_all(conn: &Connection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
     let mut replies: Vec<Option<Reply>> = (0..ops.len()).map(|_| None).collect();
     let mut inserts = Vec::new();
+    let mut steps = Vec::new();
     let mut completions = Vec::new();
     let mut others = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         match op {
             WriteOp::Enqueue(job) => inserts.push((i, job)),
+            WriteOp::AppendStep { .. } => steps.push(i),
             _ => match completion(op) {
                 Some(done) => completions.push((i, done)),
                 None => others.push(i),
@@ -178,19 +204,22 @@ async fn apply_all(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<
     }
     if !inserts.is_empty() {
         let jobs: Vec<&NewJob> = inserts.iter().map(|(_, job)| *job).collect();
-        insert_jobs(conn, &jobs).await?;
+        insert_jobs(conn, &jobs)?;
         for (i, _) in &inserts {
             replies[*i] = Some(Reply::Done);
         }
     }
+    for i in steps {
+        replies[i] = Some(apply(conn, ops[i])?);
+    }
     if !completions.is_empty() {
         let (positions, done): (Vec<usize>, Vec<Completion<'_>>) = completions.into_iter().unzip();
-        for (i, reply) in positions.into_iter().zip(complete_jobs(conn, &done).await?) {
+        for (i, reply) in positions.into_iter().zip(complete_jobs(conn, &done)?) {
             replies[i] = Some(reply);
         }
     }
     for i in others {
-        replies[i] = Some(apply(conn, ops[i]).await?);
+        replies[i] = Some(apply(conn, ops[i])?);
     }
     Ok(replies
         .into_iter()
@@ -223,133 +252,140 @@ fn completion<'a>(op: &&'a WriteOp) -> Option<Completion<'a>> {
     }
 }
 
-fn complete_sql(rows: usize) -> AssertSqlSafe<Arc<str>> {
-    static CACHE: OnceLock<Vec<Arc<str>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| {
-        ROW_BUCKETS
-            .iter()
-            .map(|&n| {
-                let cases = "WHEN ? THEN ? ".repeat(n);
-                let owners = vec!["(?, ?)"; n].join(", ");
-                Arc::from(format!(
-                    "UPDATE llmjobs_jobs SET status = 'completed', error = NULL, \
-                     completed_at = ?, lease_until = NULL, \
-                     result = CASE id {cases}END, \
-                     progress = coalesce(CASE id {cases}END, progress) \
-                     WHERE status = 'running' AND (id, owner) IN (VALUES {owners}) \
-                     RETURNING id"
-                ))
-            })
-            .collect()
-    });
+/// The statement for each bucket size, built once.
+fn bucket_sql(
+    cache: &'static OnceLock<Vec<String>>,
+    rows: usize,
+    build: fn(usize) -> String,
+) -> &'static str {
+    let cache = cache.get_or_init(|| ROW_BUCKETS.iter().map(|&n| build(n)).collect());
     let index = ROW_BUCKETS
         .iter()
         .position(|&n| n == rows)
         .expect("a bucket size");
-    AssertSqlSafe(cache[index].clone())
+    &cache[index]
 }
 
-/// Marks jobs completed with one statement per bucket of rows; each reply says whether that
-/// job's row was still its owner's running job.
-async fn complete_jobs(conn: &mut SqliteConnection, jobs: &[Completion<'_>]) -> Result<Vec<Reply>> {
+/// Splits `items` into chunks whose sizes are bucket sizes, largest first.
+fn buckets<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let n = *ROW_BUCKETS.iter().find(|&&n| n <= items.len())?;
+        let (chunk, tail) = items.split_at(n);
+        items = tail;
+        Some(chunk)
+    })
+}
+
+/// Marks jobs completed; each reply says whether that job's row was still its owner's running
+/// job.
+fn complete_jobs(conn: &Connection, jobs: &[Completion<'_>]) -> Result<Vec<Reply>> {
     let now = crate::status::now_ms();
-    let mut changed = std::collections::HashSet::with_capacity(jobs.len());
-    let mut rest = jobs;
-    while !rest.is_empty() {
-        let n = *ROW_BUCKETS
-            .iter()
-            .find(|&&n| n <= rest.len())
-            .expect("1 is a bucket");
-        let (chunk, tail) = rest.split_at(n);
-        let mut query = sqlx::query(complete_sql(n)).bind(now);
-        for job in chunk {
-            query = query.bind(&job.id).bind(job.result);
-        }
-        for job in chunk {
-            query = query.bind(&job.id).bind(job.progress);
-        }
-        for job in chunk {
-            query = query.bind(&job.id).bind(job.owner);
-        }
-        for row in query.fetch_all(&mut *conn).await? {
-            changed.insert(row.try_get::<String, _>("id")?);
-        }
-        rest = tail;
-    }
-    Ok(jobs
-        .iter()
-        .map(|job| Reply::Changed(changed.contains(&job.id)))
-        .collect())
+    let mut stmt = conn.prepare_cached(
+        "UPDATE llmjobs_jobs SET status = 'completed', result = ?, error = NULL, \
+         completed_at = ?, lease_until = NULL, progress = coalesce(?, progress) \
+         WHERE id = ? AND status = 'running' AND owner = ?",
+    )?;
+    jobs.iter()
+        .map(|job| {
+            let changed = stmt.execute(rusqlite::params![
+                job.result,
+                now,
+                job.progress,
+                job.id,
+                job.owner
+            ])?;
+            Ok(Reply::Changed(changed == 1))
+        })
+        .collect()
 }
 
-fn insert_sql(rows: usize) -> AssertSqlSafe<Arc<str>> {
-    static CACHE: OnceLock<Vec<Arc<str>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| {
-        ROW_BUCKETS
-            .iter()
-            .map(|&n| {
-                let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
-                Arc::from(format!(
-                    "INSERT INTO llmjobs_jobs (id, name, status, args, priority, \
-                     concurrency_key, key_limit, max_attempts, run_at, created_at, \
-                     owner, attempts, started_at, lease_until) \
-                     VALUES {values}"
-                ))
-            })
-            .collect()
-    });
-    let index = ROW_BUCKETS
-        .iter()
-        .position(|&n| n == rows)
-        .expect("a bucket size");
-    AssertSqlSafe(cache[index].clone())
+fn insert_sql(rows: usize) -> &'static str {
+    static CACHE: OnceLock<Vec<String>> = OnceLock::new();
+    bucket_sql(&CACHE, rows, |n| {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
+        format!(
+            "INSERT INTO llmjobs_jobs (id, name, status, args, priority, \
+             concurrency_key, key_limit, max_attempts, run_at, created_at, \
+             owner, attempts, started_at, lease_until) \
+             VALUES {values}"
+        )
+    })
 }
 
-async fn insert_jobs(conn: &mut SqliteConnection, jobs: &[&NewJob]) -> Result<()> {
-    let mut rest = jobs;
-    while !rest.is_empty() {
-        let n = *ROW_BUCKETS
-            .iter()
-            .find(|&&n| n <= rest.len())
-            .expect("1 is a bucket");
-        let (chunk, tail) = rest.split_at(n);
-        let mut query = sqlx::query(insert_sql(n));
-        for job in chunk {
+/// The values of one inserted row, in `insert_sql`'s column order.
+struct InsertRow<'a> {
+    id: String,
+    job: &'a NewJob,
+    status: &'static str,
+    key_limit: Option<i64>,
+    max_attempts: i64,
+    owner: Option<&'a str>,
+    attempts: i64,
+    started_at: Option<i64>,
+    lease_until: Option<i64>,
+}
+
+fn insert_jobs(conn: &Connection, jobs: &[&NewJob]) -> Result<()> {
+    let rows: Vec<InsertRow<'_>> = jobs
+        .iter()
+        .map(|job| {
             let claim = job.claimed_by.as_ref();
-            query = query
-                .bind(job.id.to_string())
-                .bind(&job.name)
-                .bind(if claim.is_some() {
+            InsertRow {
+                id: job.id.to_string(),
+                job,
+                status: if claim.is_some() {
                     "running"
                 } else {
                     "pending"
-                })
-                .bind(&job.args)
-                .bind(job.priority)
-                .bind(job.concurrency_key.as_deref())
-                .bind(job.key_limit.map(i64::from))
-                .bind(i64::from(job.max_attempts))
-                .bind(job.run_at)
-                .bind(job.created_at)
-                .bind(claim.map(|c| &*c.owner))
-                .bind(i64::from(claim.is_some()))
-                .bind(claim.map(|_| job.created_at))
-                .bind(claim.map(|c| c.lease_until));
+                },
+                key_limit: job.key_limit.map(i64::from),
+                max_attempts: i64::from(job.max_attempts),
+                owner: claim.map(|c| &*c.owner),
+                attempts: i64::from(claim.is_some()),
+                started_at: claim.map(|_| job.created_at),
+                lease_until: claim.map(|c| c.lease_until),
+            }
+        })
+        .collect();
+    for chunk in buckets(&rows) {
+        let mut stmt = conn.prepare_cached(insert_sql(chunk.len()))?;
+        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(14 * chunk.len());
+        for row in chunk {
+            params.extend([
+                &row.id as &dyn ToSql,
+                &row.job.name,
+                &row.status,
+                &row.job.args,
+                &row.job.priority,
+                &row.job.concurrency_key,
+                &row.key_limit,
+                &row.max_attempts,
+                &row.job.run_at,
+                &row.job.created_at,
+                &row.owner,
+                &row.attempts,
+                &row.started_at,
+                &row.lease_until,
+            ]);
         }
-        query.execute(&mut *conn).await?;
-        rest = tail;
+        stmt.execute(params.as_slice())?;
     }
     Ok(())
 }
 
-async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Reply> {
+/// Runs one statement and returns how many rows it changed.
+fn execute(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
+    Ok(conn.prepare_cached(sql)?.execute(params)?)
+}
+
+fn apply(conn: &Connection, op: &WriteOp) -> Result<Reply> {
     let now = crate::status::now_ms();
     Ok(match op {
         WriteOp::Enqueue(job) => {
-            insert_jobs(conn, &[job]).await?;
+            insert_jobs(conn, &[job])?;
             Reply::Done
         }
-        WriteOp::Claim(request) => Reply::Claimed(claim(conn, request).await?),
+        WriteOp::Claim(request) => Reply::Claimed(claim(conn, request)?),
         WriteOp::Finish {
             id,
             owner,
@@ -358,172 +394,126 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Reply> {
         } => {
             let id = id.to_string();
             let owner: &str = owner;
-            let result =
-                match finish {
-                    Finish::Completed { result } => sqlx::query(
-                        "UPDATE llmjobs_jobs SET status = 'completed', result = ?, error = NULL, \
+            let changed = match finish {
+                Finish::Completed { result } => execute(
+                    conn,
+                    "UPDATE llmjobs_jobs SET status = 'completed', result = ?, error = NULL, \
                      completed_at = ?, lease_until = NULL, progress = coalesce(?, progress) \
                      WHERE id = ? AND status = 'running' AND owner = ?",
-                    )
-                    .bind(result)
-                    .bind(now)
-                    .bind(progress)
-                    .bind(&id)
-                    .bind(owner)
-                    .execute(&mut *conn)
-                    .await?,
-                    Finish::Failed {
-                        error,
-                        needs_review,
-                    } => sqlx::query(
-                        "UPDATE llmjobs_jobs SET status = 'failed', error = ?, completed_at = ?, \
+                    rusqlite::params![result, now, progress, id, owner],
+                )?,
+                Finish::Failed {
+                    error,
+                    needs_review,
+                } => execute(
+                    conn,
+                    "UPDATE llmjobs_jobs SET status = 'failed', error = ?, completed_at = ?, \
                      lease_until = NULL, progress = coalesce(?, progress), needs_review = ? \
                      WHERE id = ? AND status = 'running' AND owner = ?",
-                    )
-                    .bind(error)
-                    .bind(now)
-                    .bind(progress)
-                    .bind(i64::from(*needs_review))
-                    .bind(&id)
-                    .bind(owner)
-                    .execute(&mut *conn)
-                    .await?,
-                    Finish::Retry { error, run_at } => {
-                        sqlx::query(
-                            "UPDATE llmjobs_jobs SET status = 'pending', error = ?, run_at = ?, \
+                    rusqlite::params![error, now, progress, needs_review, id, owner],
+                )?,
+                Finish::Retry { error, run_at } => execute(
+                    conn,
+                    "UPDATE llmjobs_jobs SET status = 'pending', error = ?, run_at = ?, \
                      owner = NULL, lease_until = NULL, progress = coalesce(?, progress) \
                      WHERE id = ? AND status = 'running' AND owner = ?",
-                        )
-                        .bind(error)
-                        .bind(run_at)
-                        .bind(progress)
-                        .bind(&id)
-                        .bind(owner)
-                        .execute(&mut *conn)
-                        .await?
-                    }
-                    Finish::Cancelled => {
-                        sqlx::query(
-                            "UPDATE llmjobs_jobs SET status = 'cancelled', completed_at = ?, \
+                    rusqlite::params![error, run_at, progress, id, owner],
+                )?,
+                Finish::Cancelled => execute(
+                    conn,
+                    "UPDATE llmjobs_jobs SET status = 'cancelled', completed_at = ?, \
                      lease_until = NULL, progress = coalesce(?, progress) \
                      WHERE id = ? AND status = 'running' AND owner = ?",
-                        )
-                        .bind(now)
-                        .bind(progress)
-                        .bind(&id)
-                        .bind(owner)
-                        .execute(&mut *conn)
-                        .await?
-                    }
-                };
-            Reply::Changed(result.rows_affected() == 1)
+                    rusqlite::params![now, progress, id, owner],
+                )?,
+            };
+            Reply::Changed(changed == 1)
         }
-        WriteOp::Cancel { id } => Reply::Cancel(cancel(conn, *id, now).await?),
-        WriteOp::Heartbeat { owner, lease_until } => {
-            let done = sqlx::query(
-                "UPDATE llmjobs_jobs SET lease_until = ? WHERE status = 'running' AND owner = ?",
-            )
-            .bind(lease_until)
-            .bind(&**owner)
-            .execute(&mut *conn)
-            .await?;
-            Reply::Count(done.rows_affected())
-        }
-        WriteOp::ReleaseOwner { owner } => {
-            let done = sqlx::query(
-                "UPDATE llmjobs_jobs SET status = 'pending', owner = NULL, lease_until = NULL \
+        WriteOp::Cancel { id } => Reply::Cancel(cancel(conn, *id, now)?),
+        WriteOp::Heartbeat { owner, lease_until } => Reply::Count(execute(
+            conn,
+            "UPDATE llmjobs_jobs SET lease_until = ? WHERE status = 'running' AND owner = ?",
+            rusqlite::params![lease_until, &**owner],
+        )? as u64),
+        WriteOp::ReleaseOwner { owner } => Reply::Count(execute(
+            conn,
+            "UPDATE llmjobs_jobs SET status = 'pending', owner = NULL, lease_until = NULL \
                  WHERE status = 'running' AND owner = ?",
-            )
-            .bind(owner)
-            .execute(&mut *conn)
-            .await?;
-            Reply::Count(done.rows_affected())
-        }
-        WriteOp::ReleaseExpired { now } => {
-            let done = sqlx::query(
-                "UPDATE llmjobs_jobs SET status = 'pending', owner = NULL, lease_until = NULL \
+            [owner],
+        )? as u64),
+        WriteOp::ReleaseExpired { now } => Reply::Count(execute(
+            conn,
+            "UPDATE llmjobs_jobs SET status = 'pending', owner = NULL, lease_until = NULL \
                  WHERE status = 'running' AND lease_until < ?",
-            )
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            Reply::Count(done.rows_affected())
-        }
+            [now],
+        )? as u64),
         WriteOp::AppendStep { id, owner, step } => {
-            let id = id.to_string();
-            let done = sqlx::query(
+            let changed = execute(
+                conn,
                 "INSERT INTO llmjobs_steps (job_id, seq, name, output, created_at) \
                  SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM llmjobs_jobs \
                  WHERE id = ?1 AND status = 'running' AND owner = ?6) \
                  ON CONFLICT (job_id, seq) DO NOTHING",
-            )
-            .bind(&id)
-            .bind(i64::from(step.seq))
-            .bind(&step.name)
-            .bind(&step.output)
-            .bind(now)
-            .bind(&**owner)
-            .execute(&mut *conn)
-            .await?;
-            Reply::Changed(done.rows_affected() == 1)
+                rusqlite::params![
+                    id.to_string(),
+                    step.seq,
+                    step.name,
+                    step.output,
+                    now,
+                    &**owner
+                ],
+            )?;
+            Reply::Changed(changed == 1)
         }
         WriteOp::SaveProgress { id, progress } => {
-            let done = sqlx::query(
+            let changed = execute(
+                conn,
                 "UPDATE llmjobs_jobs SET progress = ? WHERE id = ? AND status = 'running'",
-            )
-            .bind(progress)
-            .bind(id.to_string())
-            .execute(&mut *conn)
-            .await?;
-            Reply::Changed(done.rows_affected() == 1)
+                rusqlite::params![progress, id.to_string()],
+            )?;
+            Reply::Changed(changed == 1)
         }
         WriteOp::Prune { before } => {
-            sqlx::query(
+            execute(
+                conn,
                 "DELETE FROM llmjobs_steps WHERE job_id IN (SELECT id FROM llmjobs_jobs \
                  WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?)",
-            )
-            .bind(before)
-            .execute(&mut *conn)
-            .await?;
-            let done = sqlx::query(
+                [before],
+            )?;
+            Reply::Count(execute(
+                conn,
                 "DELETE FROM llmjobs_jobs \
                  WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?",
-            )
-            .bind(before)
-            .execute(&mut *conn)
-            .await?;
-            Reply::Count(done.rows_affected())
+                [before],
+            )? as u64)
         }
-        WriteOp::Flush => Reply::Done,
+        WriteOp::Read(_) | WriteOp::Flush => Reply::Done,
     })
 }
 
-async fn cancel(conn: &mut SqliteConnection, id: JobId, now: i64) -> Result<CancelEffect> {
+fn cancel(conn: &Connection, id: JobId, now: i64) -> Result<CancelEffect> {
     let id = id.to_string();
-    let pending = sqlx::query(
+    let pending = execute(
+        conn,
         "UPDATE llmjobs_jobs SET status = 'cancelled', completed_at = ? \
          WHERE id = ? AND status = 'pending'",
-    )
-    .bind(now)
-    .bind(&id)
-    .execute(&mut *conn)
-    .await?;
-    if pending.rows_affected() == 1 {
+        rusqlite::params![now, id],
+    )?;
+    if pending == 1 {
         return Ok(CancelEffect::Cancelled);
     }
-    let running = sqlx::query(
+    let running = execute(
+        conn,
         "UPDATE llmjobs_jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
-    )
-    .bind(&id)
-    .execute(&mut *conn)
-    .await?;
-    if running.rows_affected() == 1 {
+        [&id],
+    )?;
+    if running == 1 {
         return Ok(CancelEffect::Requested);
     }
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM llmjobs_jobs WHERE id = ?")
-        .bind(&id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM llmjobs_jobs WHERE id = ?")?
+        .query_row([&id], |row| row.get(0))
+        .optional()?;
     match status {
         None => Ok(CancelEffect::NotFound),
         Some(status) => status
@@ -533,60 +523,60 @@ async fn cancel(conn: &mut SqliteConnection, id: JobId, now: i64) -> Result<Canc
     }
 }
 
+/// `?, ?, …` with `n` placeholders.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
 /// How many jobs run now under each concurrency key that the candidates use.
-async fn running_by_key(
-    conn: &mut SqliteConnection,
-    candidates: &[sqlx::sqlite::SqliteRow],
-) -> Result<std::collections::HashMap<String, u32>> {
-    let mut keys = Vec::new();
-    for row in candidates {
-        let key: Option<String> = row.try_get("concurrency_key")?;
-        let limit: Option<i64> = row.try_get("key_limit")?;
-        if let (Some(key), Some(_)) = (key, limit)
-            && !keys.contains(&key)
+fn running_by_key(conn: &Connection, candidates: &[Candidate]) -> Result<HashMap<String, u32>> {
+    let mut keys: Vec<&str> = Vec::new();
+    for candidate in candidates {
+        if let (Some(key), Some(_)) = (&candidate.key, candidate.key_limit)
+            && !keys.contains(&key.as_str())
         {
             keys.push(key);
         }
     }
-    let mut counts = std::collections::HashMap::new();
+    let mut counts = HashMap::new();
     for chunk in keys.chunks(256) {
-        let placeholders = vec!["?"; chunk.len()].join(", ");
-        let sql = AssertSqlSafe(format!(
-            "SELECT concurrency_key, count(*) AS n FROM llmjobs_jobs \
-             WHERE status = 'running' AND concurrency_key IN ({placeholders}) \
-             GROUP BY concurrency_key"
-        ));
-        let mut query = sqlx::query(sql);
-        for key in chunk {
-            query = query.bind(key);
-        }
-        for row in query.fetch_all(&mut *conn).await? {
-            let n: i64 = row.try_get("n")?;
-            counts.insert(
-                row.try_get("concurrency_key")?,
-                u32::try_from(n).unwrap_or(u32::MAX),
-            );
+        let sql = format!(
+            "SELECT concurrency_key, count(*) FROM llmjobs_jobs \
+             WHERE status = 'running' AND concurrency_key IN ({}) \
+             GROUP BY concurrency_key",
+            placeholders(chunk.len())
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(chunk))?;
+        while let Some(row) = rows.next()? {
+            counts.insert(row.get(0)?, row.get::<_, u32>(1)?);
         }
     }
     Ok(counts)
 }
 
+/// A pending job a claim may take.
+struct Candidate {
+    id: String,
+    name: String,
+    key: Option<String>,
+    key_limit: Option<i64>,
+}
+
 /// Picks due pending jobs this worker can run, within the per-name and global limits counted
 /// over the whole database (the write lock makes the count and the claim one atomic step across
 /// processes), and marks them running.
-async fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
+fn claim(conn: &Connection, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
     let mut slots = request.slots as usize;
     let limited = request.global_limit.is_some() || request.names.iter().any(|q| q.limit.is_some());
-    let mut running_by_name = std::collections::HashMap::<String, u32>::new();
+    let mut running_by_name = HashMap::<String, u32>::new();
     if limited {
-        let rows = sqlx::query(
-            "SELECT name, count(*) AS n FROM llmjobs_jobs WHERE status = 'running' GROUP BY name",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
-        for row in rows {
-            let n: i64 = row.try_get("n")?;
-            running_by_name.insert(row.try_get("name")?, u32::try_from(n).unwrap_or(u32::MAX));
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, count(*) FROM llmjobs_jobs WHERE status = 'running' GROUP BY name",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            running_by_name.insert(row.get(0)?, row.get::<_, u32>(1)?);
         }
     }
     if let Some(global) = request.global_limit {
@@ -613,40 +603,46 @@ async fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Ve
         return Ok(Vec::new());
     }
 
-    let placeholders = vec!["?"; room.len()].join(", ");
-    let sql = AssertSqlSafe(format!(
+    let sql = format!(
         "SELECT id, name, concurrency_key, key_limit FROM llmjobs_jobs \
-         WHERE status = 'pending' AND run_at <= ? AND name IN ({placeholders}) \
-         ORDER BY priority DESC, run_at, id LIMIT ?"
-    ));
-    let mut query = sqlx::query(sql).bind(request.now);
-    for (name, _) in &room {
-        query = query.bind(*name);
-    }
+         WHERE status = 'pending' AND run_at <= ? AND name IN ({}) \
+         ORDER BY priority DESC, run_at, id LIMIT ?",
+        placeholders(room.len())
+    );
     // Look a little past the free slots, so a name at its limit does not hide others.
-    let window = slots.saturating_mul(2).min(4096);
-    let candidates = query
-        .bind(i64::try_from(window).unwrap_or(i64::MAX))
-        .fetch_all(&mut *conn)
-        .await?;
-    let running_by_key = running_by_key(conn, &candidates).await?;
-    let mut started_by_key = std::collections::HashMap::<String, u32>::new();
+    let window = i64::try_from(slots.saturating_mul(2).min(4096)).unwrap_or(i64::MAX);
+    let mut params: Vec<&dyn ToSql> = vec![&request.now];
+    params.extend(room.iter().map(|(name, _)| name as &dyn ToSql));
+    params.push(&window);
+    let candidates: Vec<Candidate> = {
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params.as_slice())?;
+        let mut candidates = Vec::new();
+        while let Some(row) = rows.next()? {
+            candidates.push(Candidate {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                key: row.get(2)?,
+                key_limit: row.get(3)?,
+            });
+        }
+        candidates
+    };
+    let running_by_key = running_by_key(conn, &candidates)?;
+    let mut started_by_key = HashMap::<&str, u32>::new();
     let mut chosen = Vec::with_capacity(slots);
-    for row in candidates {
+    for candidate in &candidates {
         if chosen.len() == slots {
             break;
         }
-        let name: String = row.try_get("name")?;
-        let Some((_, left)) = room.iter_mut().find(|(n, _)| *n == name) else {
+        let Some((_, left)) = room.iter_mut().find(|(n, _)| *n == candidate.name) else {
             continue;
         };
         if *left == 0 {
             continue;
         }
-        let key: Option<String> = row.try_get("concurrency_key")?;
-        let key_limit: Option<i64> = row.try_get("key_limit")?;
-        if let (Some(key), Some(limit)) = (key, key_limit) {
-            let running = running_by_key.get(&key).copied().unwrap_or(0);
+        if let (Some(key), Some(limit)) = (&candidate.key, candidate.key_limit) {
+            let running = running_by_key.get(key).copied().unwrap_or(0);
             let started = started_by_key.entry(key).or_insert(0);
             if i64::from(running + *started) >= limit {
                 continue;
@@ -654,48 +650,48 @@ async fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Ve
             *started += 1;
         }
         *left -= 1;
-        chosen.push(row.try_get::<String, _>("id")?);
+        chosen.push(candidate.id.as_str());
     }
 
     let mut claimed = Vec::with_capacity(chosen.len());
     for chunk in chosen.chunks(256) {
-        let placeholders = vec!["?"; chunk.len()].join(", ");
-        let sql = AssertSqlSafe(format!(
+        let sql = format!(
             "UPDATE llmjobs_jobs SET status = 'running', owner = ?, lease_until = ?, \
              attempts = attempts + 1, started_at = coalesce(started_at, ?), cancel_requested = 0 \
-             WHERE status = 'pending' AND id IN ({placeholders}) \
-             RETURNING id, name, args, attempts, max_attempts"
-        ));
-        let mut query = sqlx::query(sql)
-            .bind(&*request.owner)
-            .bind(request.lease_until)
-            .bind(request.now);
-        for id in chunk {
-            query = query.bind(id);
+             WHERE status = 'pending' AND id IN ({}) \
+             RETURNING id, name, args, attempts, max_attempts",
+            placeholders(chunk.len())
+        );
+        let owner: &str = &request.owner;
+        let mut params: Vec<&dyn ToSql> = vec![&owner, &request.lease_until, &request.now];
+        params.extend(chunk.iter().map(|id| id as &dyn ToSql));
+        let mut corrupt = Vec::new();
+        {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params.as_slice())?;
+            while let Some(row) = rows.next()? {
+                let id: String = row.get(0)?;
+                let Ok(job_id) = id.parse::<JobId>() else {
+                    corrupt.push(id);
+                    continue;
+                };
+                claimed.push(ClaimedJob {
+                    id: job_id,
+                    name: row.get(1)?,
+                    args: row.get(2)?,
+                    attempts: row.get(3)?,
+                    max_attempts: row.get(4)?,
+                });
+            }
         }
-        for row in query.fetch_all(&mut *conn).await? {
-            let id: String = row.try_get("id")?;
-            let attempts: i64 = row.try_get("attempts")?;
-            let max_attempts: i64 = row.try_get("max_attempts")?;
-            let Ok(job_id) = id.parse::<JobId>() else {
-                // Not an id llmjobs wrote: fail the row so it is visible and never claimed again.
-                sqlx::query(
-                    "UPDATE llmjobs_jobs SET status = 'failed', completed_at = ?, \
-                     error = 'corrupt row: the id is not a UUID' WHERE id = ?",
-                )
-                .bind(request.now)
-                .bind(&id)
-                .execute(&mut *conn)
-                .await?;
-                continue;
-            };
-            claimed.push(ClaimedJob {
-                id: job_id,
-                name: row.try_get("name")?,
-                args: row.try_get("args")?,
-                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                max_attempts: u32::try_from(max_attempts).unwrap_or(1),
-            });
+        // Not an id llmjobs wrote: fail the row so it is visible and never claimed again.
+        for id in corrupt {
+            execute(
+                conn,
+                "UPDATE llmjobs_jobs SET status = 'failed', completed_at = ?, \
+                 error = 'corrupt row: the id is not a UUID' WHERE id = ?",
+                rusqlite::params![request.now, id],
+            )?;
         }
     }
     Ok(claimed)
@@ -703,19 +699,12 @@ async fn claim(conn: &mut SqliteConnection, request: &ClaimRequest) -> Result<Ve
 
 #[cfg(test)]
 mod tests {
-    use sqlx::ConnectOptions;
-    use sqlx::sqlite::SqliteConnectOptions;
-
     use super::*;
     use crate::store::LocalClaim;
 
-    async fn connection() -> SqliteConnection {
-        let mut conn = SqliteConnectOptions::new()
-            .in_memory(true)
-            .connect()
-            .await
-            .unwrap();
-        super::super::migrate(&mut conn).await.unwrap();
+    fn connection() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        super::super::migrate::run(&conn).unwrap();
         conn
     }
 
@@ -748,14 +737,12 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn completions_batched_together_change_only_their_owners_running_rows() {
-        let mut conn = connection().await;
+    #[test]
+    fn completions_batched_together_change_only_their_owners_running_rows() {
+        let conn = connection();
         let jobs: Vec<NewJob> = (0..5).map(|_| running_job("me")).collect();
         let inserts: Vec<WriteOp> = jobs.iter().cloned().map(WriteOp::Enqueue).collect();
-        transaction(&mut conn, &inserts.iter().collect::<Vec<_>>())
-            .await
-            .unwrap();
+        transaction(&conn, &inserts.iter().collect::<Vec<_>>()).unwrap();
 
         let ops = [
             complete(&jobs[0], "me", "0"),
@@ -764,21 +751,21 @@ mod tests {
             complete(&jobs[3], "me", "3"),
             complete(&jobs[0], "me", "again"),
         ];
-        let replies = transaction(&mut conn, &ops.iter().collect::<Vec<_>>())
-            .await
-            .unwrap();
+        let replies = transaction(&conn, &ops.iter().collect::<Vec<_>>()).unwrap();
         let changed: Vec<bool> = replies
             .iter()
             .map(|r| matches!(r, Reply::Changed(true)))
             .collect();
-        // The second completion of job 0 is part of the same statement; the first WHEN wins.
-        assert_eq!(changed, [true, false, true, true, true]);
+        // The second completion of job 0 finds it completed already: the first one wins.
+        assert_eq!(changed, [true, false, true, true, false]);
 
-        let rows: Vec<(String, String, Option<String>)> =
-            sqlx::query_as("SELECT id, status, result FROM llmjobs_jobs")
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
+        let rows: Vec<(String, String, Option<String>)> = conn
+            .prepare("SELECT id, status, result FROM llmjobs_jobs")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
         for (id, status, result) in rows {
             let index = jobs.iter().position(|j| j.id.to_string() == id).unwrap();
             match index {
@@ -795,9 +782,7 @@ mod tests {
             complete(&jobs[2], "me", "late"),
             complete(&jobs[4], "me", "4"),
         ];
-        let replies = transaction(&mut conn, &late.iter().collect::<Vec<_>>())
-            .await
-            .unwrap();
+        let replies = transaction(&conn, &late.iter().collect::<Vec<_>>()).unwrap();
         assert!(matches!(replies[0], Reply::Changed(false)));
         assert!(matches!(replies[1], Reply::Changed(true)));
     }
