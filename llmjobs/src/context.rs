@@ -148,7 +148,13 @@ impl JobContext {
                 shared,
                 cancel,
                 next_step: AtomicU32::new(0),
-                journal: tokio::sync::OnceCell::new(),
+                // Steps are journaled only while an attempt runs, so the first attempt of a job
+                // starts with an empty journal: no need to read it.
+                journal: if attempt <= 1 {
+                    tokio::sync::OnceCell::new_with(Some(Vec::new()))
+                } else {
+                    tokio::sync::OnceCell::new()
+                },
                 progress: Mutex::new(ProgressSlot::default()),
                 #[cfg(feature = "llm")]
                 llm_usage: Mutex::new(crate::llm::UsageTotals::default()),

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::runtime::Shared;
 use crate::status::{JobState, JobStatus};
-use crate::store::JobRow;
+use crate::store::Terminal;
 use crate::{Error, JobId, Jobs, Progress, Result};
 
 /// A job in the database, seen from any process: wait for it, read its status, cancel it.
@@ -169,75 +169,84 @@ impl<T: DeserializeOwned> JobHandle<T> {
     /// A job run by this process wakes the waiter the moment it ends; one run elsewhere is
     /// polled with back-off. Waiting never changes the job.
     pub async fn wait(&self) -> Result<T> {
-        let row = wait_terminal(self.jobs.shared(), self.id, None).await?;
-        self.output_of(row)
+        let end = wait_terminal(self.jobs.shared(), self.id, None).await?;
+        self.output_of(end)
     }
 
     /// Waits up to `timeout`. Past it, the job keeps running (the same attempt; nothing is
     /// restarted) and you get the handle back in [`Outcome::Pending`].
     pub async fn wait_timeout(self, timeout: Duration) -> Result<Outcome<T>> {
         match wait_terminal(self.jobs.shared(), self.id, Some(timeout)).await {
-            Ok(row) => self.output_of(row).map(Outcome::Ready),
+            Ok(end) => self.output_of(end).map(Outcome::Ready),
             Err(Error::WaitTimeout(_)) => Ok(Outcome::Pending(self)),
             Err(e) => Err(e),
         }
     }
 
-    /// The output of a terminal job, from the row the wait read last (no second read).
-    fn output_of(&self, row: JobRow) -> Result<T> {
-        let status = row.to_status()?;
-        match status.state {
+    /// The output of an ended job (no second read).
+    fn output_of(&self, end: Terminal) -> Result<T> {
+        match end.state {
             JobState::Completed => {
-                let text = row.result.as_deref().unwrap_or("null");
+                let text = end.result.as_deref().unwrap_or("null");
                 serde_json::from_str(text).map_err(|e| Error::ResultType {
                     id: self.id,
-                    name: status.name,
+                    name: end.name,
                     expected: std::any::type_name::<T>(),
                     message: e.to_string(),
                 })
             }
-            JobState::Failed if status.needs_review => Err(Error::NeedsReview {
+            JobState::Failed if end.needs_review => Err(Error::NeedsReview {
                 id: self.id,
-                name: status.name,
-                error: status.error.unwrap_or_default(),
+                name: end.name,
+                error: end.error.unwrap_or_default(),
             }),
             JobState::Failed => Err(Error::JobFailed {
                 id: self.id,
-                name: status.name,
-                error: status.error.unwrap_or_default(),
+                name: end.name,
+                error: end.error.unwrap_or_default(),
             }),
             JobState::Cancelled => Err(Error::JobCancelled {
                 id: self.id,
-                name: status.name,
+                name: end.name,
             }),
             JobState::Pending | JobState::Running => unreachable!("waited for a terminal state"),
         }
     }
 }
 
-/// Polls (and, for jobs of this process, listens) until the job is terminal; its last row.
+/// Polls (and, for jobs of this process, listens) until the job has ended; how it ended.
 async fn wait_terminal(
     shared: &Arc<Shared>,
     id: JobId,
     timeout: Option<Duration>,
-) -> Result<JobRow> {
+) -> Result<Terminal> {
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let waiter = shared.waiter(id);
     let mut delay = Duration::from_millis(10);
+    let mut first = true;
     loop {
         let notified = waiter.notified();
         tokio::pin!(notified);
-        // Registered before the read, so a completion between the read and the sleep still
-        // wakes us.
+        // Registered before the checks below, so an end that comes between them and the sleep
+        // still wakes us.
         notified.as_mut().enable();
-        let row = shared.store.get(id).await?.ok_or(Error::NotFound(id))?;
-        let state = row.state()?;
-        if state.is_terminal() {
-            return Ok(row);
+        if let Some(end) = waiter.outcome() {
+            return Ok(end);
         }
-        // A job this process runs wakes us when it ends: no need to poll for it. Others
-        // (pending, or run elsewhere) are polled with back-off.
-        let runs_here = state == JobState::Running && row.owner.as_deref() == Some(&*shared.owner);
+        // A job this process runs says when it ends, with its outcome: no need to read its
+        // row first. Others (pending, or run elsewhere) are read, and polled with back-off.
+        let runs_here = if first && shared.runs_here(id) {
+            true
+        } else {
+            let row = shared.store.get(id).await?.ok_or(Error::NotFound(id))?;
+            let runs_here = row.status == JobState::Running.as_str()
+                && row.owner.as_deref() == Some(&*shared.owner);
+            if let Some(end) = Terminal::from_row(row)? {
+                return Ok(end);
+            }
+            runs_here
+        };
+        first = false;
         let poll_every = if runs_here {
             Duration::from_secs(5)
         } else {

@@ -222,7 +222,7 @@ impl Jobs {
     pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome> {
         match self.shared.store.cancel(id).await? {
             CancelEffect::Cancelled => {
-                self.shared.notify_finished(id);
+                self.shared.notify_finished(id, None);
                 Ok(CancelOutcome::Cancelled)
             }
             CancelEffect::Requested => {

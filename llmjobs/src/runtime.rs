@@ -14,7 +14,7 @@ use tracing::Instrument;
 use crate::job::Registration;
 use crate::owner::{self, Liveness, OwnerLock};
 use crate::status::{JobStatus, now_ms};
-use crate::store::{ClaimRequest, ClaimedJob, Finish, NameQuota, Store};
+use crate::store::{ClaimRequest, ClaimedJob, Finish, NameQuota, Store, Terminal};
 use crate::{Error, JobConfig, JobContext, JobId, Progress, Result};
 
 mod panic;
@@ -134,7 +134,7 @@ pub(crate) struct Shared {
     /// Wakes the dispatcher: a job was spawned or finished here.
     wake: Notify,
     running: Mutex<Running>,
-    waiters: Mutex<HashMap<JobId, Weak<Notify>>>,
+    waiters: Mutex<HashMap<JobId, Weak<WaitSlot>>>,
     /// In-process progress subscribers, by job.
     progress_subscribers: Mutex<HashMap<JobId, Vec<mpsc::UnboundedSender<Progress>>>>,
     /// Set by shutdown: claim nothing more.
@@ -213,22 +213,31 @@ impl Shared {
             .to_status()
     }
 
-    /// The notifier that wakes waiters of `id` when this process finishes it.
+    /// The slot through which this process tells waiters of `id` that it finished the job.
     pub(crate) fn waiter(self: &Arc<Self>, id: JobId) -> Waiter {
         let mut waiters = self.waiters.lock().expect("waiters lock");
-        let notify = match waiters.get(&id).and_then(Weak::upgrade) {
-            Some(notify) => notify,
+        let slot = match waiters.get(&id).and_then(Weak::upgrade) {
+            Some(slot) => slot,
             None => {
-                let notify = Arc::new(Notify::new());
-                waiters.insert(id, Arc::downgrade(&notify));
-                notify
+                let slot = Arc::new(WaitSlot::default());
+                waiters.insert(id, Arc::downgrade(&slot));
+                slot
             }
         };
         Waiter {
             id,
-            notify,
+            slot,
             shared: self.clone(),
         }
+    }
+
+    /// Whether a job of this process is running `id` now.
+    pub(crate) fn runs_here(&self, id: JobId) -> bool {
+        self.running
+            .lock()
+            .expect("running lock")
+            .jobs
+            .contains_key(&id)
     }
 
     /// Hands a report to the global callback and to the job's in-process subscribers.
@@ -269,15 +278,25 @@ impl Shared {
         }
     }
 
-    pub(crate) fn notify_finished(&self, id: JobId) {
+    /// Wakes the waiters of `id`: the job ended here (`outcome` is what was committed), or its
+    /// row changed in a way they should read.
+    pub(crate) fn notify_finished(&self, id: JobId, outcome: Option<Terminal>) {
         // Ends the progress streams of the job.
         self.progress_subscribers
             .lock()
             .expect("progress lock")
             .remove(&id);
-        let waiters = self.waiters.lock().expect("waiters lock");
-        if let Some(notify) = waiters.get(&id).and_then(Weak::upgrade) {
-            notify.notify_waiters();
+        let slot = self
+            .waiters
+            .lock()
+            .expect("waiters lock")
+            .get(&id)
+            .and_then(Weak::upgrade);
+        if let Some(slot) = slot {
+            if let Some(outcome) = outcome {
+                *slot.outcome.lock().expect("outcome lock") = Some(outcome);
+            }
+            slot.notify.notify_waiters();
         }
     }
 
@@ -382,16 +401,29 @@ impl Shared {
     }
 }
 
-/// Keeps the waiter's notifier registered while it waits.
+/// What waiters of one job in this process share: a wake-up, and the outcome when the job
+/// ended here, so they need not read it back from the database.
+#[derive(Default)]
+pub(crate) struct WaitSlot {
+    notify: Notify,
+    outcome: Mutex<Option<Terminal>>,
+}
+
+/// Keeps the waiter's slot registered while it waits.
 pub(crate) struct Waiter {
     id: JobId,
-    notify: Arc<Notify>,
+    slot: Arc<WaitSlot>,
     shared: Arc<Shared>,
 }
 
 impl Waiter {
     pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
+        self.slot.notify.notified()
+    }
+
+    /// The job's outcome, if this process ended it while the waiter was registered.
+    pub(crate) fn outcome(&self) -> Option<Terminal> {
+        self.slot.outcome.lock().expect("outcome lock").clone()
     }
 }
 
@@ -399,7 +431,7 @@ impl Drop for Waiter {
     fn drop(&mut self) {
         let mut waiters = self.shared.waiters.lock().expect("waiters lock");
         // The map holds a weak reference; ours is the last strong one.
-        if Arc::strong_count(&self.notify) == 1 {
+        if Arc::strong_count(&self.slot) == 1 {
             waiters.remove(&self.id);
         }
     }
@@ -495,10 +527,14 @@ async fn run_job(shared: Arc<Shared>, job: ClaimedJob, token: CancellationToken)
         .jobs
         .remove(&id);
     shared.wake.notify_one();
+    let mut outcome = None;
     if let Some((finish, progress)) = finish {
-        record_finish(&shared, id, finish, progress).await;
+        let terminal = Terminal::of(&job.name, &finish);
+        if record_finish(&shared, id, finish, progress).await {
+            outcome = terminal;
+        }
     }
-    shared.notify_finished(id);
+    shared.notify_finished(id, outcome);
 }
 
 /// Runs the body; `None` when the runtime is shutting down and the job is handed back.
@@ -610,8 +646,13 @@ async fn attempt(
 }
 
 /// Writes the outcome, retrying while the database is unavailable: a finished job's result
-/// must not be lost to a transient error.
-async fn record_finish(shared: &Shared, id: JobId, finish: Finish, progress: Option<String>) {
+/// must not be lost to a transient error. `true` when the outcome is now the job's.
+async fn record_finish(
+    shared: &Shared,
+    id: JobId,
+    finish: Finish,
+    progress: Option<String>,
+) -> bool {
     let mut delay = Duration::from_millis(50);
     for _ in 0..20 {
         match shared
@@ -619,14 +660,14 @@ async fn record_finish(shared: &Shared, id: JobId, finish: Finish, progress: Opt
             .finish(id, shared.owner.clone(), finish.clone(), progress.clone())
             .await
         {
-            Ok(true) => return,
+            Ok(true) => return true,
             Ok(false) => {
                 tracing::info!(
                     "the job was cancelled or taken over meanwhile; outcome not recorded"
                 );
-                return;
+                return false;
             }
-            Err(Error::Shutdown) => return,
+            Err(Error::Shutdown) => return false,
             Err(e) => {
                 tracing::warn!(error = %e, "recording the job's outcome failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -635,6 +676,7 @@ async fn record_finish(shared: &Shared, id: JobId, finish: Finish, progress: Opt
         }
     }
     tracing::error!("could not record the job's outcome; it will run again after a restart");
+    false
 }
 
 /// Renews leases, stops jobs whose cancellation was requested from another process, and hands

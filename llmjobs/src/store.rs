@@ -165,6 +165,53 @@ impl JobRow {
     }
 }
 
+/// How a job ended, as its waiters need it: from its row, or from the outcome this process
+/// just committed.
+#[derive(Debug, Clone)]
+pub(crate) struct Terminal {
+    pub(crate) name: String,
+    pub(crate) state: JobState,
+    pub(crate) result: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) needs_review: bool,
+}
+
+impl Terminal {
+    /// The end an attempt's outcome makes; `None` for a retry, which is no end.
+    pub(crate) fn of(name: &str, finish: &Finish) -> Option<Terminal> {
+        let (state, result, error, needs_review) = match finish {
+            Finish::Completed { result } => {
+                (JobState::Completed, Some(result.clone()), None, false)
+            }
+            Finish::Failed {
+                error,
+                needs_review,
+            } => (JobState::Failed, None, Some(error.clone()), *needs_review),
+            Finish::Cancelled => (JobState::Cancelled, None, None, false),
+            Finish::Retry { .. } => return None,
+        };
+        Some(Terminal {
+            name: name.to_string(),
+            state,
+            result,
+            error,
+            needs_review,
+        })
+    }
+
+    /// The end recorded in a row; `None` while the job has not ended.
+    pub(crate) fn from_row(row: JobRow) -> Result<Option<Terminal>> {
+        let state = row.state()?;
+        Ok(state.is_terminal().then(|| Terminal {
+            name: row.name,
+            state,
+            result: row.result,
+            error: row.error,
+            needs_review: row.needs_review != 0,
+        }))
+    }
+}
+
 /// The job-level operations every backend implements. Every state change is conditional on the
 /// state it expects, so a late writer never overwrites a terminal row.
 #[async_trait::async_trait]
