@@ -202,7 +202,7 @@ impl Terminal {
     /// The end recorded in a row; `None` while the job has not ended.
     pub(crate) fn from_row(row: JobRow) -> Result<Option<Terminal>> {
         let state = row.state()?;
-        Ok(state.is_terminal().then(|| Terminal {
+        Ok(state.is_terminal().then_some(Terminal {
             name: row.name,
             state,
             result: row.result,
