@@ -530,7 +530,9 @@ async fn run_job(shared: Arc<Shared>, job: ClaimedJob, token: CancellationToken)
     let mut outcome = None;
     if let Some((finish, progress)) = finish {
         let terminal = Terminal::of(&job.name, &finish);
-        if record_finish(&shared, id, finish, progress).await {
+        // Boxed: the task keeps this future's space for its whole life, while the job
+        // waits (W3 counts bytes per waiting job), though it is needed only at the end.
+        if Box::pin(record_finish(&shared, id, finish, progress)).await {
             outcome = terminal;
         }
     }

@@ -29,7 +29,10 @@ use writer::{Reply, WriteOp};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Idle reader connections kept open.
-const IDLE_READERS: usize = 4;
+const IDLE_READERS: usize = 2;
+
+/// The page cache of a reader connection, in SQLite's notation (negative: KiB).
+const READER_CACHE_KIB: i64 = -256;
 
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 128;
@@ -122,6 +125,9 @@ impl SqliteTarget {
         conn.pragma_update(None, "synchronous", synchronous)?;
         if read_only {
             conn.pragma_update(None, "query_only", true)?;
+            // Reads are status lookups and counts; the OS caches the file for them. A big page
+            // cache per reader would only multiply the process's memory by the reader count.
+            conn.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
         }
         Ok(conn)
     }
