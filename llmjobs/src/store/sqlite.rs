@@ -31,6 +31,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle reader connections kept open.
 const IDLE_READERS: usize = 2;
 
+/// Reads running at once, each on a connection of its own. A burst of status calls waits its
+/// turn rather than opening a connection (three file descriptors) per call.
+const MAX_READERS: usize = 8;
+
 /// The page cache of a reader connection, in SQLite's notation (negative: KiB).
 const READER_CACHE_KIB: i64 = -256;
 
@@ -138,6 +142,8 @@ struct ReadPool {
     target: SqliteTarget,
     durability: Durability,
     idle: Mutex<Vec<Connection>>,
+    /// At most [`MAX_READERS`] reads at once.
+    permits: tokio::sync::Semaphore,
 }
 
 impl ReadPool {
@@ -217,6 +223,7 @@ impl SqliteStore {
                 target: target.clone(),
                 durability,
                 idle: Mutex::new(Vec::new()),
+                permits: tokio::sync::Semaphore::new(MAX_READERS),
             })),
             None => Readers::Writer,
         };
@@ -249,6 +256,7 @@ impl SqliteStore {
         }
         match &self.readers {
             Readers::Pool(pool) => {
+                let _permit = pool.permits.acquire().await.map_err(|_| Error::Shutdown)?;
                 let pool = pool.clone();
                 match tokio::task::spawn_blocking(move || pool.with(read)).await {
                     Ok(result) => result,
