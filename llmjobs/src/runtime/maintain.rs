@@ -1,0 +1,97 @@
+//! The maintenance loop: lease renewal, cancellations requested elsewhere, and the recovery of
+//! dead owners' jobs.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use crate::Result;
+use crate::owner::{self, Liveness};
+use crate::status::now_ms;
+
+/// Renews leases, stops jobs whose cancellation was requested from another process, and hands
+/// back the jobs of dead owners.
+pub(super) async fn maintain(shared: Weak<Shared>, stopped: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heartbeat = tokio::time::Instant::now();
+    let mut last_owner_scan: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.cancelled() => return,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if shared.running_count() > 0 {
+            if now - last_heartbeat >= shared.settings.lease / 3 {
+                last_heartbeat = now;
+                let lease_until = now_ms() + shared.settings.lease.as_millis() as i64;
+                if let Err(e) = shared
+                    .store
+                    .heartbeat(shared.owner.clone(), lease_until)
+                    .await
+                {
+                    tracing::warn!(error = %e, "renewing leases failed");
+                }
+            }
+            match shared.store.cancel_requests(shared.owner.clone()).await {
+                Ok(ids) => {
+                    for id in ids {
+                        shared.cancel_local(id);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "reading cancel requests failed"),
+            }
+        }
+        if last_owner_scan.is_none_or(|t| now - t >= Duration::from_secs(1))
+            && !shared.is_stopping()
+        {
+            last_owner_scan = Some(now);
+            if let Err(e) = recover_orphans(&shared).await {
+                tracing::warn!(error = %e, "looking for orphaned jobs failed");
+            }
+        }
+    }
+}
+
+/// Hands back the running jobs of owners that are dead: at once for owners on this machine
+/// (their lock is free), after their lease for the others.
+pub(crate) async fn recover_orphans(shared: &Shared) -> Result<u64> {
+    let owners = shared.store.running_owners(shared.owner.clone()).await?;
+    let mut recovered = 0;
+    let mut judge_by_lease = false;
+    for owner in owners {
+        let liveness = match &shared.db_path {
+            Some(path) => owner::probe(path, &owner),
+            None => Liveness::Unknown,
+        };
+        match liveness {
+            Liveness::Alive => {}
+            Liveness::Dead(lock) => {
+                let n = shared.store.release_owner(owner.clone()).await?;
+                lock.forget();
+                if n > 0 {
+                    tracing::info!(%owner, jobs = n, "resuming the jobs of a dead worker");
+                }
+                recovered += n;
+            }
+            Liveness::Unknown => judge_by_lease = true,
+        }
+    }
+    if judge_by_lease {
+        let n = shared.store.release_expired(now_ms()).await?;
+        if n > 0 {
+            tracing::info!(jobs = n, "resuming jobs whose worker's lease expired");
+        }
+        recovered += n;
+    }
+    if recovered > 0 {
+        shared.wake_dispatcher();
+    }
+    Ok(recovered)
+}
