@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::Shared;
-use crate::store::StepRecord;
-use crate::{JobError, JobId};
+use crate::store::{ClaimedJob, StepRecord};
+use crate::{Error, JobError, JobId};
 
 /// How often, at most, a job's latest progress report is written to the database.
 const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_millis(250);
@@ -37,10 +37,14 @@ struct ContextInner {
     llm_usage: Mutex<crate::llm::UsageTotals>,
 }
 
-/// The latest report not yet written, and whether a writer task is on its way.
+/// The latest report, whether it is written yet, and whether a writer task is on its way.
 #[derive(Default)]
 struct ProgressSlot {
-    unsaved: Option<String>,
+    /// The latest report of this attempt. The job's final write always carries it: a write of
+    /// the writer task may still be in flight when the job ends, and lands too late then.
+    latest: Option<Arc<str>>,
+    /// Whether `latest` still waits for the writer task.
+    unsaved: bool,
     writer_active: bool,
 }
 
@@ -133,24 +137,18 @@ enum StepOutcome<T> {
 }
 
 impl JobContext {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        id: JobId,
-        name: &str,
-        attempt: u32,
-        cancel: CancellationToken,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, job: &ClaimedJob, cancel: CancellationToken) -> Self {
         JobContext {
             inner: Arc::new(ContextInner {
-                id,
-                name: name.into(),
-                attempt,
+                id: job.id,
+                name: job.name.as_str().into(),
+                attempt: job.attempts,
                 shared,
                 cancel,
                 next_step: AtomicU32::new(0),
-                // Steps are journaled only while an attempt runs, so the first attempt of a job
-                // starts with an empty journal: no need to read it.
-                journal: if attempt <= 1 {
+                // Steps are journaled only while an attempt runs, so a job that never ran
+                // before starts with an empty journal: no need to read it.
+                journal: if job.fresh {
                     tokio::sync::OnceCell::new_with(Some(Vec::new()))
                 } else {
                     tokio::sync::OnceCell::new()
@@ -214,7 +212,8 @@ impl JobContext {
         };
         let start_writer = {
             let mut slot = self.inner.progress.lock().expect("progress lock");
-            slot.unsaved = Some(json);
+            slot.latest = Some(json.into());
+            slot.unsaved = true;
             !std::mem::replace(&mut slot.writer_active, true)
         };
         if start_writer {
@@ -228,30 +227,38 @@ impl JobContext {
         loop {
             let unsaved = {
                 let mut slot = self.inner.progress.lock().expect("progress lock");
-                match slot.unsaved.take() {
-                    Some(json) => json,
-                    None => {
+                match slot.latest.clone().filter(|_| slot.unsaved) {
+                    Some(latest) => {
+                        slot.unsaved = false;
+                        latest.to_string()
+                    }
+                    _ => {
                         slot.writer_active = false;
                         return;
                     }
                 }
             };
-            let store = &self.inner.shared.store;
-            if let Err(e) = store.save_progress(self.inner.id, unsaved).await {
+            let shared = &self.inner.shared;
+            let written = shared
+                .store
+                .save_progress(
+                    self.inner.id,
+                    shared.owner.clone(),
+                    self.inner.attempt,
+                    unsaved,
+                )
+                .await;
+            if let Err(e) = written {
                 tracing::debug!(error = %e, "progress write failed");
             }
             tokio::time::sleep(PROGRESS_WRITE_INTERVAL).await;
         }
     }
 
-    /// The report not yet written, taken so that the job's final write can carry it.
-    pub(crate) fn take_unsaved_progress(&self) -> Option<String> {
-        self.inner
-            .progress
-            .lock()
-            .expect("progress lock")
-            .unsaved
-            .take()
+    /// The attempt's latest report, for the job's final write, which must carry it.
+    pub(crate) fn final_progress(&self) -> Option<String> {
+        let slot = self.inner.progress.lock().expect("progress lock");
+        slot.latest.as_deref().map(str::to_string)
     }
 
     /// Runs `step` once for this job, durably.
@@ -332,17 +339,65 @@ impl JobContext {
             name: name.to_string(),
             output: outcome,
         };
-        let owned = shared
-            .store
-            .append_step(self.inner.id, shared.owner.clone(), record)
-            .await
-            .map_err(|e| JobError::msg(format_args!("cannot journal step `{name}`: {e}")))?;
-        if !owned {
+        if !self.journal_step(record).await? {
             return Err(JobError::permanent(JobError::msg(
                 "the job is no longer run by this worker (cancelled, or taken over after a lost lease)",
             )));
         }
         result
+    }
+}
+
+impl JobContext {
+    /// Appends a step's output to the journal. The step ran (an LLM call was paid for): a
+    /// database error is waited out, with a capped back-off, rather than throwing the output
+    /// away. Gives up only when the job is cancelled or the runtime stops. `false` when the job
+    /// is no longer this attempt's.
+    async fn journal_step(&self, record: StepRecord) -> Result<bool, JobError> {
+        let shared = &self.inner.shared;
+        let mut delay = Duration::from_millis(50);
+        let mut failures = 0u32;
+        loop {
+            let appended = shared
+                .store
+                .append_step(
+                    self.inner.id,
+                    shared.owner.clone(),
+                    self.inner.attempt,
+                    record.clone(),
+                )
+                .await;
+            let e = match appended {
+                Ok(owned) => {
+                    if failures > 0 {
+                        tracing::info!(step = %record.name, failures, "step journaled");
+                    }
+                    return Ok(owned);
+                }
+                Err(e) => e,
+            };
+            failures += 1;
+            if matches!(e, Error::Shutdown) || shared.store.failure().is_some() {
+                return Err(JobError::msg(format_args!(
+                    "cannot journal step `{}`: {e}",
+                    record.name
+                )));
+            }
+            tracing::warn!(
+                step = %record.name, error = %e, failures, retry_in = ?delay,
+                "journaling a step failed; retrying"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.inner.cancel.cancelled() => {
+                    return Err(JobError::msg(format_args!(
+                        "cannot journal step `{}`: {e}",
+                        record.name
+                    )));
+                }
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
     }
 }
 

@@ -85,6 +85,8 @@ impl<T> JobHandle<T> {
                 tokio::select! {
                     report = local.recv() => match report {
                         Some(report) => {
+                            // The row will hold this report: not news when read back.
+                            last_stored = serde_json::to_value(&report).ok();
                             if tx.send(report).is_err() {
                                 break;
                             }
@@ -97,8 +99,9 @@ impl<T> JobHandle<T> {
                             break;
                         }
                         let Ok(status) = shared.status(id).await else { break };
-                        let runs_elsewhere = status.owner.as_deref() != Some(&*shared.owner);
-                        if runs_elsewhere && status.progress != last_stored {
+                        let runs_here = status.state == JobState::Running
+                            && status.owner.as_deref() == Some(&*shared.owner);
+                        if !runs_here && status.progress != last_stored {
                             if let Some(report) = status
                                 .progress
                                 .clone()

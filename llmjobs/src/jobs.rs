@@ -9,7 +9,7 @@ use crate::handle::CancelOutcome;
 use crate::job::Registration;
 use crate::runtime::{self, Backoff, CallInfo, Entry, ProgressEvent, Settings, Shared};
 use crate::status::{JobCounts, JobState, JobStatus, now_ms};
-use crate::store::{CancelEffect, ClaimedJob, LocalClaim, NewJob, Store};
+use crate::store::{CancelEffect, LocalClaim, NewJob, Store};
 use crate::{Error, Job, JobCall, JobHandle, JobId, Outcome, Result};
 
 /// How hard a commit works to survive a crash.
@@ -85,11 +85,7 @@ impl Jobs {
         let now = now_ms();
         let id = JobId::new();
         let key_limit = call.config().key_limit.or(config.key_limit);
-        // A job this process can run at once skips the claim: it is inserted running, here.
-        let handoff = local.is_some_and(|entry| {
-            entry.config.max_concurrency.is_none() && (call.key().is_none() || key_limit.is_none())
-        }) && self.shared.reserve_slot(id);
-        let job = NewJob {
+        let mut job = NewJob {
             id,
             name: call.name().to_string(),
             args: args.to_string(),
@@ -99,37 +95,39 @@ impl Jobs {
             max_attempts: retries.saturating_add(1),
             run_at: now,
             created_at: now,
-            claimed_by: handoff.then(|| LocalClaim {
+            claimed_by: None,
+        };
+        // A job this process can run at once skips the claim: it is inserted running, here.
+        let unlimited = local.is_some_and(|entry| {
+            entry.config.max_concurrency.is_none() && (call.key().is_none() || key_limit.is_none())
+        });
+        if unlimited {
+            job.claimed_by = Some(LocalClaim {
                 owner: self.shared.owner.clone(),
                 lease_until: now + self.shared.settings.lease.as_millis() as i64,
-            }),
-        };
-        let inserted = self.shared.store.enqueue(job.clone()).await;
-        if handoff {
-            match inserted {
-                Ok(()) => self.shared.start_reserved(ClaimedJob {
-                    id,
-                    name: job.name,
-                    args: job.args,
-                    attempts: 1,
-                    max_attempts: job.max_attempts,
-                }),
-                Err(e) => {
-                    self.shared.release_slot(id);
-                    return Err(e);
+            });
+            match self.shared.hand_off(job) {
+                // The worker task inserts and runs the job whether or not this future is
+                // polled to the end.
+                Ok(inserted) => {
+                    inserted.await.map_err(|_| Error::Shutdown)??;
+                    return Ok(JobHandle::new(id, self.clone()));
+                }
+                Err(returned) => {
+                    job = *returned;
+                    job.claimed_by = None;
                 }
             }
+        }
+        self.shared.store.enqueue(job).await?;
+        if local.is_some() {
+            self.shared.wake_dispatcher();
         } else {
-            inserted?;
-            if local.is_some() {
-                self.shared.wake_dispatcher();
-            } else {
-                tracing::warn!(
-                    job.name = call.name(),
-                    job.id = %id,
-                    "no job of this name is registered in this process; it stays pending until a process that defines it runs it"
-                );
-            }
+            tracing::warn!(
+                job.name = call.name(),
+                job.id = %id,
+                "no job of this name is registered in this process; it stays pending until a process that defines it runs it"
+            );
         }
         Ok(JobHandle::new(id, self.clone()))
     }
@@ -192,7 +190,18 @@ impl Jobs {
     /// The most recent jobs (newest first), optionally only those in `state`.
     pub async fn list(&self, state: Option<JobState>, limit: u32) -> Result<Vec<JobStatus>> {
         let rows = self.shared.store.list(state, limit).await?;
-        rows.iter().map(|row| row.to_status()).collect()
+        Ok(rows
+            .iter()
+            .filter_map(|row| match row.to_status() {
+                Ok(status) => Some(status),
+                Err(e) => {
+                    // Not a row llmjobs wrote (its id is no UUID): one bad row does not hide
+                    // the others.
+                    tracing::warn!(error = %e, "listing skips a row that is not a job");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// How many jobs are in each state.
@@ -553,6 +562,15 @@ async fn open_store(
             });
         }
         let store = crate::store::sqlite::SqliteStore::open(url, &target, durability).await?;
+        // Lock files live beside the database, found by its path: every process must name it
+        // the same way, whatever path (relative, through a symlink) it was opened by.
+        let path = match path {
+            Some(path) => Some(std::fs::canonicalize(&path).map_err(|e| Error::Open {
+                url: url.to_string(),
+                source: Box::new(e),
+            })?),
+            None => None,
+        };
         return Ok((Arc::new(store), path));
     }
     let _ = durability;

@@ -40,7 +40,7 @@
 //!
 //! Use `sqlite://path/to/jobs.db` for a database that outlives the process. The README of the
 //! repository has a tour of the API and the exact durability guarantees.
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod context;
 mod error;

@@ -72,3 +72,23 @@ pub fn key_of<T: serde::Serialize + ?Sized>(value: &T) -> String {
         Err(e) => format!("<unserializable key: {e}>"),
     }
 }
+
+/// Makes the job database refuse to grow (`true`), as a full disk does, or lets it grow again
+/// (`false`): writes that need a new page fail with SQLite's own "database or disk is full".
+/// For llmjobs' own tests.
+#[cfg(feature = "_fault-injection")]
+pub async fn simulate_full_disk(jobs: &crate::Jobs, full: bool) -> crate::Result<()> {
+    jobs.shared()
+        .store
+        .inject(crate::store::Fault::DiskFull(full))
+        .await
+}
+
+/// Makes the database writer thread panic, as a bug in it would. For llmjobs' own tests.
+#[cfg(feature = "_fault-injection")]
+pub fn kill_writer(jobs: &crate::Jobs) {
+    let store = jobs.shared().store.clone();
+    tokio::spawn(async move {
+        let _ = store.inject(crate::store::Fault::KillWriter).await;
+    });
+}

@@ -113,8 +113,18 @@ pub(crate) struct Entry {
 /// Jobs running in this process.
 #[derive(Default)]
 struct Running {
-    /// Cancelling a token drops the job's future.
-    jobs: HashMap<JobId, CancellationToken>,
+    jobs: HashMap<JobId, RunningJob>,
+    /// Set when the runtime stops: no job starts here any more. Checked and set under the same
+    /// lock that starting a job takes, so a job either starts before shutdown waits for the
+    /// workers or not at all.
+    closed: bool,
+}
+
+/// One attempt running in this process.
+struct RunningJob {
+    /// Cancelling it drops the attempt's future.
+    token: CancellationToken,
+    attempt: u32,
 }
 
 /// Everything the background tasks and handles share.
@@ -138,6 +148,9 @@ pub(crate) struct Shared {
     /// Set when the runtime is gone: background loops end.
     stopped: CancellationToken,
     workers: TaskTracker,
+    /// The dispatcher's task, awaited at shutdown so that no claim is in flight when the jobs
+    /// are handed back.
+    dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     owner_lock: Mutex<Option<OwnerLock>>,
 }
 
@@ -176,6 +189,7 @@ impl Shared {
             abort: CancellationToken::new(),
             stopped: CancellationToken::new(),
             workers: TaskTracker::new(),
+            dispatcher: Mutex::new(None),
             owner_lock: Mutex::new(owner_lock),
         }))
     }
@@ -183,12 +197,11 @@ impl Shared {
     /// Starts the dispatcher and the maintenance loop.
     pub(crate) fn start(self: &Arc<Self>) {
         if self.settings.run_jobs && !self.registry.is_empty() {
-            tokio::spawn(
-                dispatch::dispatch(self.clone()).instrument(tracing::debug_span!(
-                    "llmjobs.dispatcher",
-                    owner = %self.owner
-                )),
+            let dispatcher = tokio::spawn(
+                dispatch::dispatch(self.clone())
+                    .instrument(tracing::debug_span!("llmjobs.dispatcher", owner = %self.owner)),
             );
+            *self.dispatcher.lock().expect("dispatcher lock") = Some(dispatcher);
         }
         tokio::spawn(maintain::maintain(
             Arc::downgrade(self),
@@ -226,12 +239,26 @@ impl Shared {
     pub(crate) fn cancel_local(&self, id: JobId) -> bool {
         let running = self.running.lock().expect("running lock");
         match running.jobs.get(&id) {
-            Some(token) => {
-                token.cancel();
+            Some(job) => {
+                job.token.cancel();
                 true
             }
             None => false,
         }
+    }
+
+    /// Frees the slot of attempt `attempt` of `id` (and only that attempt's).
+    fn forget_running(&self, id: JobId, attempt: u32) {
+        let mut running = self.running.lock().expect("running lock");
+        if running
+            .jobs
+            .get(&id)
+            .is_some_and(|job| job.attempt == attempt)
+        {
+            running.jobs.remove(&id);
+        }
+        drop(running);
+        self.wake.notify_one();
     }
 
     fn running_count(&self) -> usize {

@@ -60,8 +60,26 @@ pub(crate) struct ClaimedJob {
     pub(crate) id: JobId,
     pub(crate) name: String,
     pub(crate) args: String,
+    /// The attempt number this claim started (1 for the first).
     pub(crate) attempts: u32,
     pub(crate) max_attempts: u32,
+    /// The job never started before: its journal is empty.
+    pub(crate) fresh: bool,
+}
+
+/// How many attempts a job may make in all when attempts are cut short by crashes: its own
+/// `max_attempts`, but at least this many, so that a job without retries survives a restart or
+/// two (a deploy, a neighbour's OOM) while a body that kills its process still ends `failed`
+/// instead of crash-looping.
+pub(crate) const MIN_ATTEMPTS_AGAINST_CRASHES: u32 = 3;
+
+/// Why running jobs go back to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// Their owner stops gracefully and hands them back: the interrupted attempt is given back.
+    HandBack,
+    /// Their owner died or lost its lease: the interrupted attempt counts (the poison-job guard).
+    Dead,
 }
 
 /// How an attempt ended.
@@ -114,6 +132,8 @@ pub(crate) struct JobRow {
     pub(crate) created_at: i64,
     pub(crate) started_at: Option<i64>,
     pub(crate) completed_at: Option<i64>,
+    /// Columns that held a value of the wrong type (read as their default), described.
+    pub(crate) problems: Vec<String>,
 }
 
 /// The columns [`JobRow`] reads, for `SELECT`s.
@@ -128,21 +148,31 @@ impl JobRow {
         })
     }
 
+    /// The row as a status. Only an id that is not a UUID makes it an error: a column with a
+    /// value of the wrong type is reported in the status's `error`, so that one bad row never
+    /// hides the others.
     pub(crate) fn to_status(&self) -> Result<JobStatus> {
-        let corrupt = |reason: String| Error::CorruptRow {
+        let id = self.id.parse::<JobId>().map_err(|e| Error::CorruptRow {
             id: self.id.clone(),
-            reason,
-        };
-        let id = self
-            .id
-            .parse::<JobId>()
-            .map_err(|e| corrupt(e.to_string()))?;
+            reason: e.to_string(),
+        })?;
+        let mut problems = self.problems.clone();
         let progress = match &self.progress {
             None => None,
-            Some(text) => Some(
-                serde_json::from_str(text)
-                    .map_err(|e| corrupt(format!("progress is not JSON: {e}")))?,
-            ),
+            Some(text) => match serde_json::from_str(text) {
+                Ok(value) => Some(value),
+                Err(e) => {
+                    problems.push(format!("column `progress` is not JSON: {e}"));
+                    None
+                }
+            },
+        };
+        let corrupt = format!("corrupt row: {}", problems.join("; "));
+        let error = match &self.error {
+            _ if problems.is_empty() => self.error.clone(),
+            Some(stored) if stored.contains(&corrupt) => Some(stored.clone()),
+            Some(stored) => Some(format!("{stored} ({corrupt})")),
+            None => Some(corrupt),
         };
         Ok(JobStatus {
             id,
@@ -150,7 +180,7 @@ impl JobRow {
             state: self.state()?,
             attempts: u32::try_from(self.attempts).unwrap_or(0),
             max_attempts: u32::try_from(self.max_attempts).unwrap_or(0),
-            error: self.error.clone(),
+            error,
             progress,
             owner: self.owner.clone(),
             priority: i32::try_from(self.priority).unwrap_or(0),
@@ -199,6 +229,17 @@ impl Terminal {
         })
     }
 
+    /// A job that ended cancelled.
+    pub(crate) fn cancelled(name: &str) -> Terminal {
+        Terminal {
+            name: name.to_string(),
+            state: JobState::Cancelled,
+            result: None,
+            error: None,
+            needs_review: false,
+        }
+    }
+
     /// The end recorded in a row; `None` while the job has not ended.
     pub(crate) fn from_row(row: JobRow) -> Result<Option<Terminal>> {
         let state = row.state()?;
@@ -222,16 +263,18 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Moves due pending jobs to `running` for `request.owner`, honouring the limits.
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>>;
 
-    /// Records how an attempt ended. Returns `false` when the row was no longer this owner's
-    /// running job (cancelled, or recovered by another worker), in which case nothing changed.
-    /// `progress` is the job's last progress report, if it was not written yet.
+    /// Records how attempt `attempt` of `owner` ended; the state the job is in now. A cancel
+    /// requested meanwhile wins: the job ends `cancelled` whatever the outcome. `None` when the
+    /// row was no longer this attempt's (cancelled, or recovered by another worker), in which
+    /// case nothing changed. `progress` is the attempt's last progress report.
     async fn finish(
         &self,
         id: JobId,
         owner: Arc<str>,
+        attempt: u32,
         finish: Finish,
         progress: Option<String>,
-    ) -> Result<bool>;
+    ) -> Result<Option<JobState>>;
 
     /// Cancels a pending job, or asks the owner of a running one to stop it.
     async fn cancel(&self, id: JobId) -> Result<CancelEffect>;
@@ -251,11 +294,14 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Owners (other than `except`) that have running jobs.
     async fn running_owners(&self, except: Arc<str>) -> Result<Vec<String>>;
 
-    /// Hands every running job of `owner` back to `pending` (a dead or departing owner).
-    async fn release_owner(&self, owner: String) -> Result<u64>;
+    /// Hands every running job of `owner` back to `pending` (a departing or dead owner). A job
+    /// whose cancellation was requested ends `cancelled` instead; with [`Release::Dead`], one
+    /// whose interrupted attempt was its last ends `failed`.
+    async fn release_owner(&self, owner: String, why: Release) -> Result<u64>;
 
-    /// Hands back running jobs whose lease expired before `now`.
-    async fn release_expired(&self, now: i64) -> Result<u64>;
+    /// Hands back, as [`Release::Dead`], the running jobs of `owners` whose lease expired
+    /// before `now`. Never the jobs of other owners.
+    async fn release_expired(&self, owners: Vec<String>, now: i64) -> Result<u64>;
 
     /// Running jobs of `owner` whose cancellation was requested.
     async fn cancel_requests(&self, owner: Arc<str>) -> Result<Vec<JobId>>;
@@ -263,16 +309,46 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// The journal of a job, in call order.
     async fn load_steps(&self, id: JobId) -> Result<Vec<StepRecord>>;
 
-    /// Appends a step's output to the journal of a job `owner` runs. Returns `false` when the
-    /// job is no longer this owner's (nothing is written then).
-    async fn append_step(&self, id: JobId, owner: Arc<str>, step: StepRecord) -> Result<bool>;
+    /// Appends a step's output to the journal of a job whose attempt `attempt` `owner` runs.
+    /// Returns `false` when the job is no longer that attempt's (nothing is written then).
+    async fn append_step(
+        &self,
+        id: JobId,
+        owner: Arc<str>,
+        attempt: u32,
+        step: StepRecord,
+    ) -> Result<bool>;
 
-    /// Stores the latest progress report of a running job.
-    async fn save_progress(&self, id: JobId, progress: String) -> Result<()>;
+    /// Stores the latest progress report of attempt `attempt` of a job `owner` runs.
+    async fn save_progress(
+        &self,
+        id: JobId,
+        owner: Arc<str>,
+        attempt: u32,
+        progress: String,
+    ) -> Result<()>;
 
     /// Deletes terminal jobs (and their journals) that ended before `before`.
     async fn prune(&self, before: i64) -> Result<u64>;
 
     /// Waits until every write accepted so far is durable, then stops accepting writes.
     async fn close(&self);
+
+    /// Why the store can no longer write, if it failed beyond repair (its writer died).
+    fn failure(&self) -> Option<String>;
+
+    /// Makes the database fail for real, for llmjobs' own tests.
+    #[cfg(feature = "_fault-injection")]
+    async fn inject(&self, fault: Fault) -> Result<()>;
+}
+
+/// A failure [`Store::inject`] causes.
+#[cfg(feature = "_fault-injection")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The database file may not grow (`true`) or may again (`false`): writes that need a new
+    /// page fail with the database's own "disk full" error.
+    DiskFull(bool),
+    /// The writer thread panics.
+    KillWriter,
 }

@@ -1,55 +1,87 @@
 //! Claiming jobs and running them: the dispatch loop, the workers, and the local hand-off of
 //! jobs inserted already running.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Shared, panic};
-use crate::status::now_ms;
-use crate::store::{ClaimRequest, ClaimedJob, Finish, Terminal};
-use crate::{Error, JobContext, JobId};
+use super::{RunningJob, Shared, panic};
+use crate::status::{JobState, now_ms};
+use crate::store::{ClaimRequest, ClaimedJob, Finish, NewJob, Terminal};
+use crate::{Error, JobContext, Result};
+
+/// The insert of a handed-off job: the job to run once it is committed, or `None`.
+type Insert = Pin<Box<dyn Future<Output = Option<ClaimedJob>> + Send>>;
 
 impl Shared {
-    /// Takes a slot of this process's concurrency for a job about to be handed straight to a
-    /// local worker. `false` when the process has no free slot or is not running jobs.
-    pub(crate) fn reserve_slot(&self, id: JobId) -> bool {
-        if !self.settings.run_jobs
-            || self.settings.global_concurrency.is_some()
-            || self.stop_claiming.is_cancelled()
-        {
-            return false;
+    /// Inserts `job`, already claimed by this worker (`job.claimed_by`), and runs it here with
+    /// no claim round trip: the local hand-off of a new job.
+    ///
+    /// A worker task of its own does everything from the insert on, so a caller that stops
+    /// waiting (a dropped `spawn`) leaves the job either not inserted, or inserted and running.
+    /// The receiver says whether the insert committed. `Err(job)` when this process has no
+    /// free slot, runs no jobs, or is stopping: insert it as a pending job instead.
+    pub(crate) fn hand_off(
+        self: &Arc<Self>,
+        job: NewJob,
+    ) -> std::result::Result<oneshot::Receiver<Result<()>>, Box<NewJob>> {
+        if !self.settings.run_jobs || self.settings.global_concurrency.is_some() {
+            return Err(Box::new(job));
         }
         let mut running = self.running.lock().expect("running lock");
-        if running.jobs.len() >= self.settings.concurrency as usize {
-            return false;
+        if running.closed || running.jobs.len() >= self.settings.concurrency as usize {
+            return Err(Box::new(job));
         }
-        running.jobs.insert(id, self.abort.child_token());
-        true
+        let token = self.abort.child_token();
+        running.jobs.insert(
+            job.id,
+            RunningJob {
+                token: token.clone(),
+                attempt: 1,
+            },
+        );
+        let claimed = ClaimedJob {
+            id: job.id,
+            name: job.name.clone(),
+            args: job.args.clone(),
+            attempts: 1,
+            max_attempts: job.max_attempts,
+            fresh: true,
+        };
+        let span = job_span(&claimed);
+        let (tx, rx) = oneshot::channel();
+        let shared = self.clone();
+        // Boxed, so that the insert's state is freed once it is done instead of taking room in
+        // the task for as long as the job runs.
+        let insert: Insert = Box::pin(async move {
+            match shared.store.enqueue(job).await {
+                Ok(()) => {
+                    let _ = tx.send(Ok(()));
+                    Some(claimed)
+                }
+                Err(e) => {
+                    shared.forget_running(claimed.id, 1);
+                    let _ = tx.send(Err(e));
+                    None
+                }
+            }
+        });
+        // Spawned under the lock that shutdown takes to close the runtime: the task is
+        // tracked before shutdown waits for the workers.
+        self.workers
+            .spawn(run_inserted(self.clone(), insert, token).instrument(span));
+        Ok(rx)
     }
+}
 
-    /// Gives back a slot taken by [`Shared::reserve_slot`] for a job that was not inserted.
-    pub(crate) fn release_slot(&self, id: JobId) {
-        self.running.lock().expect("running lock").jobs.remove(&id);
-        self.wake.notify_one();
-    }
-
-    /// Starts a job whose slot [`Shared::reserve_slot`] took and that was inserted running.
-    pub(crate) fn start_reserved(self: &Arc<Self>, job: ClaimedJob) {
-        let token = self
-            .running
-            .lock()
-            .expect("running lock")
-            .jobs
-            .get(&job.id)
-            .cloned();
-        // Without a token the runtime was dropped meanwhile: the row stays running under this
-        // owner, whose lock is gone, so the next worker resumes it.
-        if let Some(token) = token {
-            spawn_worker(self, job, token);
-        }
+async fn run_inserted(shared: Arc<Shared>, insert: Insert, token: CancellationToken) {
+    if let Some(job) = insert.await {
+        run_job(shared, job, token).await;
     }
 }
 
@@ -108,51 +140,65 @@ async fn continue_after_wake_or(shared: &Shared, interval: Duration) {
 
 fn start_job(shared: &Arc<Shared>, job: ClaimedJob) {
     let token = shared.abort.child_token();
-    shared
-        .running
-        .lock()
-        .expect("running lock")
-        .jobs
-        .insert(job.id, token.clone());
-    spawn_worker(shared, job, token);
-}
-
-fn spawn_worker(shared: &Arc<Shared>, job: ClaimedJob, token: CancellationToken) {
-    let span = tracing::info_span!(
-        "llmjobs.job",
-        job.name = %job.name,
-        job.id = %job.id,
-        job.attempt = job.attempts,
+    let mut running = shared.running.lock().expect("running lock");
+    if running.closed {
+        // Shutdown hands the claimed row back.
+        return;
+    }
+    let previous = running.jobs.insert(
+        job.id,
+        RunningJob {
+            token: token.clone(),
+            attempt: job.attempts,
+        },
     );
+    if let Some(previous) = previous {
+        // An older attempt of this job still runs here: the row was taken from this worker
+        // (its lease ran out while it stalled) and it has now claimed the job again. The old
+        // attempt's writes are fenced off by its attempt number; stop it.
+        previous.token.cancel();
+    }
+    let span = job_span(&job);
     shared
         .workers
         .spawn(run_job(shared.clone(), job, token).instrument(span));
 }
 
+fn job_span(job: &ClaimedJob) -> tracing::Span {
+    tracing::info_span!(
+        "llmjobs.job",
+        job.name = %job.name,
+        job.id = %job.id,
+        job.attempt = job.attempts,
+    )
+}
+
 /// Runs one attempt and records how it ended.
 async fn run_job(shared: Arc<Shared>, job: ClaimedJob, token: CancellationToken) {
     let id = job.id;
-    let finish = attempt(&shared, &job, &token).await;
+    let outcome = attempt(&shared, &job, &token).await;
     // The body is done: its slot can take the next job while the outcome is committed (the
     // database still counts the job as running until then, which only errs on the safe side
     // for limits shared with other processes).
-    shared
-        .running
-        .lock()
-        .expect("running lock")
-        .jobs
-        .remove(&id);
-    shared.wake.notify_one();
-    let mut outcome = None;
-    if let Some((finish, progress)) = finish {
-        let terminal = Terminal::of(&job.name, &finish);
-        // Boxed: the task keeps this future's space for its whole life, while the job
-        // waits (W3 counts bytes per waiting job), though it is needed only at the end.
-        if Box::pin(record_finish(&shared, id, finish, progress)).await {
-            outcome = terminal;
+    shared.forget_running(id, job.attempts);
+    let Some((finish, progress)) = outcome else {
+        // Handed back at shutdown: nothing changed for waiters.
+        return;
+    };
+    let terminal = Terminal::of(&job.name, &finish);
+    // Boxed: the task keeps this future's space for its whole life, while the job
+    // waits (W3 counts bytes per waiting job), though it is needed only at the end.
+    match Box::pin(record_finish(&shared, &job, finish, progress)).await {
+        Some(state) if state.is_terminal() => {
+            let end = match terminal {
+                Some(end) if end.state == state => end,
+                // A cancel requested while the attempt ended wins over its outcome.
+                _ => Terminal::cancelled(&job.name),
+            };
+            shared.notify_finished(id, Some(end));
         }
+        _ => shared.notify_changed(id),
     }
-    shared.notify_finished(id, outcome);
 }
 
 /// Runs the body; `None` when the runtime is shutting down and the job is handed back.
@@ -171,13 +217,7 @@ async fn attempt(
             None,
         ));
     };
-    let ctx = JobContext::new(
-        shared.clone(),
-        job.id,
-        &job.name,
-        job.attempts,
-        token.clone(),
-    );
+    let ctx = JobContext::new(shared.clone(), job, token.clone());
     let body = match (entry.registration.run)(ctx.clone(), &job.args) {
         Ok(body) => body,
         Err(message) => {
@@ -211,10 +251,10 @@ async fn attempt(
                 return None;
             }
             tracing::info!("job cancelled");
-            return Some((Finish::Cancelled, ctx.take_unsaved_progress()));
+            return Some((Finish::Cancelled, ctx.final_progress()));
         }
     };
-    let progress = ctx.take_unsaved_progress();
+    let progress = ctx.final_progress();
     let finish = match outcome {
         Ok(result) => {
             tracing::debug!("job completed");
@@ -264,35 +304,59 @@ async fn attempt(
 }
 
 /// Writes the outcome, retrying while the database is unavailable: a finished job's result
-/// must not be lost to a transient error. `true` when the outcome is now the job's.
+/// (paid for, perhaps) is never dropped while this process can still write it. The state the
+/// job is in now, or `None` when the row was no longer this attempt's (cancelled, or taken over)
+/// or the runtime stopped first.
 async fn record_finish(
     shared: &Shared,
-    id: JobId,
+    job: &ClaimedJob,
     finish: Finish,
     progress: Option<String>,
-) -> bool {
+) -> Option<JobState> {
     let mut delay = Duration::from_millis(50);
-    for _ in 0..20 {
-        match shared
+    let mut failures = 0u32;
+    loop {
+        let written = shared
             .store
-            .finish(id, shared.owner.clone(), finish.clone(), progress.clone())
-            .await
-        {
-            Ok(true) => return true,
-            Ok(false) => {
+            .finish(
+                job.id,
+                shared.owner.clone(),
+                job.attempts,
+                finish.clone(),
+                progress.clone(),
+            )
+            .await;
+        match written {
+            Ok(Some(state)) => {
+                if failures > 0 {
+                    tracing::info!(failures, "the job's outcome is recorded");
+                }
+                return Some(state);
+            }
+            Ok(None) => {
                 tracing::info!(
                     "the job was cancelled or taken over meanwhile; outcome not recorded"
                 );
-                return false;
+                return None;
             }
-            Err(Error::Shutdown) => return false,
+            Err(Error::Shutdown) => return None,
             Err(e) => {
-                tracing::warn!(error = %e, "recording the job's outcome failed; retrying");
-                tokio::time::sleep(delay).await;
+                failures += 1;
+                if shared.abort.is_cancelled() || shared.store.failure().is_some() {
+                    tracing::error!(
+                        error = %e,
+                        "could not record the job's outcome before the runtime stopped; \
+                         it runs again, its journaled steps replayed"
+                    );
+                    return None;
+                }
+                tracing::warn!(error = %e, failures, retry_in = ?delay, "recording the job's outcome failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shared.abort.cancelled() => {}
+                }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
-    tracing::error!("could not record the job's outcome; it will run again after a restart");
-    false
 }

@@ -10,6 +10,7 @@ use super::Shared;
 use crate::Result;
 use crate::owner::{self, Liveness};
 use crate::status::now_ms;
+use crate::store::Release;
 
 /// Renews leases, stops jobs whose cancellation was requested from another process, and hands
 /// back the jobs of dead owners.
@@ -26,6 +27,10 @@ pub(super) async fn maintain(shared: Weak<Shared>, stopped: CancellationToken) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        if let Some(cause) = shared.store.failure() {
+            shared.give_up(&cause);
+            return;
+        }
         let now = tokio::time::Instant::now();
         if shared.running_count() > 0 {
             if now - last_heartbeat >= shared.settings.lease / 3 {
@@ -60,11 +65,12 @@ pub(super) async fn maintain(shared: Weak<Shared>, stopped: CancellationToken) {
 }
 
 /// Hands back the running jobs of owners that are dead: at once for owners on this machine
-/// (their lock is free), after their lease for the others.
+/// (their lock is free), after their lease for the others. A live owner's jobs are never
+/// touched, nor this worker's own.
 pub(crate) async fn recover_orphans(shared: &Shared) -> Result<u64> {
     let owners = shared.store.running_owners(shared.owner.clone()).await?;
     let mut recovered = 0;
-    let mut judge_by_lease = false;
+    let mut judged_by_lease = Vec::new();
     for owner in owners {
         let liveness = match &shared.db_path {
             Some(path) => owner::probe(path, &owner),
@@ -73,18 +79,24 @@ pub(crate) async fn recover_orphans(shared: &Shared) -> Result<u64> {
         match liveness {
             Liveness::Alive => {}
             Liveness::Dead(lock) => {
-                let n = shared.store.release_owner(owner.clone()).await?;
+                let n = shared
+                    .store
+                    .release_owner(owner.clone(), Release::Dead)
+                    .await?;
                 lock.forget();
                 if n > 0 {
                     tracing::info!(%owner, jobs = n, "resuming the jobs of a dead worker");
                 }
                 recovered += n;
             }
-            Liveness::Unknown => judge_by_lease = true,
+            Liveness::Unknown => judged_by_lease.push(owner),
         }
     }
-    if judge_by_lease {
-        let n = shared.store.release_expired(now_ms()).await?;
+    if !judged_by_lease.is_empty() {
+        let n = shared
+            .store
+            .release_expired(judged_by_lease, now_ms())
+            .await?;
         if n > 0 {
             tracing::info!(jobs = n, "resuming jobs whose worker's lease expired");
         }

@@ -29,11 +29,7 @@ impl<F: Future<Output = Result<String, JobError>> + Unpin> Future for CatchPanic
         match catch_unwind(AssertUnwindSafe(|| body.poll(cx))) {
             Ok(poll) => poll,
             Err(payload) => {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-string payload".to_string());
+                let message = crate::error::panic_message(&*payload);
                 Poll::Ready(Err(JobError::msg(format_args!(
                     "the job panicked: {message}"
                 ))))

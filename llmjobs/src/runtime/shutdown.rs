@@ -3,13 +3,21 @@
 use std::time::Duration;
 
 use super::Shared;
+use crate::store::Release;
 
 impl Shared {
     /// Stops claiming, lets running jobs finish for up to the grace period, then drops the rest
     /// and hands them back so the next process resumes them at once.
     pub(crate) async fn shutdown(&self, grace: Duration) {
         self.stop_claiming.cancel();
+        self.close_running();
         self.wake.notify_one();
+        // No claim may be in flight when the jobs are handed back, or a job claimed after the
+        // hand-back would stay running under a departed owner.
+        let dispatcher = self.dispatcher.lock().expect("dispatcher lock").take();
+        if let Some(dispatcher) = dispatcher {
+            let _ = dispatcher.await;
+        }
         self.workers.close();
         if tokio::time::timeout(grace, self.workers.wait())
             .await
@@ -22,7 +30,10 @@ impl Shared {
             self.abort.cancel();
             self.workers.wait().await;
         }
-        let handed_back = self.store.release_owner(self.owner.to_string()).await;
+        let handed_back = self
+            .store
+            .release_owner(self.owner.to_string(), Release::HandBack)
+            .await;
         self.stopped.cancel();
         self.store.close().await;
         match handed_back {
@@ -43,9 +54,28 @@ impl Shared {
     /// them right away.
     pub(crate) fn abandon(&self) {
         self.stop_claiming.cancel();
+        self.close_running();
         self.abort.cancel();
         self.stopped.cancel();
         self.wake.notify_one();
         drop(self.owner_lock.lock().expect("owner lock").take());
+    }
+
+    /// Gives up the jobs of this worker because its database failed beyond repair (the writer
+    /// thread died): drops them and releases the owner lock, so that another worker resumes
+    /// them at once.
+    pub(crate) fn give_up(&self, cause: &str) {
+        tracing::error!(
+            %cause,
+            owner = %self.owner,
+            running = self.running_count(),
+            "the job database failed; this worker stops and gives its jobs up to other workers"
+        );
+        self.abandon();
+    }
+
+    /// No job starts here any more.
+    fn close_running(&self) {
+        self.running.lock().expect("running lock").closed = true;
     }
 }

@@ -64,14 +64,23 @@ impl Shared {
         }
     }
 
-    /// Wakes the waiters of `id`: the job ended here (`outcome` is what was committed), or its
-    /// row changed in a way they should read.
+    /// The job ended (`outcome` is what this process committed, if it knows it): wakes its
+    /// waiters and ends its progress streams.
     pub(crate) fn notify_finished(&self, id: JobId, outcome: Option<Terminal>) {
-        // Ends the progress streams of the job.
         self.progress_subscribers
             .lock()
             .expect("progress lock")
             .remove(&id);
+        self.wake_waiters(id, outcome);
+    }
+
+    /// The job's row changed (an attempt ended and another is due, or the outcome could not be
+    /// recorded here): its waiters read it again.
+    pub(crate) fn notify_changed(&self, id: JobId) {
+        self.wake_waiters(id, None);
+    }
+
+    fn wake_waiters(&self, id: JobId, outcome: Option<Terminal>) {
         let slot = self
             .waiters
             .lock()

@@ -7,21 +7,24 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CancelEffect, ClaimRequest, ClaimedJob, Finish, JOB_ROW_COLUMNS, JobRow, NewJob, StepRecord,
-    Store,
+    CancelEffect, ClaimRequest, ClaimedJob, Finish, JOB_ROW_COLUMNS, JobRow, NewJob, Release,
+    StepRecord, Store,
 };
 use crate::status::JobState;
 use crate::{Durability, Error, JobId, Result};
 
+mod columns;
 mod migrate;
 mod writer;
+
+use columns::lenient;
 
 use writer::{Reply, WriteOp};
 
@@ -174,6 +177,8 @@ enum Readers {
 /// The SQLite store.
 pub(crate) struct SqliteStore {
     writer: mpsc::UnboundedSender<writer::Request>,
+    /// Set by the writer thread if it dies: why.
+    failure: Arc<OnceLock<String>>,
     readers: Readers,
     url: String,
     /// Set by `close`: later reads and writes fail with [`Error::Shutdown`].
@@ -215,9 +220,13 @@ impl SqliteStore {
         .map_err(|_| Error::Shutdown)??;
 
         let (tx, rx) = mpsc::unbounded_channel();
-        std::thread::Builder::new()
-            .name("llmjobs-writer".into())
-            .spawn(move || writer::run(conn, rx))?;
+        let failure = Arc::new(OnceLock::new());
+        {
+            let failure = failure.clone();
+            std::thread::Builder::new()
+                .name("llmjobs-writer".into())
+                .spawn(move || writer::run(conn, rx, &failure))?;
+        }
         let readers = match target.path() {
             Some(_) => Readers::Pool(Arc::new(ReadPool {
                 target: target.clone(),
@@ -229,6 +238,7 @@ impl SqliteStore {
         };
         Ok(SqliteStore {
             writer: tx,
+            failure,
             readers,
             url: url.to_string(),
             closed: AtomicBool::new(false),
@@ -239,11 +249,34 @@ impl SqliteStore {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
         }
+        if let Some(failure) = self.failure.get() {
+            return Err(Error::Database(failure.clone().into()));
+        }
         let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(writer::Request { op, reply })
-            .map_err(|_| Error::Shutdown)?;
-        rx.await.map_err(|_| Error::Shutdown)?
+        if self.writer.send(writer::Request { op, reply }).is_err() {
+            return Err(self.writer_gone().await);
+        }
+        match rx.await {
+            Ok(reply) => reply,
+            Err(_) => Err(self.writer_gone().await),
+        }
+    }
+
+    /// The error for a write that the writer thread dropped unanswered: it died (its failure
+    /// says why), unless the store was closed.
+    async fn writer_gone(&self) -> Error {
+        // The writer records why it died right after its panic unwound, which dropped the
+        // requests it held: give it a moment to say so.
+        for _ in 0..200 {
+            if self.closed.load(Ordering::Acquire) {
+                return Error::Shutdown;
+            }
+            if let Some(failure) = self.failure.get() {
+                return Error::Database(failure.clone().into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Error::Database("the database writer thread stopped unexpectedly".into())
     }
 
     /// Runs `read` on a reader connection.
@@ -288,9 +321,10 @@ fn unexpected(reply: Reply) -> Error {
     Error::Database(format!("internal error: the writer answered with {reply:?}").into())
 }
 
-/// Reads a job row selected with [`JOB_ROW_COLUMNS`]. A value of the wrong type makes the row
-/// corrupt, named by its id.
+/// Reads a job row selected with [`JOB_ROW_COLUMNS`]. A column holding a value of the wrong
+/// type is read as its default and named in the row's `problems`: one bad row fails alone.
 fn job_row(row: &rusqlite::Row<'_>) -> Result<JobRow> {
+    let mut problems = Vec::new();
     let id: String = row
         .get::<_, rusqlite::types::Value>(0)
         .map(|v| match v {
@@ -298,28 +332,28 @@ fn job_row(row: &rusqlite::Row<'_>) -> Result<JobRow> {
             other => format!("{other:?}"),
         })
         .unwrap_or_else(|_| "?".into());
-    let corrupt = |e: rusqlite::Error| Error::CorruptRow {
-        id: id.clone(),
-        reason: e.to_string(),
-    };
+    let p = &mut problems;
+    let text = "text";
+    let int = "an integer";
     Ok(JobRow {
-        name: row.get(1).map_err(corrupt)?,
-        status: row.get(2).map_err(corrupt)?,
-        result: row.get(3).map_err(corrupt)?,
-        error: row.get(4).map_err(corrupt)?,
-        progress: row.get(5).map_err(corrupt)?,
-        priority: row.get(6).map_err(corrupt)?,
-        concurrency_key: row.get(7).map_err(corrupt)?,
-        attempts: row.get(8).map_err(corrupt)?,
-        max_attempts: row.get(9).map_err(corrupt)?,
-        owner: row.get(10).map_err(corrupt)?,
-        cancel_requested: row.get(11).map_err(corrupt)?,
-        needs_review: row.get(12).map_err(corrupt)?,
-        run_at: row.get(13).map_err(corrupt)?,
-        created_at: row.get(14).map_err(corrupt)?,
-        started_at: row.get(15).map_err(corrupt)?,
-        completed_at: row.get(16).map_err(corrupt)?,
-        id: id.clone(),
+        name: lenient(row, 1, text, p),
+        status: lenient(row, 2, text, p),
+        result: lenient(row, 3, text, p),
+        error: lenient(row, 4, text, p),
+        progress: lenient(row, 5, text, p),
+        priority: lenient(row, 6, int, p),
+        concurrency_key: lenient(row, 7, text, p),
+        attempts: lenient(row, 8, int, p),
+        max_attempts: lenient(row, 9, int, p),
+        owner: lenient(row, 10, text, p),
+        cancel_requested: lenient(row, 11, int, p),
+        needs_review: lenient(row, 12, int, p),
+        run_at: lenient(row, 13, int, p),
+        created_at: lenient(row, 14, int, p),
+        started_at: lenient(row, 15, int, p),
+        completed_at: lenient(row, 16, int, p),
+        id,
+        problems,
     })
 }
 
@@ -359,17 +393,19 @@ impl Store for SqliteStore {
         &self,
         id: JobId,
         owner: Arc<str>,
+        attempt: u32,
         finish: Finish,
         progress: Option<String>,
-    ) -> Result<bool> {
+    ) -> Result<Option<JobState>> {
         let op = WriteOp::Finish {
             id,
             owner,
+            attempt,
             finish,
             progress,
         };
         match self.write(op).await? {
-            Reply::Changed(changed) => Ok(changed),
+            Reply::Finished(state) => Ok(state),
             other => Err(unexpected(other)),
         }
     }
@@ -445,15 +481,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn release_owner(&self, owner: String) -> Result<u64> {
-        match self.write(WriteOp::ReleaseOwner { owner }).await? {
+    async fn release_owner(&self, owner: String, why: Release) -> Result<u64> {
+        match self.write(WriteOp::ReleaseOwner { owner, why }).await? {
             Reply::Count(n) => Ok(n),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn release_expired(&self, now: i64) -> Result<u64> {
-        match self.write(WriteOp::ReleaseExpired { now }).await? {
+    async fn release_expired(&self, owners: Vec<String>, now: i64) -> Result<u64> {
+        match self.write(WriteOp::ReleaseExpired { owners, now }).await? {
             Reply::Count(n) => Ok(n),
             other => Err(unexpected(other)),
         }
@@ -492,15 +528,39 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append_step(&self, id: JobId, owner: Arc<str>, step: StepRecord) -> Result<bool> {
-        match self.write(WriteOp::AppendStep { id, owner, step }).await? {
+    async fn append_step(
+        &self,
+        id: JobId,
+        owner: Arc<str>,
+        attempt: u32,
+        step: StepRecord,
+    ) -> Result<bool> {
+        let op = WriteOp::AppendStep {
+            id,
+            owner,
+            attempt,
+            step,
+        };
+        match self.write(op).await? {
             Reply::Changed(changed) => Ok(changed),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn save_progress(&self, id: JobId, progress: String) -> Result<()> {
-        match self.write(WriteOp::SaveProgress { id, progress }).await? {
+    async fn save_progress(
+        &self,
+        id: JobId,
+        owner: Arc<str>,
+        attempt: u32,
+        progress: String,
+    ) -> Result<()> {
+        let op = WriteOp::SaveProgress {
+            id,
+            owner,
+            attempt,
+            progress,
+        };
+        match self.write(op).await? {
             Reply::Changed(_) => Ok(()),
             other => Err(unexpected(other)),
         }
@@ -519,6 +579,18 @@ impl Store for SqliteStore {
         self.closed.store(true, Ordering::Release);
         if let Readers::Pool(pool) = &self.readers {
             pool.idle.lock().expect("reader pool lock").clear();
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.get().cloned()
+    }
+
+    #[cfg(feature = "_fault-injection")]
+    async fn inject(&self, fault: super::Fault) -> Result<()> {
+        match self.write(WriteOp::Inject(fault)).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
         }
     }
 }

@@ -3,15 +3,17 @@
 //! commit), so one fsync serves many spawns and completions, and inserts and completions go in
 //! as multi-row statements.
 
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::is_busy;
-use crate::store::{CancelEffect, ClaimRequest, ClaimedJob, Finish, NewJob, StepRecord};
-use crate::{JobId, Result};
+use crate::status::JobState;
+use crate::store::{CancelEffect, ClaimRequest, ClaimedJob, Finish, NewJob, Release, StepRecord};
+use crate::{Error, JobId, Result};
 
 mod cancel;
 mod claim;
@@ -51,6 +53,7 @@ pub(super) enum WriteOp {
     Finish {
         id: JobId,
         owner: Arc<str>,
+        attempt: u32,
         finish: Finish,
         progress: Option<String>,
     },
@@ -63,17 +66,22 @@ pub(super) enum WriteOp {
     },
     ReleaseOwner {
         owner: String,
+        why: Release,
     },
     ReleaseExpired {
+        owners: Vec<String>,
         now: i64,
     },
     AppendStep {
         id: JobId,
         owner: Arc<str>,
+        attempt: u32,
         step: StepRecord,
     },
     SaveProgress {
         id: JobId,
+        owner: Arc<str>,
+        attempt: u32,
         progress: String,
     },
     Prune {
@@ -81,35 +89,44 @@ pub(super) enum WriteOp {
     },
     Read(ReadFn),
     Flush,
+    #[cfg(feature = "_fault-injection")]
+    Inject(crate::store::Fault),
 }
 
 #[derive(Debug)]
 pub(super) enum Reply {
     Done,
     Changed(bool),
+    /// The state a finished attempt left its job in; `None` if it was no longer its row.
+    Finished(Option<JobState>),
     Count(u64),
     Claimed(Vec<ClaimedJob>),
     Cancel(CancelEffect),
 }
 
-/// Runs until every sender is gone, then closes the connection.
-pub(super) fn run(conn: Connection, mut rx: mpsc::UnboundedReceiver<Request>) {
-    let mut received = Vec::with_capacity(MAX_BATCH);
+/// Runs until every sender is gone, then closes the connection. If it panics, `failure` says
+/// why, every write waiting is answered with that, and the thread ends: the store then fails
+/// every call with the same error, and the runtime gives its jobs up to other workers.
+pub(super) fn run(
+    conn: Connection,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    failure: &OnceLock<String>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.blocking_recv_many(&mut received, MAX_BATCH) > 0 {
-        for Request { op, reply } in received.drain(..) {
-            match op {
-                // Reads change nothing; they run at once, outside the transaction.
-                WriteOp::Read(read) => {
-                    (read.0)(&conn);
-                    let _ = reply.send(Ok(Reply::Done));
-                }
-                op => batch.push(Request { op, reply }),
-            }
-        }
-        if !batch.is_empty() {
-            tracing::trace!(ops = batch.len(), "committing a batch");
-            commit_batch(&conn, &mut batch);
+    let served = std::panic::catch_unwind(AssertUnwindSafe(|| serve(&conn, &mut rx, &mut batch)));
+    if let Err(panic) = served {
+        let cause = crate::error::panic_message(&*panic);
+        let message = format!("the database writer thread died: {cause}");
+        tracing::error!(%cause, "the job database writer thread panicked; every write fails from now on");
+        let _ = failure.set(message.clone());
+        rx.close();
+        let unanswered = batch
+            .drain(..)
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()));
+        for request in unanswered {
+            let _ = request
+                .reply
+                .send(Err(Error::Database(message.clone().into())));
         }
     }
     if let Err((_, e)) = conn.close() {
@@ -117,29 +134,115 @@ pub(super) fn run(conn: Connection, mut rx: mpsc::UnboundedReceiver<Request>) {
     }
 }
 
-/// Executes `batch` in one transaction and answers every request. When the shared transaction
-/// fails, each request is retried in a transaction of its own, so one bad write cannot fail the
-/// others.
-fn commit_batch(conn: &Connection, batch: &mut Vec<Request>) {
+/// Commits what is waiting, batch after batch, until every sender is gone.
+fn serve(conn: &Connection, rx: &mut mpsc::UnboundedReceiver<Request>, batch: &mut Vec<Request>) {
+    let mut received = Vec::with_capacity(MAX_BATCH);
+    while rx.blocking_recv_many(&mut received, MAX_BATCH) > 0 {
+        for Request { op, reply } in received.drain(..) {
+            match op {
+                // Reads change nothing; they run at once, outside the transaction.
+                WriteOp::Read(read) => {
+                    (read.0)(conn);
+                    let _ = reply.send(Ok(Reply::Done));
+                }
+                #[cfg(feature = "_fault-injection")]
+                WriteOp::Inject(fault) => {
+                    let _ = reply.send(inject(conn, fault).map(|()| Reply::Done));
+                }
+                op => batch.push(Request { op, reply }),
+            }
+        }
+        if !batch.is_empty() {
+            let transactions = commit_batch(conn, batch);
+            tracing::trace!(transactions, "committed a batch");
+        }
+    }
+}
+
+#[cfg(feature = "_fault-injection")]
+fn inject(conn: &Connection, fault: crate::store::Fault) -> Result<()> {
+    match fault {
+        crate::store::Fault::DiskFull(full) => {
+            let pages: i64 = if full {
+                conn.query_row("PRAGMA page_count", [], |row| row.get(0))?
+            } else {
+                // The largest the build allows; SQLite lowers it to that.
+                i64::from(u32::MAX)
+            };
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+            Ok(())
+        }
+        crate::store::Fault::KillWriter => panic!("fault injection: the writer thread was killed"),
+    }
+}
+
+/// Executes `batch` in one transaction and answers every request; how many transactions it
+/// took. When the shared transaction fails because of one write (a constraint, a bad value),
+/// each request is retried in a transaction of its own, so that one bad write cannot fail the
+/// others. When it fails because of the database (busy past patience, disk full, I/O), every
+/// request fails at once with that error: replaying them one by one would only fail again,
+/// slowly.
+fn commit_batch(conn: &Connection, batch: &mut Vec<Request>) -> usize {
     let ops: Vec<&WriteOp> = batch.iter().map(|r| &r.op).collect();
     match transaction(conn, &ops) {
         Ok(replies) => {
             for (request, reply) in batch.drain(..).zip(replies) {
                 let _ = request.reply.send(Ok(reply));
             }
+            1
         }
         Err(e) if batch.len() == 1 => {
             let request = batch.pop().expect("one request");
             let _ = request.reply.send(Err(e));
+            1
+        }
+        Err(e) if fails_every_write(&e) => {
+            tracing::warn!(error = %e, writes = batch.len(), "the job database refused a batch of writes");
+            let message = e.to_string();
+            for request in batch.drain(..) {
+                let _ = request
+                    .reply
+                    .send(Err(Error::Database(message.clone().into())));
+            }
+            1
         }
         Err(_) => {
+            let transactions = 1 + batch.len();
             for request in batch.drain(..) {
                 let result = transaction(conn, &[&request.op])
                     .map(|mut replies| replies.pop().expect("one reply"));
                 let _ = request.reply.send(result);
             }
+            transactions
         }
     }
+}
+
+/// Whether `e` is the database's failure rather than one write's: any other write would meet
+/// it too.
+fn fails_every_write(e: &Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    let Error::Database(source) = e else {
+        return false;
+    };
+    source
+        .downcast_ref::<rusqlite::Error>()
+        .and_then(rusqlite::Error::sqlite_error_code)
+        .is_some_and(|code| {
+            matches!(
+                code,
+                DatabaseBusy
+                    | DatabaseLocked
+                    | DiskFull
+                    | SystemIoFailure
+                    | ReadOnly
+                    | DatabaseCorrupt
+                    | NotADatabase
+                    | CannotOpen
+                    | OutOfMemory
+                    | FileLockingProtocolFailed
+            )
+        })
 }
 
 fn transaction(conn: &Connection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
@@ -160,6 +263,11 @@ fn transaction(conn: &Connection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
 }
 
 fn rollback(conn: &Connection) {
+    // SQLite rolls some failures back by itself (a full disk, an I/O error): then there is no
+    // transaction left to roll back.
+    if conn.is_autocommit() {
+        return;
+    }
     if let Err(e) = conn.execute_batch("ROLLBACK") {
         tracing::warn!(error = %e, "rolling back a failed write transaction failed");
     }
@@ -253,12 +361,16 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Reply> {
         WriteOp::Finish {
             id,
             owner,
+            attempt,
             finish,
             progress,
-        } => Reply::Changed(finish::finish_job(
+        } => Reply::Finished(finish::finish_job(
             conn,
-            *id,
-            owner,
+            &finish::Attempt {
+                id: id.to_string(),
+                owner,
+                attempt: *attempt,
+            },
             finish,
             progress.as_deref(),
             now,
@@ -267,16 +379,30 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Reply> {
         WriteOp::Heartbeat { owner, lease_until } => {
             Reply::Count(release::heartbeat(conn, owner, *lease_until)?)
         }
-        WriteOp::ReleaseOwner { owner } => Reply::Count(release::release_owner(conn, owner)?),
-        WriteOp::ReleaseExpired { now } => Reply::Count(release::release_expired(conn, *now)?),
-        WriteOp::AppendStep { id, owner, step } => {
-            Reply::Changed(steps::append_step(conn, *id, owner, step, now)?)
+        WriteOp::ReleaseOwner { owner, why } => {
+            Reply::Count(release::release_owner(conn, owner, *why, now)?)
         }
-        WriteOp::SaveProgress { id, progress } => {
-            Reply::Changed(progress::save_progress(conn, *id, progress)?)
+        WriteOp::ReleaseExpired { owners, now } => {
+            Reply::Count(release::release_expired(conn, owners, *now)?)
         }
+        WriteOp::AppendStep {
+            id,
+            owner,
+            attempt,
+            step,
+        } => Reply::Changed(steps::append_step(conn, *id, owner, *attempt, step, now)?),
+        WriteOp::SaveProgress {
+            id,
+            owner,
+            attempt,
+            progress,
+        } => Reply::Changed(progress::save_progress(
+            conn, *id, owner, *attempt, progress,
+        )?),
         WriteOp::Prune { before } => Reply::Count(prune::prune(conn, *before)?),
         WriteOp::Read(_) | WriteOp::Flush => Reply::Done,
+        #[cfg(feature = "_fault-injection")]
+        WriteOp::Inject(_) => Reply::Done,
     })
 }
 
@@ -309,23 +435,64 @@ mod tests {
         }
     }
 
-    fn complete(job: &NewJob, owner: &str, result: &str) -> WriteOp {
+    fn insert(conn: &Connection, jobs: &[NewJob]) {
+        let inserts: Vec<WriteOp> = jobs.iter().cloned().map(WriteOp::Enqueue).collect();
+        transaction(conn, &inserts.iter().collect::<Vec<_>>()).unwrap();
+    }
+
+    fn finish(job: &NewJob, owner: &str, attempt: u32, finish: Finish) -> WriteOp {
         WriteOp::Finish {
             id: job.id,
             owner: owner.into(),
-            finish: Finish::Completed {
-                result: result.into(),
-            },
+            attempt,
+            finish,
             progress: None,
         }
+    }
+
+    fn complete(job: &NewJob, owner: &str, result: &str) -> WriteOp {
+        let result = result.into();
+        finish(job, owner, 1, Finish::Completed { result })
+    }
+
+    fn state(conn: &Connection, job: &NewJob) -> (String, u32, Option<String>) {
+        conn.query_row(
+            "SELECT status, attempts, error FROM llmjobs_jobs WHERE id = ?",
+            [job.id.to_string()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    }
+
+    fn finished(reply: &Reply) -> Option<JobState> {
+        match reply {
+            Reply::Finished(state) => *state,
+            other => panic!("not a finish reply: {other:?}"),
+        }
+    }
+
+    /// Sends `ops` through `commit_batch` as one batch; the replies and the transaction count.
+    fn commit(conn: &Connection, ops: Vec<WriteOp>) -> (Vec<Result<Reply>>, usize) {
+        let mut receivers = Vec::new();
+        let mut batch = Vec::new();
+        for op in ops {
+            let (reply, rx) = oneshot::channel();
+            batch.push(Request { op, reply });
+            receivers.push(rx);
+        }
+        let transactions = commit_batch(conn, &mut batch);
+        let replies = receivers
+            .into_iter()
+            .map(|mut rx| rx.try_recv().expect("every request answered"))
+            .collect();
+        (replies, transactions)
     }
 
     #[test]
     fn completions_batched_together_change_only_their_owners_running_rows() {
         let conn = connection();
         let jobs: Vec<NewJob> = (0..5).map(|_| running_job("me")).collect();
-        let inserts: Vec<WriteOp> = jobs.iter().cloned().map(WriteOp::Enqueue).collect();
-        transaction(&conn, &inserts.iter().collect::<Vec<_>>()).unwrap();
+        insert(&conn, &jobs);
 
         let ops = [
             complete(&jobs[0], "me", "0"),
@@ -335,10 +502,7 @@ mod tests {
             complete(&jobs[0], "me", "again"),
         ];
         let replies = transaction(&conn, &ops.iter().collect::<Vec<_>>()).unwrap();
-        let changed: Vec<bool> = replies
-            .iter()
-            .map(|r| matches!(r, Reply::Changed(true)))
-            .collect();
+        let changed: Vec<bool> = replies.iter().map(|r| finished(r).is_some()).collect();
         // The second completion of job 0 finds it completed already: the first one wins.
         assert_eq!(changed, [true, false, true, true, false]);
 
@@ -366,7 +530,164 @@ mod tests {
             complete(&jobs[4], "me", "4"),
         ];
         let replies = transaction(&conn, &late.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(finished(&replies[0]), None);
+        assert_eq!(finished(&replies[1]), Some(JobState::Completed));
+    }
+
+    #[test]
+    fn an_outcome_of_an_older_attempt_changes_nothing() {
+        let conn = connection();
+        let job = running_job("me");
+        insert(&conn, std::slice::from_ref(&job));
+        conn.execute("UPDATE llmjobs_jobs SET attempts = 2", [])
+            .unwrap();
+        let replies = transaction(&conn, &[&complete(&job, "me", "stale")]).unwrap();
+        assert_eq!(finished(&replies[0]), None, "attempt 1 is over");
+        let step = WriteOp::AppendStep {
+            id: job.id,
+            owner: "me".into(),
+            attempt: 1,
+            step: StepRecord {
+                seq: 0,
+                name: "llm".into(),
+                output: "stale".into(),
+            },
+        };
+        let replies = transaction(&conn, &[&step]).unwrap();
         assert!(matches!(replies[0], Reply::Changed(false)));
-        assert!(matches!(replies[1], Reply::Changed(true)));
+        assert_eq!(state(&conn, &job).0, "running");
+    }
+
+    #[test]
+    fn a_requested_cancel_wins_over_any_outcome() {
+        let conn = connection();
+        let jobs: Vec<NewJob> = (0..3).map(|_| running_job("me")).collect();
+        insert(&conn, &jobs);
+        conn.execute("UPDATE llmjobs_jobs SET cancel_requested = 1", [])
+            .unwrap();
+        let outcomes = [
+            complete(&jobs[0], "me", "done"),
+            finish(
+                &jobs[1],
+                "me",
+                1,
+                Finish::Retry {
+                    error: "503".into(),
+                    run_at: 0,
+                },
+            ),
+            finish(
+                &jobs[2],
+                "me",
+                1,
+                Finish::Failed {
+                    error: "400".into(),
+                    needs_review: false,
+                },
+            ),
+        ];
+        let replies = transaction(&conn, &outcomes.iter().collect::<Vec<_>>()).unwrap();
+        for (job, reply) in jobs.iter().zip(&replies) {
+            assert_eq!(finished(reply), Some(JobState::Cancelled));
+            assert_eq!(state(&conn, job).0, "cancelled");
+        }
+    }
+
+    #[test]
+    fn a_dead_owners_last_attempt_fails_and_a_departing_owners_is_given_back() {
+        let conn = connection();
+        let jobs: Vec<NewJob> = (0..4).map(|_| running_job("gone")).collect();
+        insert(&conn, &jobs);
+        let set = |job: &NewJob, sql: &str| {
+            conn.execute(
+                &format!("UPDATE llmjobs_jobs SET {sql} WHERE id = ?"),
+                [job.id.to_string()],
+            )
+            .unwrap();
+        };
+        // jobs[0]: attempt 1 of 1, a retry-less job: it may still be interrupted twice more.
+        set(&jobs[1], "attempts = 3");
+        set(&jobs[2], "attempts = 3, max_attempts = 5");
+        set(&jobs[3], "cancel_requested = 1");
+        release::release_owner(&conn, "gone", Release::Dead, 1).unwrap();
+        assert_eq!(state(&conn, &jobs[0]).0, "pending");
+        let (status, _, error) = state(&conn, &jobs[1]);
+        assert_eq!(status, "failed");
+        assert!(error.unwrap().contains("attempt 3 of 3 was interrupted"));
+        assert_eq!(state(&conn, &jobs[2]).0, "pending");
+        assert_eq!(state(&conn, &jobs[3]).0, "cancelled");
+
+        let departing = running_job("leaving");
+        insert(&conn, std::slice::from_ref(&departing));
+        release::release_owner(&conn, "leaving", Release::HandBack, 1).unwrap();
+        let (status, attempts, _) = state(&conn, &departing);
+        assert_eq!(
+            (status.as_str(), attempts),
+            ("pending", 0),
+            "the attempt is given back"
+        );
+    }
+
+    #[test]
+    fn expired_leases_are_released_only_for_the_owners_named() {
+        let conn = connection();
+        let (mine, theirs) = (running_job("me"), running_job("them"));
+        insert(&conn, &[mine.clone(), theirs.clone()]);
+        conn.execute("UPDATE llmjobs_jobs SET lease_until = 0", [])
+            .unwrap();
+        let released = release::release_expired(&conn, &["them".to_string()], 10).unwrap();
+        assert_eq!(released, 1);
+        assert_eq!(state(&conn, &mine).0, "running");
+        assert_eq!(state(&conn, &theirs).0, "pending");
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_whole_batch_in_one_transaction() {
+        let conn = connection();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .unwrap();
+        let big = |n: usize| {
+            let mut job = running_job("me");
+            job.args = format!("{{\"pad\": \"{}\"}}", "x".repeat(n));
+            WriteOp::Enqueue(job)
+        };
+        let (replies, transactions) = commit(&conn, (0..20).map(|_| big(100_000)).collect());
+        assert_eq!(transactions, 1, "no replay one by one");
+        for reply in replies {
+            let message = reply.unwrap_err().to_string();
+            assert!(message.contains("full"), "{message}");
+        }
+        // The connection is usable again, with no transaction left open.
+        assert!(conn.is_autocommit());
+        conn.query_row("PRAGMA max_page_count = 100000", [], |_| Ok(()))
+            .unwrap();
+        let (replies, _) = commit(&conn, vec![big(10)]);
+        assert!(replies[0].is_ok());
+    }
+
+    #[test]
+    fn a_bad_write_is_replayed_alone_and_the_others_commit() {
+        let conn = connection();
+        let first = running_job("me");
+        insert(&conn, std::slice::from_ref(&first));
+        let fresh = running_job("me");
+        // The same id again breaks the primary key: that write alone fails.
+        let ops = vec![
+            WriteOp::Enqueue(fresh.clone()),
+            WriteOp::Enqueue(first.clone()),
+            complete(&first, "me", "done"),
+        ];
+        let (replies, transactions) = commit(&conn, ops);
+        assert_eq!(transactions, 4, "the batch, then each write alone");
+        assert!(replies[0].is_ok());
+        assert!(replies[1].is_err());
+        assert!(matches!(
+            replies[2],
+            Ok(Reply::Finished(Some(JobState::Completed)))
+        ));
+        assert_eq!(state(&conn, &fresh).0, "running");
     }
 }

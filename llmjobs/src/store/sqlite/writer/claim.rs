@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use rusqlite::{Connection, ToSql};
 
 use super::execute;
+use crate::store::MIN_ATTEMPTS_AGAINST_CRASHES;
+use crate::store::sqlite::columns::lenient;
 use crate::store::{ClaimRequest, ClaimedJob};
 use crate::{JobId, Result};
 
@@ -13,39 +15,41 @@ fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
-/// How many jobs run now under each concurrency key that the candidates use.
-fn running_by_key(conn: &Connection, candidates: &[Candidate]) -> Result<HashMap<String, u32>> {
-    let mut keys: Vec<&str> = Vec::new();
-    for candidate in candidates {
-        if let (Some(key), Some(_)) = (&candidate.key, candidate.key_limit)
-            && !keys.contains(&key.as_str())
-        {
-            keys.push(key);
-        }
-    }
+/// How many jobs run now under each concurrency key (from the index of running keyed jobs).
+fn running_by_key(conn: &Connection) -> Result<HashMap<String, u32>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT concurrency_key, count(*) FROM llmjobs_jobs \
+         WHERE status = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key",
+    )?;
+    let mut rows = stmt.query([])?;
     let mut counts = HashMap::new();
-    for chunk in keys.chunks(256) {
-        let sql = format!(
-            "SELECT concurrency_key, count(*) FROM llmjobs_jobs \
-             WHERE status = 'running' AND concurrency_key IN ({}) \
-             GROUP BY concurrency_key",
-            placeholders(chunk.len())
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(chunk))?;
-        while let Some(row) = rows.next()? {
-            counts.insert(row.get(0)?, row.get::<_, u32>(1)?);
-        }
+    while let Some(row) = rows.next()? {
+        counts.insert(row.get(0)?, row.get::<_, u32>(1)?);
     }
     Ok(counts)
 }
 
-/// A pending job a claim may take.
-struct Candidate {
-    id: String,
-    name: String,
-    key: Option<String>,
-    key_limit: Option<i64>,
+/// A pending job the claim takes.
+struct Chosen {
+    rowid: i64,
+    job: ClaimedJob,
+}
+
+/// What the claim does with a pending row it meets.
+enum Verdict {
+    Take(Chosen),
+    /// Its name or key is at its limit: it waits.
+    Wait,
+    /// A column holds a value of the wrong type: it fails, named, so that it stops every claim
+    /// no more.
+    Corrupt {
+        rowid: i64,
+        problems: String,
+    },
+    /// Crashes used up its attempts before this version counted them: it fails.
+    Exhausted {
+        rowid: i64,
+    },
 }
 
 /// Picks due pending jobs this worker can run, within the per-name and global limits counted
@@ -88,96 +92,133 @@ pub(super) fn claim(conn: &Connection, request: &ClaimRequest) -> Result<Vec<Cla
         return Ok(Vec::new());
     }
 
+    // Walk the due jobs in order until the slots are filled, passing over those whose name or
+    // key is at its limit: a saturated key never hides the jobs behind it.
     let sql = format!(
-        "SELECT id, name, concurrency_key, key_limit FROM llmjobs_jobs \
+        "SELECT rowid, id, name, concurrency_key, key_limit, attempts, max_attempts, \
+         started_at IS NULL, args FROM llmjobs_jobs \
          WHERE status = 'pending' AND run_at <= ? AND name IN ({}) \
-         ORDER BY priority DESC, run_at, id LIMIT ?",
+         ORDER BY priority DESC, run_at, id",
         placeholders(room.len())
     );
-    // Look a little past the free slots, so a name at its limit does not hide others.
-    let window = i64::try_from(slots.saturating_mul(2).min(4096)).unwrap_or(i64::MAX);
     let mut params: Vec<&dyn ToSql> = vec![&request.now];
     params.extend(room.iter().map(|(name, _)| name as &dyn ToSql));
-    params.push(&window);
-    let candidates: Vec<Candidate> = {
+    let mut running_by_key: Option<HashMap<String, u32>> = None;
+    let mut chosen: Vec<Chosen> = Vec::with_capacity(slots);
+    let mut corrupt = Vec::new();
+    let mut exhausted = Vec::new();
+    {
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(params.as_slice())?;
-        let mut candidates = Vec::new();
-        while let Some(row) = rows.next()? {
-            candidates.push(Candidate {
-                id: row.get(0)?,
-                name: row.get(1)?,
-                key: row.get(2)?,
-                key_limit: row.get(3)?,
-            });
-        }
-        candidates
-    };
-    let running_by_key = running_by_key(conn, &candidates)?;
-    let mut started_by_key = HashMap::<&str, u32>::new();
-    let mut chosen = Vec::with_capacity(slots);
-    for candidate in &candidates {
-        if chosen.len() == slots {
-            break;
-        }
-        let Some((_, left)) = room.iter_mut().find(|(n, _)| *n == candidate.name) else {
-            continue;
-        };
-        if *left == 0 {
-            continue;
-        }
-        if let (Some(key), Some(limit)) = (&candidate.key, candidate.key_limit) {
-            let running = running_by_key.get(key).copied().unwrap_or(0);
-            let started = started_by_key.entry(key).or_insert(0);
-            if i64::from(running + *started) >= limit {
-                continue;
+        while chosen.len() < slots {
+            let Some(row) = rows.next()? else { break };
+            match judge(conn, row, &mut room, &mut running_by_key)? {
+                Verdict::Take(job) => chosen.push(job),
+                Verdict::Wait => {}
+                Verdict::Corrupt { rowid, problems } => corrupt.push((rowid, problems)),
+                Verdict::Exhausted { rowid } => exhausted.push(rowid),
             }
-            *started += 1;
         }
-        *left -= 1;
-        chosen.push(candidate.id.as_str());
     }
 
-    let mut claimed = Vec::with_capacity(chosen.len());
     for chunk in chosen.chunks(256) {
         let sql = format!(
             "UPDATE llmjobs_jobs SET status = 'running', owner = ?, lease_until = ?, \
-             attempts = attempts + 1, started_at = coalesce(started_at, ?), cancel_requested = 0 \
-             WHERE status = 'pending' AND id IN ({}) \
-             RETURNING id, name, args, attempts, max_attempts",
+             attempts = attempts + 1, started_at = coalesce(started_at, ?) \
+             WHERE status = 'pending' AND rowid IN ({})",
             placeholders(chunk.len())
         );
         let owner: &str = &request.owner;
         let mut params: Vec<&dyn ToSql> = vec![&owner, &request.lease_until, &request.now];
-        params.extend(chunk.iter().map(|id| id as &dyn ToSql));
-        let mut corrupt = Vec::new();
-        {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query(params.as_slice())?;
-            while let Some(row) = rows.next()? {
-                let id: String = row.get(0)?;
-                let Ok(job_id) = id.parse::<JobId>() else {
-                    corrupt.push(id);
-                    continue;
-                };
-                claimed.push(ClaimedJob {
-                    id: job_id,
-                    name: row.get(1)?,
-                    args: row.get(2)?,
-                    attempts: row.get(3)?,
-                    max_attempts: row.get(4)?,
-                });
-            }
-        }
-        // Not an id llmjobs wrote: fail the row so it is visible and never claimed again.
-        for id in corrupt {
-            execute(
-                conn,
-                "UPDATE llmjobs_jobs SET status = 'failed', completed_at = ?, \
-                 error = 'corrupt row: the id is not a UUID' WHERE id = ?",
-                rusqlite::params![request.now, id],
-            )?;
-        }
+        params.extend(chunk.iter().map(|c| &c.rowid as &dyn ToSql));
+        execute(conn, &sql, params.as_slice())?;
     }
-    Ok(claimed)
+    for (rowid, problems) in corrupt {
+        tracing::warn!(%problems, "failing a corrupt job row");
+        execute(
+            conn,
+            "UPDATE llmjobs_jobs SET status = 'failed', completed_at = ?, error = ? WHERE rowid = ?",
+            rusqlite::params![request.now, format!("corrupt row: {problems}"), rowid],
+        )?;
+    }
+    for rowid in exhausted {
+        execute(
+            conn,
+            "UPDATE llmjobs_jobs SET status = 'failed', completed_at = ?, \
+             error = printf('its %d attempts were interrupted (its workers died or lost their \
+             lease); the job fails so that it cannot crash its workers again', attempts) \
+             WHERE rowid = ?",
+            rusqlite::params![request.now, rowid],
+        )?;
+    }
+    Ok(chosen.into_iter().map(|c| c.job).collect())
+}
+
+/// Decides what the claim does with one pending row, and counts it against its name's and
+/// key's room when it takes it.
+fn judge(
+    conn: &Connection,
+    row: &rusqlite::Row<'_>,
+    room: &mut [(&str, usize)],
+    running_by_key: &mut Option<HashMap<String, u32>>,
+) -> Result<Verdict> {
+    let mut problems = Vec::new();
+    let rowid: i64 = row.get(0)?;
+    let id: String = lenient(row, 1, "text", &mut problems);
+    let name: String = lenient(row, 2, "text", &mut problems);
+    let key: Option<String> = lenient(row, 3, "text", &mut problems);
+    let key_limit: Option<i64> = lenient(row, 4, "an integer", &mut problems);
+    let attempts: u32 = lenient(row, 5, "a count", &mut problems);
+    let max_attempts: u32 = lenient(row, 6, "a count", &mut problems);
+    let fresh: bool = lenient(row, 7, "a flag", &mut problems);
+    let job_id = id.parse::<JobId>();
+    if !problems.is_empty() || job_id.is_err() {
+        if job_id.is_err() {
+            problems.push("the id is not a UUID".into());
+        }
+        return Ok(Verdict::Corrupt {
+            rowid,
+            problems: problems.join("; "),
+        });
+    }
+    if attempts >= max_attempts.max(MIN_ATTEMPTS_AGAINST_CRASHES) {
+        return Ok(Verdict::Exhausted { rowid });
+    }
+    let Some((_, left)) = room.iter_mut().find(|(n, _)| *n == name) else {
+        return Ok(Verdict::Wait);
+    };
+    if *left == 0 {
+        return Ok(Verdict::Wait);
+    }
+    if let (Some(key), Some(limit)) = (&key, key_limit) {
+        let counts = match running_by_key {
+            Some(counts) => counts,
+            None => running_by_key.insert(self::running_by_key(conn)?),
+        };
+        let running = counts.entry(key.clone()).or_insert(0);
+        if i64::from(*running) >= limit {
+            return Ok(Verdict::Wait);
+        }
+        // Taken: it runs under its key from now on.
+        *running += 1;
+    }
+    let args: String = lenient(row, 8, "text", &mut problems);
+    if !problems.is_empty() {
+        return Ok(Verdict::Corrupt {
+            rowid,
+            problems: problems.join("; "),
+        });
+    }
+    *left -= 1;
+    Ok(Verdict::Take(Chosen {
+        rowid,
+        job: ClaimedJob {
+            id: job_id.expect("checked above"),
+            name,
+            args,
+            attempts: attempts + 1,
+            max_attempts,
+            fresh,
+        },
+    }))
 }

@@ -1,22 +1,63 @@
 //! Recording how an attempt ended. Completions, the most frequent outcome, are applied together
 //! for a whole batch; the other outcomes one at a time.
+//!
+//! Every statement is fenced by the attempt: it changes the row only while it is still this
+//! owner's running job *and* this attempt of it, so a worker whose job was taken over never
+//! overwrites the new attempt's work, even if it claimed the job again itself. A cancel
+//! requested meanwhile wins over whatever the attempt ended with: once `cancel` has returned,
+//! the job ends `cancelled`.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension, Params};
 
-use super::{Reply, WriteOp, execute};
+use super::{Reply, WriteOp};
+use crate::status::JobState;
 use crate::store::Finish;
-use crate::{JobId, Result};
+use crate::{Error, Result};
 
-/// Marks a job completed if it is still its owner's running job. Binds, in order: the result,
-/// the completion time, the unsaved progress (or NULL), the id and the owner.
-const COMPLETE_SQL: &str = "UPDATE llmjobs_jobs SET status = 'completed', result = ?, error = NULL, \
-     completed_at = ?, lease_until = NULL, progress = coalesce(?, progress) \
-     WHERE id = ? AND status = 'running' AND owner = ?";
+/// Binds: ?1 the result, ?2 now, ?3 the last progress report (or NULL), ?4 the id, ?5 the
+/// owner, ?6 the attempt.
+const COMPLETE_SQL: &str = "UPDATE llmjobs_jobs SET \
+     status = CASE cancel_requested WHEN 0 THEN 'completed' ELSE 'cancelled' END, \
+     result = CASE cancel_requested WHEN 0 THEN ?1 END, error = NULL, \
+     completed_at = ?2, lease_until = NULL, progress = coalesce(?3, progress) \
+     WHERE id = ?4 AND status = 'running' AND owner = ?5 AND attempts = ?6 \
+     RETURNING status";
+
+/// Binds as [`COMPLETE_SQL`], with ?1 the error and ?7 whether it needs review.
+const FAIL_SQL: &str = "UPDATE llmjobs_jobs SET \
+     status = CASE cancel_requested WHEN 0 THEN 'failed' ELSE 'cancelled' END, \
+     error = ?1, completed_at = ?2, lease_until = NULL, progress = coalesce(?3, progress), \
+     needs_review = CASE cancel_requested WHEN 0 THEN ?7 ELSE 0 END \
+     WHERE id = ?4 AND status = 'running' AND owner = ?5 AND attempts = ?6 \
+     RETURNING status";
+
+/// Binds as [`COMPLETE_SQL`], with ?1 the error and ?7 when the next attempt is due.
+const RETRY_SQL: &str = "UPDATE llmjobs_jobs SET \
+     status = CASE cancel_requested WHEN 0 THEN 'pending' ELSE 'cancelled' END, \
+     error = ?1, run_at = ?7, \
+     completed_at = CASE cancel_requested WHEN 0 THEN NULL ELSE ?2 END, \
+     owner = CASE cancel_requested WHEN 0 THEN NULL ELSE owner END, \
+     lease_until = NULL, progress = coalesce(?3, progress) \
+     WHERE id = ?4 AND status = 'running' AND owner = ?5 AND attempts = ?6 \
+     RETURNING status";
+
+/// Binds as [`COMPLETE_SQL`], with ?1 unused (NULL).
+const CANCEL_SQL: &str = "UPDATE llmjobs_jobs SET status = 'cancelled', \
+     completed_at = ?2, lease_until = NULL, progress = coalesce(?3, progress), \
+     result = coalesce(?1, result) \
+     WHERE id = ?4 AND status = 'running' AND owner = ?5 AND attempts = ?6 \
+     RETURNING status";
+
+/// Which attempt of which job an outcome is for.
+pub(super) struct Attempt<'a> {
+    pub(super) id: String,
+    pub(super) owner: &'a str,
+    pub(super) attempt: u32,
+}
 
 /// The parts of a successful `Finish` op.
 pub(super) struct Completion<'a> {
-    id: String,
-    owner: &'a str,
+    attempt: Attempt<'a>,
     result: &'a str,
     progress: Option<&'a str>,
 }
@@ -26,11 +67,15 @@ pub(super) fn completion<'a>(op: &&'a WriteOp) -> Option<Completion<'a>> {
         WriteOp::Finish {
             id,
             owner,
+            attempt,
             finish: Finish::Completed { result },
             progress,
         } => Some(Completion {
-            id: id.to_string(),
-            owner,
+            attempt: Attempt {
+                id: id.to_string(),
+                owner,
+                attempt: *attempt,
+            },
             result,
             progress: progress.as_deref(),
         }),
@@ -38,65 +83,65 @@ pub(super) fn completion<'a>(op: &&'a WriteOp) -> Option<Completion<'a>> {
     }
 }
 
-/// Marks jobs completed; each reply says whether that job's row was still its owner's running
-/// job.
+/// Marks jobs completed; each reply says the state each job is in now, or that the row was no
+/// longer that attempt's.
 pub(super) fn complete_jobs(conn: &Connection, jobs: &[Completion<'_>]) -> Result<Vec<Reply>> {
     let now = crate::status::now_ms();
     let mut stmt = conn.prepare_cached(COMPLETE_SQL)?;
     jobs.iter()
         .map(|job| {
-            let changed = stmt.execute(rusqlite::params![
-                job.result,
-                now,
-                job.progress,
-                job.id,
-                job.owner
-            ])?;
-            Ok(Reply::Changed(changed == 1))
+            let a = &job.attempt;
+            let params = rusqlite::params![job.result, now, job.progress, a.id, a.owner, a.attempt];
+            Ok(Reply::Finished(state_after(&mut stmt, params)?))
         })
         .collect()
 }
 
-/// Records how one attempt ended; `true` when the job's row was still its owner's running job.
+/// Records how one attempt ended; the state the job is in now, or `None` when the row was no
+/// longer that attempt's.
 pub(super) fn finish_job(
     conn: &Connection,
-    id: JobId,
-    owner: &str,
+    a: &Attempt<'_>,
     finish: &Finish,
     progress: Option<&str>,
     now: i64,
-) -> Result<bool> {
-    let id = id.to_string();
-    let changed = match finish {
-        Finish::Completed { result } => execute(
-            conn,
-            COMPLETE_SQL,
-            rusqlite::params![result, now, progress, id, owner],
-        )?,
+) -> Result<Option<JobState>> {
+    let (id, owner, attempt) = (&a.id, a.owner, a.attempt);
+    match finish {
+        Finish::Completed { result } => state_after(
+            &mut conn.prepare_cached(COMPLETE_SQL)?,
+            rusqlite::params![result, now, progress, id, owner, attempt],
+        ),
         Finish::Failed {
             error,
             needs_review,
-        } => execute(
-            conn,
-            "UPDATE llmjobs_jobs SET status = 'failed', error = ?, completed_at = ?, \
-                     lease_until = NULL, progress = coalesce(?, progress), needs_review = ? \
-                     WHERE id = ? AND status = 'running' AND owner = ?",
-            rusqlite::params![error, now, progress, needs_review, id, owner],
-        )?,
-        Finish::Retry { error, run_at } => execute(
-            conn,
-            "UPDATE llmjobs_jobs SET status = 'pending', error = ?, run_at = ?, \
-                     owner = NULL, lease_until = NULL, progress = coalesce(?, progress) \
-                     WHERE id = ? AND status = 'running' AND owner = ?",
-            rusqlite::params![error, run_at, progress, id, owner],
-        )?,
-        Finish::Cancelled => execute(
-            conn,
-            "UPDATE llmjobs_jobs SET status = 'cancelled', completed_at = ?, \
-                     lease_until = NULL, progress = coalesce(?, progress) \
-                     WHERE id = ? AND status = 'running' AND owner = ?",
-            rusqlite::params![now, progress, id, owner],
-        )?,
-    };
-    Ok(changed == 1)
+        } => state_after(
+            &mut conn.prepare_cached(FAIL_SQL)?,
+            rusqlite::params![error, now, progress, id, owner, attempt, needs_review],
+        ),
+        Finish::Retry { error, run_at } => state_after(
+            &mut conn.prepare_cached(RETRY_SQL)?,
+            rusqlite::params![error, now, progress, id, owner, attempt, run_at],
+        ),
+        Finish::Cancelled => state_after(
+            &mut conn.prepare_cached(CANCEL_SQL)?,
+            rusqlite::params![None::<String>, now, progress, id, owner, attempt],
+        ),
+    }
+}
+
+/// Runs an outcome's UPDATE ... RETURNING status.
+fn state_after(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl Params,
+) -> Result<Option<JobState>> {
+    let status: Option<String> = stmt.query_row(params, |row| row.get(0)).optional()?;
+    status
+        .map(|status| {
+            status.parse().map_err(|reason| Error::CorruptRow {
+                id: "(finished job)".into(),
+                reason,
+            })
+        })
+        .transpose()
 }
