@@ -132,6 +132,27 @@ async fn two_steps(ctx: JobContext, log: String) -> Result<u32, JobError> {
     Ok(total)
 }
 
+/// Logs `self_destruct ID ATTEMPT`, then aborts the whole process: a body that overflows its
+/// stack or is OOM-killed does the same to its worker.
+#[llm_job(retries = 0)]
+async fn self_destruct(ctx: JobContext, log: String) -> Result<(), JobError> {
+    append_line(
+        std::path::Path::new(&log),
+        &format!("self_destruct {} {}", ctx.id(), ctx.attempt()),
+    );
+    std::process::abort()
+}
+
+/// As `self_destruct`, with one retry.
+#[llm_job(retries = 1)]
+async fn self_destruct_twice(ctx: JobContext, log: String) -> Result<(), JobError> {
+    append_line(
+        std::path::Path::new(&log),
+        &format!("self_destruct_twice {} {}", ctx.id(), ctx.attempt()),
+    );
+    std::process::abort()
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
