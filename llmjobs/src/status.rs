@@ -81,7 +81,9 @@ pub struct JobStatus {
     pub state: JobState,
     /// How many attempts have started (including one running now).
     pub attempts: u32,
-    /// How many attempts the job may make in all (1 + retries).
+    /// How many attempts the job may make in all (1 + retries). Attempts cut short by the death
+    /// of their worker count too, and may go on until at least the third, so `attempts` can
+    /// exceed this for a job whose workers died.
     pub max_attempts: u32,
     /// The error of the last failed attempt, if any.
     pub error: Option<String>,
