@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use llmjobs::{JobContext, JobError, JobState, Jobs, Outcome, llm_job};
+use llmjobs::{JobContext, JobError, JobFilter, JobState, Jobs, Outcome, llm_job};
 
 /// Stands in for a paid LLM call: slow, and the reason to journal its result.
 async fn call_model(text: &str, words: u32, millis: u64) -> Result<String, JobError> {
@@ -98,7 +98,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         status.owner.as_deref().unwrap_or("-")
     );
 
-    let recent = jobs.list(None, 10).await?;
+    let recent = jobs.list(JobFilter::new().limit(10)).await?;
     let completed = recent
         .iter()
         .filter(|s| s.state == JobState::Completed)

@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use llmjobs::{JobContext, JobError, JobState, Jobs, Outcome, llm_job};
+use llmjobs::{JobContext, JobError, JobFilter, JobState, Jobs, Outcome, llm_job};
 
 const TOPICS: [&str; 5] = ["history", "physics", "markets", "poetry", "biology"];
 
@@ -50,8 +50,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .open()
         .await?;
     // Resume the job left by an earlier run, or start one.
-    let unfinished = jobs.list(Some(JobState::Running), 1).await?;
-    let pending = jobs.list(Some(JobState::Pending), 1).await?;
+    let unfinished = jobs
+        .list(JobFilter::new().state(JobState::Running).limit(1))
+        .await?;
+    let pending = jobs
+        .list(JobFilter::new().state(JobState::Pending).limit(1))
+        .await?;
     let handle = match unfinished.first().or(pending.first()) {
         Some(status) => {
             println!(

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use llmjobs::{
-    Backoff, CancelOutcome, JobContext, JobError, JobState, Jobs, Outcome, Progress, llm_job,
+    Backoff, CancelOutcome, JobContext, JobError, JobFilter, JobState, Jobs, Outcome, Progress,
+    llm_job,
 };
 use llmjobs_testkit::{TempDb, WorkerProcess, peak_overlap, read_lines, wait_until};
 
@@ -386,7 +387,7 @@ async fn a_per_key_limit_holds_across_two_processes() {
         2,
         "model-a ran 2 at a time, never more"
     );
-    let all = front.list(None, 100).await.unwrap();
+    let all = front.list(JobFilter::new().limit(100)).await.unwrap();
     assert!(all.iter().all(|s| s.state == JobState::Completed));
     assert!(all.iter().all(|s| s.concurrency_key.is_some()));
     front.shutdown().await;

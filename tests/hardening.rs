@@ -12,8 +12,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use llmjobs::{
-    Backoff, CancelOutcome, Error, JobCall, JobContext, JobError, JobId, JobState, Jobs, Outcome,
-    Progress, llm_job,
+    Backoff, CancelOutcome, Error, JobCall, JobContext, JobError, JobFilter, JobId, JobState, Jobs,
+    Outcome, Progress, llm_job,
 };
 use llmjobs_testkit::{TempDb, WorkerProcess, read_lines, wait_until};
 use serde_json::json;
@@ -155,7 +155,10 @@ async fn a_spawn_racing_shutdown_is_handed_back_or_finished_never_left_running()
         drop(jobs);
         // After a graceful shutdown, nothing is left running under the departed owner.
         let watcher = db.watcher().await;
-        let running = watcher.list(Some(JobState::Running), 1000).await.unwrap();
+        let running = watcher
+            .list(JobFilter::new().state(JobState::Running).limit(1000))
+            .await
+            .unwrap();
         assert!(
             running.is_empty(),
             "round {round}: {} jobs left running after shutdown: {:?}",
@@ -564,7 +567,7 @@ async fn a_corrupt_row_fails_alone_and_the_others_run() {
         good.push(front.spawn(plain(n)).await.unwrap());
     }
     // The listing works with the bad row in it, and names what is wrong with it.
-    let listed = front.list(None, 100).await.unwrap();
+    let listed = front.list(JobFilter::new().limit(100)).await.unwrap();
     assert_eq!(listed.len(), 6);
     let bad_status = listed.iter().find(|s| s.id == bad).expect("the bad row");
     let error = bad_status.error.clone().unwrap_or_default();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use llmjobs::llm::mock::{MockLlmServer, MockReply};
 use llmjobs::llm::{ChatRequest, ChatResponse, llm_call};
-use llmjobs::{JobState, Jobs, Outcome};
+use llmjobs::{JobFilter, JobState, Jobs, Outcome};
 use llmjobs_testkit::{TempDb, WorkerProcess, read_lines, wait_until};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_llmjobs-test-worker");
@@ -42,7 +42,7 @@ async fn a_job_killed_after_two_llm_calls_sends_only_the_third_on_restart() {
     assert!(bodies[2].contains("question 3"), "{}", bodies[2]);
 
     let jobs = db.watcher().await;
-    let all = jobs.list(None, 10).await.unwrap();
+    let all = jobs.list(JobFilter::new().limit(10)).await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].state, JobState::Completed);
     let answers: Vec<String> = jobs.handle(all[0].id).wait().await.unwrap();

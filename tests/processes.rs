@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use llmjobs::JobState;
+use llmjobs::{JobFilter, JobState};
 use llmjobs_testkit::{TempDb, WorkerProcess, read_lines, wait_until};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_llmjobs-test-worker");
@@ -47,7 +47,7 @@ async fn three_processes_on_one_file_run_each_job_exactly_once() {
     let counts = front.counts().await.unwrap();
     assert_eq!(counts.completed, 300, "{counts:?}");
     let owners: HashSet<String> = front
-        .list(Some(JobState::Completed), 300)
+        .list(JobFilter::new().state(JobState::Completed).limit(300))
         .await
         .unwrap()
         .into_iter()
@@ -91,7 +91,7 @@ async fn workers_killed_at_random_points_lose_nothing_and_rerun_no_committed_ste
     let counts = jobs.counts().await.unwrap();
     assert_eq!(counts.total(), 100, "20 rounds of 5 jobs: none lost");
     assert_eq!(counts.completed, 100, "every job completed: {counts:?}");
-    for status in jobs.list(None, 100).await.unwrap() {
+    for status in jobs.list(JobFilter::new().limit(100)).await.unwrap() {
         let total: u32 = jobs.handle(status.id).wait().await.unwrap();
         assert_eq!(total, 3, "each job's steps 1 and 2 were added once");
     }

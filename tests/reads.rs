@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use llmjobs::{JobError, JobState, Jobs, llm_job};
+use llmjobs::{JobError, JobFilter, JobState, Jobs, llm_job};
 use llmjobs_testkit::TempDb;
 
 #[llm_job]
@@ -59,7 +59,9 @@ async fn a_burst_of_reads_all_succeed_on_a_bounded_number_of_connections() {
                         .await
                         .map(|s| s.state == JobState::Completed)
                 } else {
-                    jobs.list(None, 5000).await.map(|list| list.len() == 3201)
+                    jobs.list(JobFilter::new().limit(5000))
+                        .await
+                        .map(|list| list.len() == 3201)
                 }
             })
         })

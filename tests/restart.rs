@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use llmjobs::JobState;
+use llmjobs::{JobFilter, JobState};
 use llmjobs_testkit::{TempDb, WorkerProcess, read_lines, wait_until};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_llmjobs-test-worker");
@@ -64,7 +64,7 @@ async fn every_job_of_a_killed_worker_completes_after_restart() {
     assert!(resume < Duration::from_secs(2), "resume took {resume:?}");
 
     let jobs = db.watcher().await;
-    let all = jobs.list(None, 1000).await.unwrap();
+    let all = jobs.list(JobFilter::new().limit(1000)).await.unwrap();
     assert_eq!(all.len(), 30, "no job lost");
     for job in &all {
         assert_eq!(job.state, JobState::Completed, "{job:?}");

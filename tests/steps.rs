@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use llmjobs::{JobContext, JobError, JobState, Jobs, llm_job};
+use llmjobs::{JobContext, JobError, JobFilter, JobState, Jobs, llm_job};
 use llmjobs_testkit::{TempDb, WorkerProcess, read_lines, wait_until};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_llmjobs-test-worker");
@@ -35,7 +35,7 @@ async fn steps_committed_before_a_kill_are_not_run_again() {
         assert_eq!(runs, 1, "step {i} ran {runs} times: {lines:?}");
     }
     let jobs = db.watcher().await;
-    let all = jobs.list(None, 10).await.unwrap();
+    let all = jobs.list(JobFilter::new().limit(10)).await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].state, JobState::Completed);
     assert_eq!(all[0].attempts, 2, "one attempt killed, one resumed");

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use llmjobs::{
-    Backoff, CancelOutcome, JobCall, JobContext, JobError, JobId, JobState, JobStatus, Jobs,
-    llm_job,
+    Backoff, CancelOutcome, JobCall, JobContext, JobError, JobFilter, JobId, JobState, JobStatus,
+    Jobs, llm_job,
 };
 use llmjobs_testkit::{TempDb, append_line, read_lines};
 
@@ -572,7 +572,7 @@ async fn random_spawns_cancels_retries_kills_and_restarts_keep_every_invariant()
     let jobs = last.jobs;
     let drain_began = Instant::now();
     let rows = loop {
-        let rows = tokio::time::timeout(CALL_TIMEOUT, jobs.list(None, 100_000))
+        let rows = tokio::time::timeout(CALL_TIMEOUT, jobs.list(JobFilter::new().limit(100_000)))
             .await
             .unwrap_or_else(|_| panic!("seed {seed}: listing the jobs hung"))
             .unwrap_or_else(|e| panic!("seed {seed}: listing the jobs: {e}"));

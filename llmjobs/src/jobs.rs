@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::handle::CancelOutcome;
 use crate::job::Registration;
 use crate::runtime::{self, Backoff, CallInfo, Entry, ProgressEvent, Settings, Shared};
-use crate::status::{JobCounts, JobState, JobStatus, now_ms};
+use crate::status::{JobCounts, JobFilter, JobState, JobStatus, now_ms};
 use crate::store::{CancelEffect, LocalClaim, NewJob, Store};
 use crate::{Error, Job, JobCall, JobHandle, JobId, Outcome, Result};
 
@@ -97,14 +97,15 @@ impl Jobs {
             created_at: now,
             claimed_by: None,
         };
-        // A job this process can run at once skips the claim: it is inserted running, here.
-        let unlimited = local.is_some_and(|entry| {
-            entry.config.max_concurrency.is_none() && (call.key().is_none() || key_limit.is_none())
-        });
-        if unlimited {
+        // A job this process can run skips the claim: it is inserted running, here, when its
+        // limits have room (the insert checks them).
+        if let Some(entry) = local {
             job.claimed_by = Some(LocalClaim {
                 owner: self.shared.owner.clone(),
                 lease_until: now + self.shared.settings.lease.as_millis() as i64,
+                name_limit: entry.config.max_concurrency,
+                key_limit: key_limit.filter(|_| call.key().is_some()),
+                global_limit: self.shared.settings.global_concurrency,
             });
             match self.shared.hand_off(job) {
                 // The worker task inserts and runs the job whether or not this future is
@@ -187,9 +188,11 @@ impl Jobs {
         self.shared.status(id).await
     }
 
-    /// The most recent jobs (newest first), optionally only those in `state`.
-    pub async fn list(&self, state: Option<JobState>, limit: u32) -> Result<Vec<JobStatus>> {
-        let rows = self.shared.store.list(state, limit).await?;
+    /// Jobs, newest first, as `filter` selects them: `jobs.list(JobFilter::new())` for the 50
+    /// most recent, `jobs.list(JobState::Failed)` for the latest failures. Costs what it
+    /// returns, whatever the history; page on with [`JobFilter::after`].
+    pub async fn list(&self, filter: impl Into<JobFilter>) -> Result<Vec<JobStatus>> {
+        let rows = self.shared.store.list(filter.into()).await?;
         Ok(rows
             .iter()
             .filter_map(|row| match row.to_status() {
@@ -204,26 +207,29 @@ impl Jobs {
             .collect())
     }
 
-    /// How many jobs are in each state.
+    /// How many jobs are in each state. Reads maintained counters: costs the same whatever
+    /// the history.
     pub async fn counts(&self) -> Result<JobCounts> {
-        let mut counts = JobCounts::default();
-        for (status, n) in self.shared.store.counts().await? {
-            let slot = match status.parse::<JobState>() {
-                Ok(JobState::Pending) => &mut counts.pending,
-                Ok(JobState::Running) => &mut counts.running,
-                Ok(JobState::Completed) => &mut counts.completed,
-                Ok(JobState::Failed) => &mut counts.failed,
-                Ok(JobState::Cancelled) => &mut counts.cancelled,
-                Err(reason) => {
-                    return Err(Error::CorruptRow {
-                        id: format!("({n} rows)"),
-                        reason,
-                    });
-                }
-            };
-            *slot += n;
+        let mut total = JobCounts::default();
+        for counts in self.counts_by_name().await?.values() {
+            total.add(counts);
         }
-        Ok(counts)
+        Ok(total)
+    }
+
+    /// How many jobs of each name are in each state.
+    pub async fn counts_by_name(&self) -> Result<BTreeMap<String, JobCounts>> {
+        let mut by_name: BTreeMap<String, JobCounts> = BTreeMap::new();
+        for (name, status, n) in self.shared.store.counts().await? {
+            let state = status
+                .parse::<JobState>()
+                .map_err(|reason| Error::CorruptRow {
+                    id: format!("({n} jobs named `{name}`)"),
+                    reason,
+                })?;
+            by_name.entry(name).or_default().add_state(state, n);
+        }
+        Ok(by_name)
     }
 
     /// Cancels a job: at once if it is pending; if it is running, in whichever process runs it
@@ -246,6 +252,10 @@ impl Jobs {
 
     /// Deletes finished jobs (completed, failed or cancelled) that ended more than `older_than`
     /// ago, with their journals. Pending and running jobs are never deleted.
+    ///
+    /// Deletes a few hundred jobs per transaction, so spawns and completions go on between
+    /// chunks; then truncates the write-ahead log and gives the freed space back to the file
+    /// system (databases created by this version). Returns how many jobs it deleted.
     pub async fn prune(&self, older_than: Duration) -> Result<u64> {
         let before = now_ms() - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
         self.shared.store.prune(before).await
@@ -315,6 +325,7 @@ impl Default for JobsBuilder {
                 backoff: Backoff::default(),
                 shutdown_grace: Duration::from_secs(30),
                 run_jobs: true,
+                retention: None,
             },
             registrations: Vec::new(),
             auto_register: true,
@@ -385,6 +396,15 @@ impl JobsBuilder {
     /// (default 30 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.settings.shutdown_grace = grace;
+        self
+    }
+
+    /// Deletes finished jobs (completed, failed, cancelled) once they are older than
+    /// `retention`, with their journals, in the background (default: keep them; the original
+    /// system kept a day). Pruning deletes a few hundred jobs per transaction, so it never
+    /// stalls the queue, and gives the space back to the file system. See [`Jobs::prune`].
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.settings.retention = Some(retention);
         self
     }
 

@@ -60,6 +60,8 @@ pub(crate) struct Settings {
     pub(crate) backoff: Backoff,
     pub(crate) shutdown_grace: Duration,
     pub(crate) run_jobs: bool,
+    /// Finished jobs older than this are pruned in the background.
+    pub(crate) retention: Option<Duration>,
 }
 
 /// Exponential back-off between attempts, with jitter.
@@ -207,6 +209,13 @@ impl Shared {
             Arc::downgrade(self),
             self.stopped.clone(),
         ));
+        if let Some(retention) = self.settings.retention {
+            tokio::spawn(maintain::retain(
+                Arc::downgrade(self),
+                self.stopped.clone(),
+                retention,
+            ));
+        }
     }
 
     pub(crate) fn wake_dispatcher(&self) {
@@ -280,6 +289,7 @@ impl std::fmt::Debug for Settings {
             .field("backoff", &self.backoff)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("run_jobs", &self.run_jobs)
+            .field("retention", &self.retention)
             .finish()
     }
 }

@@ -136,6 +136,120 @@ impl JobCounts {
     pub fn total(&self) -> u64 {
         self.unfinished() + self.completed + self.failed + self.cancelled
     }
+
+    /// How many are in `state`.
+    pub fn of(&self, state: JobState) -> u64 {
+        match state {
+            JobState::Pending => self.pending,
+            JobState::Running => self.running,
+            JobState::Completed => self.completed,
+            JobState::Failed => self.failed,
+            JobState::Cancelled => self.cancelled,
+        }
+    }
+
+    pub(crate) fn add_state(&mut self, state: JobState, n: u64) {
+        let slot = match state {
+            JobState::Pending => &mut self.pending,
+            JobState::Running => &mut self.running,
+            JobState::Completed => &mut self.completed,
+            JobState::Failed => &mut self.failed,
+            JobState::Cancelled => &mut self.cancelled,
+        };
+        *slot += n;
+    }
+
+    pub(crate) fn add(&mut self, other: &JobCounts) {
+        self.pending += other.pending;
+        self.running += other.running;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.cancelled += other.cancelled;
+    }
+}
+
+/// Which jobs [`Jobs::list`](crate::Jobs::list) returns: newest first, optionally only one
+/// state or one name, a page at a time.
+///
+/// A listing costs what it returns, however many jobs the database holds. Page on with
+/// [`JobFilter::after`], passing the id of the last job of the previous page:
+///
+/// ```
+/// # async fn demo(jobs: &llmjobs::Jobs) -> llmjobs::Result<()> {
+/// use llmjobs::{JobFilter, JobState};
+/// let mut filter = JobFilter::new().state(JobState::Failed).limit(100);
+/// loop {
+///     let page = jobs.list(filter.clone()).await?;
+///     for job in &page {
+///         println!("{} {}: {:?}", job.id, job.name, job.error);
+///     }
+///     match page.last() {
+///         Some(last) if page.len() == 100 => filter = filter.after(last.id),
+///         _ => break,
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobFilter {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs of this name.
+    pub name: Option<String>,
+    /// Only jobs older than this one (spawned before it).
+    pub after: Option<JobId>,
+    /// At most this many jobs (default 50).
+    pub limit: u32,
+}
+
+impl Default for JobFilter {
+    fn default() -> Self {
+        JobFilter {
+            state: None,
+            name: None,
+            after: None,
+            limit: 50,
+        }
+    }
+}
+
+impl JobFilter {
+    /// Every job, newest first, 50 at a time.
+    pub fn new() -> Self {
+        JobFilter::default()
+    }
+
+    /// Only jobs in `state`.
+    pub fn state(mut self, state: JobState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Only jobs named `name`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// At most `limit` jobs.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Only jobs spawned before `id`: the next page after a page that ended with `id`.
+    pub fn after(mut self, id: JobId) -> Self {
+        self.after = Some(id);
+        self
+    }
+}
+
+impl From<JobState> for JobFilter {
+    fn from(state: JobState) -> Self {
+        JobFilter::new().state(state)
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::status::{JobState, JobStatus, from_ms};
+use crate::status::{JobFilter, JobState, JobStatus, from_ms};
 use crate::{Error, JobId, Result};
 
 #[cfg(feature = "sqlite")]
@@ -25,11 +25,25 @@ pub(crate) struct NewJob {
 }
 
 /// A job handed straight to a local worker at spawn: it is inserted `running`, with its first
-/// attempt started, so no claim round trip is needed.
+/// attempt started, so no claim round trip is needed. Under limits, the insert checks them
+/// (atomically, in the write transaction) and inserts the job `pending` when one is reached.
 #[derive(Debug, Clone)]
 pub(crate) struct LocalClaim {
     pub(crate) owner: Arc<str>,
     pub(crate) lease_until: i64,
+    /// The job's `max_concurrency`, counted over every process.
+    pub(crate) name_limit: Option<u32>,
+    /// The job's key limit, for its concurrency key.
+    pub(crate) key_limit: Option<u32>,
+    /// The runtime's `global_concurrency`.
+    pub(crate) global_limit: Option<u32>,
+}
+
+impl LocalClaim {
+    /// Whether the insert must check limits before it may insert the job running.
+    pub(crate) fn is_limited(&self) -> bool {
+        self.name_limit.is_some() || self.key_limit.is_some() || self.global_limit.is_some()
+    }
 }
 
 /// How many jobs of one name a claim may take.
@@ -257,8 +271,9 @@ impl Terminal {
 /// state it expects, so a late writer never overwrites a terminal row.
 #[async_trait::async_trait]
 pub(crate) trait Store: Send + Sync + 'static {
-    /// Inserts a pending job; returns once it is durable.
-    async fn enqueue(&self, job: NewJob) -> Result<()>;
+    /// Inserts a job; returns once it is durable. `true` when it was inserted running under its
+    /// `claimed_by` owner, `false` when pending (not claimed, or a limit was reached).
+    async fn enqueue(&self, job: NewJob) -> Result<bool>;
 
     /// Moves due pending jobs to `running` for `request.owner`, honouring the limits.
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>>;
@@ -282,11 +297,11 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// One job's row.
     async fn get(&self, id: JobId) -> Result<Option<JobRow>>;
 
-    /// Jobs, newest first, optionally only in one state.
-    async fn list(&self, state: Option<JobState>, limit: u32) -> Result<Vec<JobRow>>;
+    /// Jobs, newest first, as `filter` selects them, at a cost of the rows returned.
+    async fn list(&self, filter: JobFilter) -> Result<Vec<JobRow>>;
 
-    /// How many jobs are in each state.
-    async fn counts(&self) -> Result<Vec<(String, u64)>>;
+    /// How many jobs of each name are in each state: `(name, state, count)`.
+    async fn counts(&self) -> Result<Vec<(String, String, u64)>>;
 
     /// Renews the lease of every running job of `owner`.
     async fn heartbeat(&self, owner: Arc<str>, lease_until: i64) -> Result<()>;

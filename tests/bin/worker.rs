@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use llmjobs::llm::ChatRequest;
 use llmjobs::llm::mock::MockLlmServer;
-use llmjobs::{JobContext, JobError, JobState, Jobs, llm_job};
+use llmjobs::{JobContext, JobError, JobFilter, JobState, Jobs, llm_job};
 use llmjobs_testkit::append_line;
 
 /// Logs its start and end to `log`, sleeping in between like a slow LLM call.
@@ -205,8 +205,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::future::pending::<()>().await;
         }
         "run" => loop {
-            let pending = jobs.list(Some(JobState::Pending), 1).await?.len();
-            let running = jobs.list(Some(JobState::Running), 1).await?.len();
+            let pending = jobs
+                .list(JobFilter::new().state(JobState::Pending).limit(1))
+                .await?
+                .len();
+            let running = jobs
+                .list(JobFilter::new().state(JobState::Running).limit(1))
+                .await?
+                .len();
             if pending + running == 0 {
                 jobs.shutdown().await;
                 return Ok(());

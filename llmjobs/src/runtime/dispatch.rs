@@ -24,13 +24,14 @@ impl Shared {
     ///
     /// A worker task of its own does everything from the insert on, so a caller that stops
     /// waiting (a dropped `spawn`) leaves the job either not inserted, or inserted and running.
-    /// The receiver says whether the insert committed. `Err(job)` when this process has no
-    /// free slot, runs no jobs, or is stopping: insert it as a pending job instead.
+    /// The receiver says whether the insert committed. When a limit of the job is reached at
+    /// that moment, the job is inserted pending instead, for a claim. `Err(job)` when this
+    /// process has no free slot, runs no jobs, or is stopping: insert it as a pending job.
     pub(crate) fn hand_off(
         self: &Arc<Self>,
         job: NewJob,
     ) -> std::result::Result<oneshot::Receiver<Result<()>>, Box<NewJob>> {
-        if !self.settings.run_jobs || self.settings.global_concurrency.is_some() {
+        if !self.settings.run_jobs {
             return Err(Box::new(job));
         }
         let mut running = self.running.lock().expect("running lock");
@@ -60,9 +61,15 @@ impl Shared {
         // the task for as long as the job runs.
         let insert: Insert = Box::pin(async move {
             match shared.store.enqueue(job).await {
-                Ok(()) => {
+                Ok(true) => {
                     let _ = tx.send(Ok(()));
                     Some(claimed)
+                }
+                Ok(false) => {
+                    // A limit was reached: the job waits, pending, for a claim.
+                    shared.forget_running(claimed.id, 1);
+                    let _ = tx.send(Ok(()));
+                    None
                 }
                 Err(e) => {
                     shared.forget_running(claimed.id, 1);

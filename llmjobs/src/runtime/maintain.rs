@@ -64,6 +64,36 @@ pub(super) async fn maintain(shared: Weak<Shared>, stopped: CancellationToken) {
     }
 }
 
+/// How often automatic retention looks for finished jobs to prune, at most.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Prunes finished jobs older than `retention`, at start and then every minute (or every
+/// tenth of the retention, if that is shorter). Runs beside the maintenance loop, so a long
+/// prune never delays lease renewals; the prune itself deletes in short chunks.
+pub(super) async fn retain(shared: Weak<Shared>, stopped: CancellationToken, retention: Duration) {
+    let every = (retention / 10).clamp(Duration::from_millis(100), RETENTION_EVERY);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.cancelled() => return,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let before = now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        match shared.store.prune(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, ?retention, "pruned finished jobs"),
+            Err(crate::Error::Shutdown) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning finished jobs failed; trying again later")
+            }
+        }
+    }
+}
+
 /// Hands back the running jobs of owners that are dead: at once for owners on this machine
 /// (their lock is free), after their lease for the others. A live owner's jobs are never
 /// touched, nor this worker's own.

@@ -17,10 +17,11 @@ use super::{
     CancelEffect, ClaimRequest, ClaimedJob, Finish, JOB_ROW_COLUMNS, JobRow, NewJob, Release,
     StepRecord, Store,
 };
-use crate::status::JobState;
+use crate::status::{JobFilter, JobState};
 use crate::{Durability, Error, JobId, Result};
 
 mod columns;
+mod list;
 mod migrate;
 mod writer;
 
@@ -375,9 +376,9 @@ fn query_all<T>(
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
-    async fn enqueue(&self, job: NewJob) -> Result<()> {
+    async fn enqueue(&self, job: NewJob) -> Result<bool> {
         match self.write(WriteOp::Enqueue(job)).await? {
-            Reply::Done => Ok(()),
+            Reply::Inserted(running) => Ok(running),
             other => Err(unexpected(other)),
         }
     }
@@ -430,29 +431,27 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list(&self, state: Option<JobState>, limit: u32) -> Result<Vec<JobRow>> {
+    async fn list(&self, filter: JobFilter) -> Result<Vec<JobRow>> {
         self.read(move |conn| {
-            let sql = format!(
-                "SELECT {JOB_ROW_COLUMNS} FROM llmjobs_jobs \
-                 WHERE (?1 IS NULL OR status = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2"
-            );
-            query_all(
-                conn,
-                &sql,
-                rusqlite::params![state.map(JobState::as_str), i64::from(limit)],
-                job_row,
-            )
+            let (sql, params) = list::query(&filter);
+            query_all(conn, &sql, rusqlite::params_from_iter(params), job_row)
         })
         .await
     }
 
-    async fn counts(&self) -> Result<Vec<(String, u64)>> {
+    async fn counts(&self) -> Result<Vec<(String, String, u64)>> {
         self.read(|conn| {
             query_all(
                 conn,
-                "SELECT status, count(*) FROM llmjobs_jobs GROUP BY status",
+                "SELECT name, status, n FROM llmjobs_counts WHERE n <> 0",
                 [],
-                |row| Ok((row.get(0)?, row.get::<_, i64>(1)?.unsigned_abs())),
+                |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get::<_, i64>(2)?.unsigned_abs(),
+                    ))
+                },
             )
         })
         .await
@@ -567,10 +566,34 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, before: i64) -> Result<u64> {
-        match self.write(WriteOp::Prune { before }).await? {
-            Reply::Count(n) => Ok(n),
-            other => Err(unexpected(other)),
+        let mut deleted = 0;
+        loop {
+            let limit = writer::PRUNE_CHUNK;
+            let n = match self.write(WriteOp::Prune { before, limit }).await? {
+                Reply::Count(n) => n,
+                other => return Err(unexpected(other)),
+            };
+            deleted += n;
+            if n < u64::from(limit) {
+                break;
+            }
         }
+        if deleted > 0 {
+            self.write(WriteOp::Checkpoint).await?;
+            let mut free = u64::MAX;
+            loop {
+                let pages = writer::VACUUM_PAGES;
+                match self.write(WriteOp::Vacuum { pages }).await? {
+                    // Done, or no longer shrinking (another process holds pages back).
+                    Reply::Count(left) if left == 0 || left >= free => break,
+                    Reply::Count(left) => free = left,
+                    other => return Err(unexpected(other)),
+                }
+            }
+            // The vacuum's own pages went through the log: empty it again.
+            self.write(WriteOp::Checkpoint).await?;
+        }
+        Ok(deleted)
     }
 
     async fn close(&self) {

@@ -17,11 +17,18 @@ struct Migration {
 }
 
 /// Every migration, in version order.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "create jobs",
-    sql: include_str!("../../../migrations/sqlite/0001_create_jobs.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "create jobs",
+        sql: include_str!("../../../migrations/sqlite/0001_create_jobs.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "counters and read indexes",
+        sql: include_str!("../../../migrations/sqlite/0002_counters_and_read_indexes.sql"),
+    },
+];
 
 /// FNV-1a, 64 bits: enough to notice that a migration's text changed after it ran.
 fn checksum(sql: &str) -> [u8; 8] {
@@ -38,6 +45,16 @@ fn checksum(sql: &str) -> [u8; 8] {
 /// this build recorded has changed since.
 pub(super) fn run(conn: &Connection) -> Result<()> {
     let migrate_error = |e: rusqlite::Error| Error::Migrate(e.to_string());
+    // A new database gives the space of pruned jobs back to the file system, a chunk at a time
+    // (`PRAGMA incremental_vacuum`). SQLite takes this setting only on an empty database, and
+    // only once it is rebuilt, which costs nothing while it is empty.
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+        .map_err(migrate_error)?;
+    if tables == 0 {
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM")
+            .map_err(migrate_error)?;
+    }
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS llmjobs_migrations (
             version BIGINT PRIMARY KEY,
@@ -136,6 +153,71 @@ fn apply(conn: &Connection, migration: &Migration) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_file_database_gives_freed_space_back_incrementally() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("jobs.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        run(&conn).unwrap();
+        let mode: i64 = conn
+            .query_row("PRAGMA auto_vacuum", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, 2, "incremental");
+    }
+
+    #[test]
+    fn counters_start_from_the_rows_of_a_database_made_before_them() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE llmjobs_migrations (version BIGINT PRIMARY KEY, description TEXT \
+             NOT NULL, installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success \
+             BOOLEAN NOT NULL, checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)",
+        )
+        .unwrap();
+        apply(&conn, &MIGRATIONS[0]).unwrap();
+        for (name, status, key) in [
+            ("a", "completed", None),
+            ("a", "completed", None),
+            ("b", "running", Some("gpt")),
+            ("b", "pending", Some("gpt")),
+        ] {
+            conn.execute(
+                "INSERT INTO llmjobs_jobs (id, name, status, args, concurrency_key, run_at, \
+                 created_at) VALUES (lower(hex(randomblob(16))), ?, ?, '{}', ?, 0, 0)",
+                rusqlite::params![name, status, key],
+            )
+            .unwrap();
+        }
+        run(&conn).unwrap();
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            count("SELECT n FROM llmjobs_counts WHERE name = 'a' AND status = 'completed'"),
+            2
+        );
+        assert_eq!(
+            count("SELECT n FROM llmjobs_counts WHERE name = 'b' AND status = 'running'"),
+            1
+        );
+        assert_eq!(
+            count("SELECT n FROM llmjobs_running_keys WHERE concurrency_key = 'gpt'"),
+            1
+        );
+        // And the triggers keep them from then on.
+        conn.execute(
+            "UPDATE llmjobs_jobs SET status = 'completed' WHERE status = 'running'",
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            count("SELECT n FROM llmjobs_running_keys WHERE concurrency_key = 'gpt'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT n FROM llmjobs_counts WHERE name = 'b' AND status = 'completed'"),
+            1
+        );
+    }
 
     #[test]
     fn a_new_database_is_migrated_once_and_recorded() {

@@ -21,6 +21,8 @@ mod enqueue;
 mod finish;
 mod progress;
 mod prune;
+
+pub(super) use prune::{PRUNE_CHUNK, VACUUM_PAGES};
 mod release;
 mod steps;
 
@@ -84,8 +86,16 @@ pub(super) enum WriteOp {
         attempt: u32,
         progress: String,
     },
+    /// Deletes one chunk of old finished jobs.
     Prune {
         before: i64,
+        limit: u32,
+    },
+    /// Checkpoints and truncates the write-ahead log (outside any transaction).
+    Checkpoint,
+    /// Gives free pages back to the file system (outside any transaction).
+    Vacuum {
+        pages: u32,
     },
     Read(ReadFn),
     Flush,
@@ -97,6 +107,8 @@ pub(super) enum WriteOp {
 pub(super) enum Reply {
     Done,
     Changed(bool),
+    /// A job was inserted: running under its claim (`true`) or pending.
+    Inserted(bool),
     /// The state a finished attempt left its job in; `None` if it was no longer its row.
     Finished(Option<JobState>),
     Count(u64),
@@ -144,6 +156,13 @@ fn serve(conn: &Connection, rx: &mut mpsc::UnboundedReceiver<Request>, batch: &m
                 WriteOp::Read(read) => {
                     (read.0)(conn);
                     let _ = reply.send(Ok(Reply::Done));
+                }
+                // Upkeep that SQLite runs outside a transaction.
+                WriteOp::Checkpoint => {
+                    let _ = reply.send(prune::checkpoint(conn).map(|()| Reply::Done));
+                }
+                WriteOp::Vacuum { pages } => {
+                    let _ = reply.send(prune::vacuum(conn, pages).map(Reply::Count));
                 }
                 #[cfg(feature = "_fault-injection")]
                 WriteOp::Inject(fault) => {
@@ -318,9 +337,9 @@ fn apply_all(conn: &Connection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
     }
     if !inserts.is_empty() {
         let jobs: Vec<&NewJob> = inserts.iter().map(|(_, job)| *job).collect();
-        enqueue::insert_jobs(conn, &jobs)?;
-        for (i, _) in &inserts {
-            replies[*i] = Some(Reply::Done);
+        let running = enqueue::insert_jobs(conn, &jobs)?;
+        for ((i, _), running) in inserts.iter().zip(running) {
+            replies[*i] = Some(Reply::Inserted(running));
         }
     }
     for i in steps {
@@ -354,8 +373,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Reply> {
     let now = crate::status::now_ms();
     Ok(match op {
         WriteOp::Enqueue(job) => {
-            enqueue::insert_jobs(conn, &[job])?;
-            Reply::Done
+            Reply::Inserted(enqueue::insert_jobs(conn, &[job])?.pop().unwrap_or(false))
         }
         WriteOp::Claim(request) => Reply::Claimed(claim::claim(conn, request)?),
         WriteOp::Finish {
@@ -399,8 +417,12 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Reply> {
         } => Reply::Changed(progress::save_progress(
             conn, *id, owner, *attempt, progress,
         )?),
-        WriteOp::Prune { before } => Reply::Count(prune::prune(conn, *before)?),
-        WriteOp::Read(_) | WriteOp::Flush => Reply::Done,
+        WriteOp::Prune { before, limit } => {
+            Reply::Count(prune::prune_chunk(conn, *before, *limit)?)
+        }
+        WriteOp::Read(_) | WriteOp::Flush | WriteOp::Checkpoint | WriteOp::Vacuum { .. } => {
+            Reply::Done
+        }
         #[cfg(feature = "_fault-injection")]
         WriteOp::Inject(_) => Reply::Done,
     })
@@ -431,6 +453,9 @@ mod tests {
             claimed_by: Some(LocalClaim {
                 owner: owner.into(),
                 lease_until: i64::MAX,
+                name_limit: None,
+                key_limit: None,
+                global_limit: None,
             }),
         }
     }
@@ -641,6 +666,35 @@ mod tests {
         assert_eq!(state(&conn, &theirs).0, "pending");
     }
 
+    /// Log lines written by a test's subscriber.
+    #[derive(Clone, Default)]
+    struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl LogBuffer {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    impl std::io::Write for LogBuffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+        type Writer = LogBuffer;
+
+        fn make_writer(&'a self) -> LogBuffer {
+            self.clone()
+        }
+    }
+
     #[test]
     fn a_full_disk_fails_the_whole_batch_in_one_transaction() {
         let conn = connection();
@@ -654,8 +708,20 @@ mod tests {
             job.args = format!("{{\"pad\": \"{}\"}}", "x".repeat(n));
             WriteOp::Enqueue(job)
         };
-        let (replies, transactions) = commit(&conn, (0..20).map(|_| big(100_000)).collect());
+        let logs = LogBuffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish();
+        let (replies, transactions) = tracing::subscriber::with_default(subscriber, || {
+            commit(&conn, (0..20).map(|_| big(100_000)).collect())
+        });
         assert_eq!(transactions, 1, "no replay one by one");
+        let logged = logs.text();
+        assert!(
+            !logged.contains("rolling back"),
+            "SQLite rolled the transaction back itself; no second rollback: {logged}"
+        );
         for reply in replies {
             let message = reply.unwrap_err().to_string();
             assert!(message.contains("full"), "{message}");
