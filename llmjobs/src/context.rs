@@ -25,11 +25,20 @@ pub struct JobContext {
 
 struct ContextInner {
     id: JobId,
-    name: Box<str>,
+    name: &'static str,
     attempt: u32,
     shared: Arc<Shared>,
     cancel: CancellationToken,
     next_step: AtomicU32,
+    /// The job never ran before: its journal is empty.
+    fresh: bool,
+    /// What a job that reports progress, journals steps or calls an LLM needs; allocated at
+    /// its first use, so that a job waiting on something slow with none of these (a sleep, a
+    /// plain HTTP call) costs a few bytes less for as long as it waits.
+    services: std::sync::OnceLock<Box<Services>>,
+}
+
+struct Services {
     journal: tokio::sync::OnceCell<Vec<StepRecord>>,
     progress: Mutex<ProgressSlot>,
     /// Tokens and cost of the job's LLM calls so far.
@@ -137,18 +146,32 @@ enum StepOutcome<T> {
 }
 
 impl JobContext {
-    pub(crate) fn new(shared: Arc<Shared>, job: &ClaimedJob, cancel: CancellationToken) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        job: &ClaimedJob,
+        name: &'static str,
+        cancel: CancellationToken,
+    ) -> Self {
         JobContext {
             inner: Arc::new(ContextInner {
                 id: job.id,
-                name: job.name.as_str().into(),
+                name,
                 attempt: job.attempts,
                 shared,
                 cancel,
                 next_step: AtomicU32::new(0),
+                fresh: job.fresh,
+                services: std::sync::OnceLock::new(),
+            }),
+        }
+    }
+
+    fn services(&self) -> &Services {
+        self.inner.services.get_or_init(|| {
+            Box::new(Services {
                 // Steps are journaled only while an attempt runs, so a job that never ran
                 // before starts with an empty journal: no need to read it.
-                journal: if job.fresh {
+                journal: if self.inner.fresh {
                     tokio::sync::OnceCell::new_with(Some(Vec::new()))
                 } else {
                     tokio::sync::OnceCell::new()
@@ -156,8 +179,8 @@ impl JobContext {
                 progress: Mutex::new(ProgressSlot::default()),
                 #[cfg(feature = "llm")]
                 llm_usage: Mutex::new(crate::llm::UsageTotals::default()),
-            }),
-        }
+            })
+        })
     }
 
     /// The job's id.
@@ -167,7 +190,7 @@ impl JobContext {
 
     /// The job's registered name.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        self.inner.name
     }
 
     /// Which attempt this is, starting at 1. An attempt cut short by a crash counts too.
@@ -202,7 +225,7 @@ impl JobContext {
     pub fn report(&self, progress: Progress) {
         self.inner
             .shared
-            .publish_progress(self.inner.id, &self.inner.name, &progress);
+            .publish_progress(self.inner.id, self.inner.name, &progress);
         let json = match serde_json::to_string(&progress) {
             Ok(json) => json,
             Err(e) => {
@@ -211,7 +234,7 @@ impl JobContext {
             }
         };
         let start_writer = {
-            let mut slot = self.inner.progress.lock().expect("progress lock");
+            let mut slot = self.services().progress.lock().expect("progress lock");
             slot.latest = Some(json.into());
             slot.unsaved = true;
             !std::mem::replace(&mut slot.writer_active, true)
@@ -226,7 +249,7 @@ impl JobContext {
     async fn write_progress(self) {
         loop {
             let unsaved = {
-                let mut slot = self.inner.progress.lock().expect("progress lock");
+                let mut slot = self.services().progress.lock().expect("progress lock");
                 match slot.latest.clone().filter(|_| slot.unsaved) {
                     Some(latest) => {
                         slot.unsaved = false;
@@ -257,7 +280,8 @@ impl JobContext {
 
     /// The attempt's latest report, for the job's final write, which must carry it.
     pub(crate) fn final_progress(&self) -> Option<String> {
-        let slot = self.inner.progress.lock().expect("progress lock");
+        let services = self.inner.services.get()?;
+        let slot = services.progress.lock().expect("progress lock");
         slot.latest.as_deref().map(str::to_string)
     }
 
@@ -281,7 +305,7 @@ impl JobContext {
         let seq = self.inner.next_step.fetch_add(1, Ordering::Relaxed);
         let shared = &self.inner.shared;
         let journal = self
-            .inner
+            .services()
             .journal
             .get_or_try_init(|| shared.store.load_steps(self.inner.id))
             .await
@@ -415,7 +439,7 @@ impl JobContext {
         &self,
         response: &crate::llm::ChatResponse,
     ) -> crate::llm::UsageTotals {
-        let mut totals = self.inner.llm_usage.lock().expect("usage lock");
+        let mut totals = self.services().llm_usage.lock().expect("usage lock");
         totals.add(response);
         *totals
     }

@@ -181,9 +181,11 @@ fn job_span(job: &ClaimedJob) -> tracing::Span {
 }
 
 /// Runs one attempt and records how it ended.
-async fn run_job(shared: Arc<Shared>, job: ClaimedJob, token: CancellationToken) {
+async fn run_job(shared: Arc<Shared>, mut job: ClaimedJob, token: CancellationToken) {
     let id = job.id;
-    let outcome = attempt(&shared, &job, &token).await;
+    // The arguments are needed only to build the body: not kept while it runs.
+    let args = std::mem::take(&mut job.args);
+    let outcome = attempt(&shared, &job, args, &token).await;
     // The body is done: its slot can take the next job while the outcome is committed (the
     // database still counts the job as running until then, which only errs on the safe side
     // for limits shared with other processes).
@@ -192,12 +194,11 @@ async fn run_job(shared: Arc<Shared>, job: ClaimedJob, token: CancellationToken)
         // Handed back at shutdown: nothing changed for waiters.
         return;
     };
-    let terminal = Terminal::of(&job.name, &finish);
     // Boxed: the task keeps this future's space for its whole life, while the job
     // waits (W3 counts bytes per waiting job), though it is needed only at the end.
     match Box::pin(record_finish(&shared, &job, finish, progress)).await {
-        Some(state) if state.is_terminal() => {
-            let end = match terminal {
+        Some((state, finish)) if state.is_terminal() => {
+            let end = match Terminal::of(&job.name, &finish) {
                 Some(end) if end.state == state => end,
                 // A cancel requested while the attempt ended wins over its outcome.
                 _ => Terminal::cancelled(&job.name),
@@ -212,6 +213,7 @@ async fn run_job(shared: Arc<Shared>, job: ClaimedJob, token: CancellationToken)
 async fn attempt(
     shared: &Arc<Shared>,
     job: &ClaimedJob,
+    args: String,
     token: &CancellationToken,
 ) -> Option<(Finish, Option<String>)> {
     let Some(entry) = shared.registry.get(job.name.as_str()) else {
@@ -224,8 +226,8 @@ async fn attempt(
             None,
         ));
     };
-    let ctx = JobContext::new(shared.clone(), job, token.clone());
-    let body = match (entry.registration.run)(ctx.clone(), &job.args) {
+    let ctx = JobContext::new(shared.clone(), job, entry.registration.name, token.clone());
+    let body = match (entry.registration.run)(ctx.clone(), &args) {
         Ok(body) => body,
         Err(message) => {
             tracing::warn!(error = %message, "stored arguments do not deserialize");
@@ -238,20 +240,19 @@ async fn attempt(
             ));
         }
     };
-    let timeout = entry.config.timeout.or(shared.settings.default_timeout);
-    let run = async {
-        match timeout {
-            Some(limit) => match tokio::time::timeout(limit, panic::catch(body)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(crate::JobError::msg(format_args!(
-                    "attempt timed out after {limit:?}"
-                ))),
-            },
-            None => panic::catch(body).await,
-        }
-    };
+    drop(args);
+    let limit = entry.config.timeout.or(shared.settings.default_timeout);
+    // The timer lives on the heap, and only for jobs with a timeout: every waiting job's task
+    // keeps its future's full size.
+    let mut deadline = limit.map(|limit| Box::pin(tokio::time::sleep(limit)));
     let outcome = tokio::select! {
-        outcome = run => outcome,
+        outcome = panic::catch(body) => outcome,
+        () = async { deadline.as_mut().expect("a deadline").await }, if deadline.is_some() => {
+            Err(crate::JobError::msg(format_args!(
+                "attempt timed out after {:?}",
+                limit.unwrap_or_default()
+            )))
+        }
         _ = token.cancelled() => {
             if shared.abort.is_cancelled() {
                 tracing::info!("job handed back at shutdown");
@@ -261,6 +262,7 @@ async fn attempt(
             return Some((Finish::Cancelled, ctx.final_progress()));
         }
     };
+    drop(deadline);
     let progress = ctx.final_progress();
     let finish = match outcome {
         Ok(result) => {
@@ -313,13 +315,13 @@ async fn attempt(
 /// Writes the outcome, retrying while the database is unavailable: a finished job's result
 /// (paid for, perhaps) is never dropped while this process can still write it. The state the
 /// job is in now, or `None` when the row was no longer this attempt's (cancelled, or taken over)
-/// or the runtime stopped first.
+/// or the runtime stopped first. The outcome comes back with the state.
 async fn record_finish(
     shared: &Shared,
     job: &ClaimedJob,
     finish: Finish,
     progress: Option<String>,
-) -> Option<JobState> {
+) -> Option<(JobState, Finish)> {
     let mut delay = Duration::from_millis(50);
     let mut failures = 0u32;
     loop {
@@ -338,7 +340,7 @@ async fn record_finish(
                 if failures > 0 {
                     tracing::info!(failures, "the job's outcome is recorded");
                 }
-                return Some(state);
+                return Some((state, finish));
             }
             Ok(None) => {
                 tracing::info!(

@@ -42,6 +42,9 @@ const MAX_READERS: usize = 8;
 /// The page cache of a reader connection, in SQLite's notation (negative: KiB).
 const READER_CACHE_KIB: i64 = -256;
 
+/// The page cache of the writer connection (negative: KiB).
+const WRITER_CACHE_KIB: i64 = -1024;
+
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 128;
 
@@ -131,6 +134,11 @@ impl SqliteTarget {
             Durability::Relaxed => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", synchronous)?;
+        if !read_only {
+            // The writer touches the right edges of a few indexes and the rows of running jobs:
+            // 1 MiB holds them, and the process does not keep 2 MiB of pages it rarely reads.
+            conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+        }
         if read_only {
             conn.pragma_update(None, "query_only", true)?;
             // Reads are status lookups and counts; the OS caches the file for them. A big page

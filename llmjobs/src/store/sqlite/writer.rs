@@ -560,6 +560,43 @@ mod tests {
     }
 
     #[test]
+    fn local_claims_in_one_batch_take_only_the_room_their_limits_leave() {
+        let conn = connection();
+        insert(&conn, &[running_job("other")]);
+        let limited = |global: Option<u32>, name: Option<u32>| {
+            let mut job = running_job("me");
+            if let Some(claim) = &mut job.claimed_by {
+                claim.global_limit = global;
+                claim.name_limit = name;
+            }
+            WriteOp::Enqueue(job)
+        };
+        // Global limit 3, one job already running: two more fit, in arrival order, counting
+        // an unlimited claim of the same batch; then the rest wait, pending.
+        let ops = vec![
+            limited(Some(3), None),
+            WriteOp::Enqueue(running_job("me")),
+            limited(Some(3), None),
+            limited(Some(5), None),
+        ];
+        let (replies, _) = commit(&conn, ops);
+        let running: Vec<bool> = replies
+            .into_iter()
+            .map(|r| matches!(r, Ok(Reply::Inserted(true))))
+            .collect();
+        // The last one had room under its own limit (5), but a job queued before it waits.
+        assert_eq!(running, [true, true, false, false]);
+        let counted: i64 = conn
+            .query_row(
+                "SELECT sum(n) FROM llmjobs_counts WHERE status = 'running'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(counted, 3);
+    }
+
+    #[test]
     fn an_outcome_of_an_older_attempt_changes_nothing() {
         let conn = connection();
         let job = running_job("me");

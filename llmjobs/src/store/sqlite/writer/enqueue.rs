@@ -1,5 +1,6 @@
 //! Inserting jobs, as multi-row INSERTs built for a few bucket sizes.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use rusqlite::{Connection, OptionalExtension, ToSql};
@@ -62,81 +63,175 @@ struct InsertRow<'a> {
     lease_until: Option<i64>,
 }
 
-/// Inserts `jobs`; for each, whether it went in running under its claim. Jobs without limits
-/// to check go in together, as multi-row INSERTs; a local claim under limits goes in alone
-/// after them, running if its limits have room at that moment (the counters include every job
-/// inserted before it in the transaction), else pending.
+/// Inserts `jobs`, together, as multi-row INSERTs; for each, whether it went in running under
+/// its claim. A local claim under limits goes in running if its limits have room at that moment
+/// (counting the jobs before it in the batch), else pending.
 pub(super) fn insert_jobs(conn: &Connection, jobs: &[&NewJob]) -> Result<Vec<bool>> {
-    let mut running: Vec<bool> = Vec::with_capacity(jobs.len());
-    let mut rows: Vec<InsertRow<'_>> = Vec::with_capacity(jobs.len());
-    let mut limited = Vec::new();
-    for (i, job) in jobs.iter().enumerate() {
-        match &job.claimed_by {
-            Some(claim) if claim.is_limited() => {
-                running.push(false);
-                limited.push(i);
+    let mut room = Room::new(conn);
+    let mut running = Vec::with_capacity(jobs.len());
+    let mut rows = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let runs = match &job.claimed_by {
+            None => false,
+            Some(claim) if claim.is_limited() => room.admit(job, claim)?,
+            Some(_) => {
+                room.count(job);
+                true
             }
-            claim => {
-                running.push(claim.is_some());
-                rows.push(InsertRow::of(job, claim.is_some()));
-            }
-        }
+        };
+        running.push(runs);
+        rows.push(InsertRow::of(job, runs));
     }
     insert_rows(conn, &rows)?;
-    for i in limited {
-        let job = jobs[i];
-        let room = job
-            .claimed_by
-            .as_ref()
-            .map_or(Ok(false), |claim| has_room(conn, job, claim))?;
-        insert_rows(conn, &[InsertRow::of(job, room)])?;
-        running[i] = room;
-    }
     Ok(running)
 }
 
-/// Whether a job under these limits may start now: its limits have room, and no job queued
-/// before it under the same limits would be overtaken.
-fn has_room(conn: &Connection, job: &NewJob, claim: &LocalClaim) -> Result<bool> {
-    let waiting: Option<i64> = if claim.global_limit.is_some() {
-        conn.prepare_cached(
-            "SELECT 1 FROM llmjobs_jobs WHERE status = 'pending' AND run_at <= ? LIMIT 1",
-        )?
-        .query_row([job.run_at], |row| row.get(0))
-        .optional()?
-    } else {
-        conn.prepare_cached(
-            "SELECT 1 FROM llmjobs_jobs WHERE name = ? AND status = 'pending' AND run_at <= ? \
-             LIMIT 1",
-        )?
-        .query_row(rusqlite::params![job.name, job.run_at], |row| row.get(0))
-        .optional()?
-    };
-    if waiting.is_some() {
-        return Ok(false);
+/// The room under the limits of a batch's local claims: the counters as committed, read once
+/// per batch at the first claim that needs them, plus the batch's own rows decided so far
+/// (inserted together at the end).
+struct Room<'c> {
+    conn: &'c Connection,
+    global_running: Option<i64>,
+    by_name: Option<HashMap<String, u32>>,
+    by_key: HashMap<String, u32>,
+    /// Jobs of this batch that go in running: in all, per name, per key.
+    added: i64,
+    added_by_name: HashMap<String, u32>,
+    added_by_key: HashMap<String, u32>,
+    /// Whether some due job waits (pending), at all and per name: a new job must not overtake it.
+    any_waiting: Option<bool>,
+    name_waiting: HashMap<String, bool>,
+}
+
+impl<'c> Room<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Room {
+            conn,
+            global_running: None,
+            by_name: None,
+            by_key: HashMap::new(),
+            added: 0,
+            added_by_name: HashMap::new(),
+            added_by_key: HashMap::new(),
+            any_waiting: None,
+            name_waiting: HashMap::new(),
+        }
     }
-    if let Some(limit) = claim.global_limit {
-        let running: i64 = conn
+
+    /// Whether `job` may start now under `claim`'s limits; counts it if so, and otherwise
+    /// makes the jobs after it under the same limits wait behind it.
+    fn admit(&mut self, job: &NewJob, claim: &LocalClaim) -> Result<bool> {
+        let admitted = self.has_room(job, claim)?;
+        if admitted {
+            self.count(job);
+        } else {
+            self.any_waiting = Some(true);
+            self.name_waiting.insert(job.name.clone(), true);
+        }
+        Ok(admitted)
+    }
+
+    fn has_room(&mut self, job: &NewJob, claim: &LocalClaim) -> Result<bool> {
+        let overtakes = if claim.global_limit.is_some() {
+            self.any_waiting(job.run_at)?
+        } else {
+            self.name_waiting(&job.name, job.run_at)?
+        };
+        if overtakes {
+            return Ok(false);
+        }
+        if let Some(limit) = claim.global_limit
+            && self.global_running()? >= i64::from(limit)
+        {
+            return Ok(false);
+        }
+        if let Some(limit) = claim.name_limit
+            && self.name_running(&job.name)? >= limit
+        {
+            return Ok(false);
+        }
+        if let (Some(limit), Some(key)) = (claim.key_limit, &job.concurrency_key)
+            && self.key_running(key)? >= limit
+        {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Counts `job`, inserted running, against the limits of the jobs after it.
+    fn count(&mut self, job: &NewJob) {
+        self.added += 1;
+        *self.added_by_name.entry(job.name.clone()).or_insert(0) += 1;
+        if let Some(key) = &job.concurrency_key {
+            *self.added_by_key.entry(key.clone()).or_insert(0) += 1;
+        }
+    }
+
+    fn global_running(&mut self) -> Result<i64> {
+        if let Some(n) = self.global_running {
+            return Ok(n + self.added);
+        }
+        let n: i64 = self
+            .conn
             .prepare_cached(
                 "SELECT coalesce(sum(n), 0) FROM llmjobs_counts WHERE status = 'running'",
             )?
             .query_row([], |row| row.get(0))?;
-        if running >= i64::from(limit) {
-            return Ok(false);
+        Ok(*self.global_running.insert(n) + self.added)
+    }
+
+    fn name_running(&mut self, name: &str) -> Result<u32> {
+        let by_name = match &mut self.by_name {
+            Some(by_name) => by_name,
+            None => self.by_name.insert(running_by_name(self.conn)?),
+        };
+        let added = self.added_by_name.get(name).copied().unwrap_or(0);
+        Ok(by_name.get(name).copied().unwrap_or(0) + added)
+    }
+
+    fn key_running(&mut self, key: &str) -> Result<u32> {
+        let committed = match self.by_key.get(key) {
+            Some(n) => *n,
+            None => {
+                let n = running_with_key(self.conn, key)?;
+                self.by_key.insert(key.to_string(), n);
+                n
+            }
+        };
+        Ok(committed + self.added_by_key.get(key).copied().unwrap_or(0))
+    }
+
+    fn any_waiting(&mut self, now: i64) -> Result<bool> {
+        if let Some(waiting) = self.any_waiting {
+            return Ok(waiting);
         }
+        let waiting = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM llmjobs_jobs WHERE status = 'pending' AND run_at <= ? LIMIT 1",
+            )?
+            .query_row([now], |_| Ok(()))
+            .optional()?
+            .is_some();
+        Ok(*self.any_waiting.insert(waiting))
     }
-    if let Some(limit) = claim.name_limit {
-        let running = running_by_name(conn)?.get(&job.name).copied().unwrap_or(0);
-        if running >= limit {
-            return Ok(false);
+
+    fn name_waiting(&mut self, name: &str, now: i64) -> Result<bool> {
+        if let Some(waiting) = self.name_waiting.get(name) {
+            return Ok(*waiting);
         }
+        let waiting = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM llmjobs_jobs WHERE name = ? AND status = 'pending' \
+                 AND run_at <= ? LIMIT 1",
+            )?
+            .query_row(rusqlite::params![name, now], |_| Ok(()))
+            .optional()?
+            .is_some();
+        self.name_waiting.insert(name.to_string(), waiting);
+        Ok(waiting)
     }
-    if let (Some(limit), Some(key)) = (claim.key_limit, &job.concurrency_key)
-        && running_with_key(conn, key)? >= limit
-    {
-        return Ok(false);
-    }
-    Ok(true)
 }
 
 impl<'a> InsertRow<'a> {
