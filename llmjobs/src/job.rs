@@ -3,7 +3,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -62,6 +62,13 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
         None
     }
 
+    /// The idempotency key of this call: spawning a call whose key an existing job holds
+    /// returns that job instead of a new one (see [`JobCall::idempotency_key`]). `None` (the
+    /// default): every spawn makes a new job.
+    fn idempotency_key(&self) -> Option<String> {
+        None
+    }
+
     /// Whether this call always goes to the background, so that waiting for it with a timeout
     /// returns [`Outcome::Pending`](crate::Outcome::Pending) at once. The default is
     /// [`JobConfig::long_running`]; a job can decide per call (an LLM job, by model).
@@ -93,6 +100,11 @@ pub struct JobConfig {
     /// At most this many jobs with the same [`Job::concurrency_key`] run at once, across every
     /// process sharing the database.
     pub key_limit: Option<u32>,
+    /// The priority of this job's calls unless a call sets its own: higher runs first.
+    pub priority: i32,
+    /// A cron expression (with seconds: `"0 */5 * * * *"`) on which the job, which takes no
+    /// arguments, is spawned, once per tick across every process sharing the database.
+    pub cron: Option<&'static str>,
 }
 
 impl JobConfig {
@@ -104,6 +116,8 @@ impl JobConfig {
             retries: None,
             long_running: false,
             key_limit: None,
+            priority: 0,
+            cron: None,
         }
     }
 
@@ -136,6 +150,18 @@ impl JobConfig {
         self.key_limit = Some(limit);
         self
     }
+
+    /// Sets [`JobConfig::priority`].
+    pub const fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets [`JobConfig::cron`].
+    pub const fn cron(mut self, cron: &'static str) -> Self {
+        self.cron = Some(cron);
+        self
+    }
 }
 
 /// A typed, serializable invocation of a job: its name and its arguments. Creating one runs
@@ -149,6 +175,8 @@ pub struct JobCall<T> {
     config: JobConfig,
     priority: i32,
     key: Option<String>,
+    idempotency_key: Option<String>,
+    run_at: Option<SystemTime>,
     long_running: bool,
     /// Set by [`JobCall::long_running`]: the caller decided, whatever classifiers say.
     long_running_forced: bool,
@@ -163,9 +191,11 @@ impl<T> JobCall<T> {
             name: Cow::Borrowed(J::NAME),
             args: serde_json::value::to_raw_value(args).map_err(|e| e.to_string()),
             key: args.concurrency_key(),
+            idempotency_key: args.idempotency_key(),
+            run_at: None,
             long_running: args.is_long_running(),
             long_running_forced: false,
-            priority: 0,
+            priority: config.priority,
             config,
             _output: PhantomData,
         }
@@ -181,6 +211,8 @@ impl<T> JobCall<T> {
             config: JobConfig::new(),
             priority: 0,
             key: None,
+            idempotency_key: None,
+            run_at: None,
             long_running: false,
             long_running_forced: false,
             _output: PhantomData,
@@ -200,9 +232,33 @@ impl<T> JobCall<T> {
         }
     }
 
-    /// Higher priorities are claimed first (default 0).
+    /// Higher priorities are claimed first (default: the job's `priority`, else 0); jobs of
+    /// one priority run in the order they were spawned.
     pub fn priority(mut self, priority: i32) -> Self {
         self.priority = priority;
+        self
+    }
+
+    /// Runs the job no earlier than `time` (UTC; a time in the past means now). Until then it
+    /// is `pending` with that `run_at` and holds no concurrency slot.
+    pub fn run_at(mut self, time: SystemTime) -> Self {
+        self.run_at = Some(time);
+        self
+    }
+
+    /// Runs the job no earlier than `delay` from when it is spawned.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.run_at = Some(SystemTime::now() + delay);
+        self
+    }
+
+    /// Deduplicates spawns: spawning a call whose key an existing job holds returns that job's
+    /// handle ([`JobHandle::is_new`](crate::JobHandle::is_new) is `false`) instead of making a
+    /// new job, race-free across processes. A key holds while its job is unfinished, and for
+    /// [`JobsBuilder::idempotency_window`](crate::JobsBuilder::idempotency_window) after it
+    /// ends. Reusing a key with different arguments is an error naming the key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
         self
     }
 
@@ -243,6 +299,14 @@ impl<T> JobCall<T> {
     pub(crate) fn priority_value(&self) -> i32 {
         self.priority
     }
+
+    pub(crate) fn run_at_time(&self) -> Option<SystemTime> {
+        self.run_at
+    }
+
+    pub(crate) fn idempotency_key_value(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
 }
 
 impl<T> fmt::Debug for JobCall<T> {
@@ -265,6 +329,8 @@ impl<T> Clone for JobCall<T> {
             config: self.config.clone(),
             priority: self.priority,
             key: self.key.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            run_at: self.run_at,
             long_running: self.long_running,
             long_running_forced: self.long_running_forced,
             _output: PhantomData,
@@ -285,6 +351,11 @@ struct WireCall<'a> {
     key_limit: Option<u32>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     long_running: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<Cow<'a, str>>,
+    /// Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_at_ms: Option<i64>,
 }
 
 fn is_zero(p: &i32) -> bool {
@@ -301,6 +372,8 @@ impl<T> Serialize for JobCall<T> {
             key: self.key.as_deref().map(Cow::Borrowed),
             key_limit: self.config.key_limit,
             long_running: self.long_running,
+            idempotency_key: self.idempotency_key.as_deref().map(Cow::Borrowed),
+            run_at_ms: self.run_at.map(crate::status::to_ms),
         }
         .serialize(serializer)
     }
@@ -318,6 +391,8 @@ impl<'de, T> Deserialize<'de> for JobCall<T> {
             },
             priority: wire.priority,
             key: wire.key.map(Cow::into_owned),
+            idempotency_key: wire.idempotency_key.map(Cow::into_owned),
+            run_at: wire.run_at_ms.map(crate::status::from_ms),
             long_running: wire.long_running,
             long_running_forced: wire.long_running,
             _output: PhantomData,

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::handle::CancelOutcome;
 use crate::job::Registration;
 use crate::runtime::{self, Backoff, CallInfo, Entry, ProgressEvent, Settings, Shared};
-use crate::status::{JobCounts, JobFilter, JobState, JobStatus, now_ms};
+use crate::status::{JobCounts, JobFilter, JobState, JobStatus, now_ms, to_ms};
 use crate::store::{CancelEffect, LocalClaim, NewJob, Store};
 use crate::{Error, Job, JobCall, JobHandle, JobId, Outcome, Result};
 
@@ -93,13 +93,14 @@ impl Jobs {
             concurrency_key: call.key().map(str::to_string),
             key_limit,
             max_attempts: retries.saturating_add(1),
-            run_at: now,
+            run_at: call.run_at_time().map_or(now, to_ms),
             created_at: now,
             claimed_by: None,
         };
         // A job this process can run skips the claim: it is inserted running, here, when its
         // limits have room (the insert checks them).
-        if let Some(entry) = local {
+        let due = job.run_at <= now;
+        if let Some(entry) = local.filter(|_| due) {
             job.claimed_by = Some(LocalClaim {
                 owner: self.shared.owner.clone(),
                 lease_until: now + self.shared.settings.lease.as_millis() as i64,

@@ -39,13 +39,6 @@ pub(crate) struct LocalClaim {
     pub(crate) global_limit: Option<u32>,
 }
 
-impl LocalClaim {
-    /// Whether the insert must check limits before it may insert the job running.
-    pub(crate) fn is_limited(&self) -> bool {
-        self.name_limit.is_some() || self.key_limit.is_some() || self.global_limit.is_some()
-    }
-}
-
 /// How many jobs of one name a claim may take.
 #[derive(Debug, Clone)]
 pub(crate) struct NameQuota {

@@ -73,11 +73,7 @@ pub(super) fn insert_jobs(conn: &Connection, jobs: &[&NewJob]) -> Result<Vec<boo
     for job in jobs {
         let runs = match &job.claimed_by {
             None => false,
-            Some(claim) if claim.is_limited() => room.admit(job, claim)?,
-            Some(_) => {
-                room.count(job);
-                true
-            }
+            Some(claim) => room.admit(job, claim)?,
         };
         running.push(runs);
         rows.push(InsertRow::of(job, runs));
@@ -98,9 +94,9 @@ struct Room<'c> {
     added: i64,
     added_by_name: HashMap<String, u32>,
     added_by_key: HashMap<String, u32>,
-    /// Whether some due job waits (pending), at all and per name: a new job must not overtake it.
-    any_waiting: Option<bool>,
-    name_waiting: HashMap<String, bool>,
+    /// The highest priority of the due jobs waiting (pending), if any: a new job of no higher
+    /// priority must not overtake them.
+    top_waiting: Option<Option<i32>>,
 }
 
 impl<'c> Room<'c> {
@@ -113,31 +109,29 @@ impl<'c> Room<'c> {
             added: 0,
             added_by_name: HashMap::new(),
             added_by_key: HashMap::new(),
-            any_waiting: None,
-            name_waiting: HashMap::new(),
+            top_waiting: None,
         }
     }
 
-    /// Whether `job` may start now under `claim`'s limits; counts it if so, and otherwise
-    /// makes the jobs after it under the same limits wait behind it.
+    /// Whether `job` may start now, here, under `claim`: no due job of its priority or higher
+    /// waits (it would be overtaken) and its limits have room. Counts it if so; otherwise it
+    /// waits too, and so do the jobs after it of no higher priority.
     fn admit(&mut self, job: &NewJob, claim: &LocalClaim) -> Result<bool> {
         let admitted = self.has_room(job, claim)?;
         if admitted {
             self.count(job);
         } else {
-            self.any_waiting = Some(true);
-            self.name_waiting.insert(job.name.clone(), true);
+            let top = self.top_waiting(job.run_at)?;
+            self.top_waiting = Some(Some(top.map_or(job.priority, |p| p.max(job.priority))));
         }
         Ok(admitted)
     }
 
     fn has_room(&mut self, job: &NewJob, claim: &LocalClaim) -> Result<bool> {
-        let overtakes = if claim.global_limit.is_some() {
-            self.any_waiting(job.run_at)?
-        } else {
-            self.name_waiting(&job.name, job.run_at)?
-        };
-        if overtakes {
+        if self
+            .top_waiting(job.run_at)?
+            .is_some_and(|top| top >= job.priority)
+        {
             return Ok(false);
         }
         if let Some(limit) = claim.global_limit
@@ -201,36 +195,20 @@ impl<'c> Room<'c> {
         Ok(committed + self.added_by_key.get(key).copied().unwrap_or(0))
     }
 
-    fn any_waiting(&mut self, now: i64) -> Result<bool> {
-        if let Some(waiting) = self.any_waiting {
-            return Ok(waiting);
+    fn top_waiting(&mut self, now: i64) -> Result<Option<i32>> {
+        if let Some(top) = self.top_waiting {
+            return Ok(top);
         }
-        let waiting = self
+        // The pending index is in claim order: its first due row has the highest priority.
+        let top: Option<i32> = self
             .conn
             .prepare_cached(
-                "SELECT 1 FROM llmjobs_jobs WHERE status = 'pending' AND run_at <= ? LIMIT 1",
+                "SELECT priority FROM llmjobs_jobs WHERE status = 'pending' AND run_at <= ? \
+                 ORDER BY priority DESC, run_at, id LIMIT 1",
             )?
-            .query_row([now], |_| Ok(()))
-            .optional()?
-            .is_some();
-        Ok(*self.any_waiting.insert(waiting))
-    }
-
-    fn name_waiting(&mut self, name: &str, now: i64) -> Result<bool> {
-        if let Some(waiting) = self.name_waiting.get(name) {
-            return Ok(*waiting);
-        }
-        let waiting = self
-            .conn
-            .prepare_cached(
-                "SELECT 1 FROM llmjobs_jobs WHERE name = ? AND status = 'pending' \
-                 AND run_at <= ? LIMIT 1",
-            )?
-            .query_row(rusqlite::params![name, now], |_| Ok(()))
-            .optional()?
-            .is_some();
-        self.name_waiting.insert(name.to_string(), waiting);
-        Ok(waiting)
+            .query_row([now], |row| row.get(0))
+            .optional()?;
+        Ok(*self.top_waiting.insert(top))
     }
 }
 
