@@ -118,6 +118,38 @@ pub enum Error {
     /// An I/O error outside the database (owner lock files, for instance).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// A spawn's idempotency key is held by a job spawned with other arguments (or of another
+    /// name): reusing a key for different work is a mistake, not a duplicate.
+    #[error(
+        "idempotency key `{key}` is held by job {existing} (`{name}`), spawned with different \
+         arguments; use another key for different work"
+    )]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+        /// The job that holds it.
+        existing: JobId,
+        /// That job's name.
+        name: String,
+    },
+    /// `retry` of a job that is not failed or cancelled.
+    #[error("job {id} is {state}: only a failed or cancelled job can be retried")]
+    NotRetryable {
+        /// The job.
+        id: JobId,
+        /// The state it is in.
+        state: crate::JobState,
+    },
+    /// `handle_of::<J>` of a job of another name.
+    #[error("job {id} is a `{found}` job, not `{expected}`")]
+    WrongJob {
+        /// The job.
+        id: JobId,
+        /// The name the caller expected.
+        expected: &'static str,
+        /// The name stored with the job.
+        found: String,
+    },
 }
 
 #[cfg(feature = "sqlite")]

@@ -17,6 +17,7 @@ use crate::{Error, JobId, Jobs, Progress, Result};
 pub struct JobHandle<T> {
     id: JobId,
     jobs: Jobs,
+    is_new: bool,
     _output: PhantomData<fn() -> T>,
 }
 
@@ -44,11 +45,22 @@ pub enum CancelOutcome {
 
 impl<T> JobHandle<T> {
     pub(crate) fn new(id: JobId, jobs: Jobs) -> Self {
+        JobHandle::spawned(id, jobs, false)
+    }
+
+    pub(crate) fn spawned(id: JobId, jobs: Jobs, is_new: bool) -> Self {
         JobHandle {
             id,
             jobs,
+            is_new,
             _output: PhantomData,
         }
+    }
+
+    /// Whether the spawn that returned this handle made a new job: `false` when its
+    /// idempotency key named an existing one (and for handles made by [`Jobs::handle`]).
+    pub fn is_new(&self) -> bool {
+        self.is_new
     }
 
     /// The job's id.
@@ -280,7 +292,7 @@ async fn wait_terminal(
 
 impl<T> Clone for JobHandle<T> {
     fn clone(&self) -> Self {
-        JobHandle::new(self.id, self.jobs.clone())
+        JobHandle::spawned(self.id, self.jobs.clone(), self.is_new)
     }
 }
 

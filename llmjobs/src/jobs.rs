@@ -9,7 +9,7 @@ use crate::handle::CancelOutcome;
 use crate::job::Registration;
 use crate::runtime::{self, Backoff, CallInfo, Entry, ProgressEvent, Settings, Shared};
 use crate::status::{JobCounts, JobFilter, JobState, JobStatus, now_ms, to_ms};
-use crate::store::{CancelEffect, LocalClaim, NewJob, Store};
+use crate::store::{CancelEffect, Enqueued, LocalClaim, NewJob, RetryEffect, Store};
 use crate::{Error, Job, JobCall, JobHandle, JobId, Outcome, Result};
 
 /// How hard a commit works to survive a crash.
@@ -65,7 +65,10 @@ impl Jobs {
     }
 
     /// Records a job and returns its handle. The job's row is durably committed before this
-    /// returns; it runs as soon as a worker has room.
+    /// returns; it runs as soon as a worker has room (or at its [`JobCall::run_at`]).
+    ///
+    /// With an [idempotency key](JobCall::idempotency_key) that a job already holds, nothing is
+    /// spawned: the handle is that job's ([`JobHandle::is_new`] is `false`).
     ///
     /// A job whose name no process has registered stays `pending` (visible in its status)
     /// until a process that knows it opens the database.
@@ -73,47 +76,26 @@ impl Jobs {
         if self.shared.is_stopping() {
             return Err(Error::Shutdown);
         }
-        let args = call.args_json().map_err(|message| Error::SerializeArgs {
-            name: call.name().to_string(),
-            message: message.to_string(),
-        })?;
-        let local = self.shared.registry.get(call.name());
-        let config = local.map(|e| &e.config).unwrap_or(call.config());
-        let retries = config
-            .retries
-            .unwrap_or(self.shared.settings.default_retries);
         let now = now_ms();
-        let id = JobId::new();
-        let key_limit = call.config().key_limit.or(config.key_limit);
-        let mut job = NewJob {
-            id,
-            name: call.name().to_string(),
-            args: args.to_string(),
-            priority: call.priority_value(),
-            concurrency_key: call.key().map(str::to_string),
-            key_limit,
-            max_attempts: retries.saturating_add(1),
-            run_at: call.run_at_time().map_or(now, to_ms),
-            created_at: now,
-            claimed_by: None,
-        };
+        let mut job = self.new_job(&call, now)?;
+        let id = job.id;
+        let local = self.shared.registry.get(call.name());
         // A job this process can run skips the claim: it is inserted running, here, when its
         // limits have room (the insert checks them).
-        let due = job.run_at <= now;
-        if let Some(entry) = local.filter(|_| due) {
+        if let Some(entry) = local.filter(|_| job.run_at <= now) {
             job.claimed_by = Some(LocalClaim {
                 owner: self.shared.owner.clone(),
                 lease_until: now + self.shared.settings.lease.as_millis() as i64,
                 name_limit: entry.config.max_concurrency,
-                key_limit: key_limit.filter(|_| call.key().is_some()),
+                key_limit: job.key_limit.filter(|_| job.concurrency_key.is_some()),
                 global_limit: self.shared.settings.global_concurrency,
             });
             match self.shared.hand_off(job) {
                 // The worker task inserts and runs the job whether or not this future is
                 // polled to the end.
                 Ok(inserted) => {
-                    inserted.await.map_err(|_| Error::Shutdown)??;
-                    return Ok(JobHandle::new(id, self.clone()));
+                    let enqueued = inserted.await.map_err(|_| Error::Shutdown)??;
+                    return Ok(self.spawned(id, enqueued));
                 }
                 Err(returned) => {
                     job = *returned;
@@ -121,7 +103,7 @@ impl Jobs {
                 }
             }
         }
-        self.shared.store.enqueue(job).await?;
+        let enqueued = self.shared.store.enqueue(job).await?;
         if local.is_some() {
             self.shared.wake_dispatcher();
         } else {
@@ -131,7 +113,75 @@ impl Jobs {
                 "no job of this name is registered in this process; it stays pending until a process that defines it runs it"
             );
         }
-        Ok(JobHandle::new(id, self.clone()))
+        Ok(self.spawned(id, enqueued))
+    }
+
+    /// Spawns every call in one transaction: all of them, or none if any fails (an idempotency
+    /// key held by different work, say). One commit for the lot, so 10,000 jobs cost about what
+    /// one does plus their rows. The handles are in the order of the calls.
+    pub async fn spawn_many<T>(
+        &self,
+        calls: impl IntoIterator<Item = JobCall<T>>,
+    ) -> Result<Vec<JobHandle<T>>> {
+        if self.shared.is_stopping() {
+            return Err(Error::Shutdown);
+        }
+        let now = now_ms();
+        let jobs = calls
+            .into_iter()
+            .map(|call| self.new_job(&call, now))
+            .collect::<Result<Vec<NewJob>>>()?;
+        let ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
+        let enqueued = self.shared.store.enqueue_many(jobs).await?;
+        self.shared.wake_dispatcher();
+        Ok(ids
+            .into_iter()
+            .zip(enqueued)
+            .map(|(id, enqueued)| self.spawned(id, enqueued))
+            .collect())
+    }
+
+    /// The row a call becomes, not yet claimed.
+    fn new_job<T>(&self, call: &JobCall<T>, now: i64) -> Result<NewJob> {
+        let args = call.args_json().map_err(|message| Error::SerializeArgs {
+            name: call.name().to_string(),
+            message: message.to_string(),
+        })?;
+        let config = self
+            .shared
+            .registry
+            .get(call.name())
+            .map(|e| &e.config)
+            .unwrap_or(call.config());
+        let retries = config
+            .retries
+            .unwrap_or(self.shared.settings.default_retries);
+        Ok(NewJob {
+            id: JobId::new(),
+            name: call.name().to_string(),
+            args: args.to_string(),
+            priority: call.priority_value(),
+            concurrency_key: call.key().map(str::to_string),
+            key_limit: call.config().key_limit.or(config.key_limit),
+            max_attempts: retries.saturating_add(1),
+            run_at: call.run_at_time().map_or(now, to_ms),
+            created_at: now,
+            claimed_by: None,
+            idempotency_key: call.idempotency_key_value().map(str::to_string),
+            idempotency_window: self
+                .shared
+                .settings
+                .idempotency_window
+                .map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX)),
+        })
+    }
+
+    /// The handle of a job just spawned: the new one, or the one holding its idempotency key.
+    fn spawned<T>(&self, id: JobId, enqueued: Enqueued) -> JobHandle<T> {
+        match enqueued {
+            Enqueued::Inserted { .. } => JobHandle::spawned(id, self.clone(), true),
+            Enqueued::Existing(existing) => JobHandle::spawned(existing, self.clone(), false),
+        }
     }
 
     /// Spawns the job and waits for its output.
@@ -251,6 +301,45 @@ impl Jobs {
         }
     }
 
+    /// Puts a `failed` (needs review included) or `cancelled` job back to `pending`, due now,
+    /// with a fresh attempt budget, from any process. How it ended is kept in its
+    /// [`JobStatus::earlier_runs`]; its journal is kept, so the steps it already paid for are
+    /// replayed (see [`Jobs::retry_from_scratch`] to run them again). Retrying a pending,
+    /// running or completed job is [`Error::NotRetryable`].
+    pub async fn retry(&self, id: JobId) -> Result<()> {
+        self.retry_with(id, false).await
+    }
+
+    /// As [`Jobs::retry`], with the job's journal cleared: every step runs again.
+    pub async fn retry_from_scratch(&self, id: JobId) -> Result<()> {
+        self.retry_with(id, true).await
+    }
+
+    async fn retry_with(&self, id: JobId, clear_journal: bool) -> Result<()> {
+        match self.shared.store.retry(id, clear_journal).await? {
+            RetryEffect::Retried => {
+                self.shared.wake_dispatcher();
+                Ok(())
+            }
+            RetryEffect::NotRetryable(state) => Err(Error::NotRetryable { id, state }),
+            RetryEffect::NotFound => Err(Error::NotFound(id)),
+        }
+    }
+
+    /// A typed handle to an existing job of kind `J`, checking the stored name: a job of
+    /// another name is [`Error::WrongJob`]. (See [`Jobs::handle`] for an unchecked one.)
+    pub async fn handle_of<J: Job>(&self, id: JobId) -> Result<JobHandle<J::Output>> {
+        let status = self.status(id).await?;
+        if status.name != J::NAME {
+            return Err(Error::WrongJob {
+                id,
+                expected: J::NAME,
+                found: status.name,
+            });
+        }
+        Ok(JobHandle::new(id, self.clone()))
+    }
+
     /// Deletes finished jobs (completed, failed or cancelled) that ended more than `older_than`
     /// ago, with their journals. Pending and running jobs are never deleted.
     ///
@@ -327,6 +416,7 @@ impl Default for JobsBuilder {
                 shutdown_grace: Duration::from_secs(30),
                 run_jobs: true,
                 retention: None,
+                idempotency_window: None,
             },
             registrations: Vec::new(),
             auto_register: true,
@@ -406,6 +496,14 @@ impl JobsBuilder {
     /// stalls the queue, and gives the space back to the file system. See [`Jobs::prune`].
     pub fn retention(mut self, retention: Duration) -> Self {
         self.settings.retention = Some(retention);
+        self
+    }
+
+    /// How long after its job ends an idempotency key still holds: a spawn with the key within
+    /// the window returns the ended job; after it, makes a new one (default: as long as the
+    /// ended job is kept, until it is pruned). Keys of unfinished jobs always hold.
+    pub fn idempotency_window(mut self, window: Duration) -> Self {
+        self.settings.idempotency_window = Some(window);
         self
     }
 

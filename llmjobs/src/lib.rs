@@ -68,4 +68,4 @@ pub use jobs::{Durability, Jobs, JobsBuilder};
 #[cfg(feature = "macros")]
 pub use llmjobs_macros::llm_job;
 pub use runtime::{Backoff, CallInfo, ProgressEvent};
-pub use status::{JobCounts, JobFilter, JobState, JobStatus};
+pub use status::{EarlierRun, JobCounts, JobFilter, JobState, JobStatus};

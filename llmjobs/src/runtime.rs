@@ -62,6 +62,8 @@ pub(crate) struct Settings {
     pub(crate) run_jobs: bool,
     /// Finished jobs older than this are pruned in the background.
     pub(crate) retention: Option<Duration>,
+    /// How long an idempotency key holds after its job ends; `None`: until it is pruned.
+    pub(crate) idempotency_window: Option<Duration>,
 }
 
 /// Exponential back-off between attempts, with jitter.
@@ -290,6 +292,7 @@ impl std::fmt::Debug for Settings {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("run_jobs", &self.run_jobs)
             .field("retention", &self.retention)
+            .field("idempotency_window", &self.idempotency_window)
             .finish()
     }
 }

@@ -108,6 +108,27 @@ pub struct JobStatus {
     /// For a `failed` job: it failed because its answer never passed validation, and a person
     /// should review it (see [`ErrorKind::NeedsReview`](crate::ErrorKind::NeedsReview)).
     pub needs_review: bool,
+    /// The call's idempotency key, if it has one.
+    pub idempotency_key: Option<String>,
+    /// How the job ended before each [`Jobs::retry`](crate::Jobs::retry), oldest first.
+    pub earlier_runs: Vec<EarlierRun>,
+}
+
+/// How a job ended before it was retried: kept in its [`JobStatus::earlier_runs`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct EarlierRun {
+    /// `failed` or `cancelled`.
+    pub state: JobState,
+    /// How many attempts it had made.
+    pub attempts: u32,
+    /// Its last error.
+    pub error: Option<String>,
+    /// Whether it needed review.
+    #[serde(default)]
+    pub needs_review: bool,
+    /// When it ended (Unix milliseconds).
+    pub ended_at_ms: Option<i64>,
 }
 
 /// How many jobs are in each state.
@@ -198,10 +219,23 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     /// Only jobs of this name.
     pub name: Option<String>,
-    /// Only jobs older than this one (spawned before it).
+    /// Only jobs past this one in the listing's order: spawned before it (newest first), or
+    /// after it ([`JobFilter::oldest_first`]).
     pub after: Option<JobId>,
     /// At most this many jobs (default 50).
     pub limit: u32,
+    /// Only jobs that need review (`Some(true)`), or only those that do not.
+    pub needs_review: Option<bool>,
+    /// Only jobs spawned at or after this time.
+    pub created_after: Option<SystemTime>,
+    /// Only jobs spawned before this time.
+    pub created_before: Option<SystemTime>,
+    /// Only jobs under this concurrency key.
+    pub concurrency_key: Option<String>,
+    /// Only the job that holds this idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Oldest first instead of newest first.
+    pub oldest_first: bool,
 }
 
 impl Default for JobFilter {
@@ -211,6 +245,12 @@ impl Default for JobFilter {
             name: None,
             after: None,
             limit: 50,
+            needs_review: None,
+            created_after: None,
+            created_before: None,
+            concurrency_key: None,
+            idempotency_key: None,
+            oldest_first: false,
         }
     }
 }
@@ -239,9 +279,47 @@ impl JobFilter {
         self
     }
 
-    /// Only jobs spawned before `id`: the next page after a page that ended with `id`.
+    /// The next page after a page that ended with `id`: a keyset cursor, stable while jobs
+    /// are being spawned.
     pub fn after(mut self, id: JobId) -> Self {
         self.after = Some(id);
+        self
+    }
+
+    /// Only jobs that need review (`true`) or only those that do not (`false`).
+    pub fn needs_review(mut self, needs_review: bool) -> Self {
+        self.needs_review = Some(needs_review);
+        self
+    }
+
+    /// Only jobs spawned in `[from, until)`.
+    pub fn created_between(mut self, from: SystemTime, until: SystemTime) -> Self {
+        self.created_after = Some(from);
+        self.created_before = Some(until);
+        self
+    }
+
+    /// Only jobs spawned at or after `time`.
+    pub fn created_after(mut self, time: SystemTime) -> Self {
+        self.created_after = Some(time);
+        self
+    }
+
+    /// Only jobs under concurrency key `key`.
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into());
+        self
+    }
+
+    /// Only the job holding idempotency key `key`.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Oldest first (the order jobs were spawned in) instead of newest first.
+    pub fn oldest_first(mut self) -> Self {
+        self.oldest_first = true;
         self
     }
 }

@@ -22,6 +22,31 @@ pub(crate) struct NewJob {
     pub(crate) created_at: i64,
     /// Inserted already claimed by this worker (a local hand-off), rather than pending.
     pub(crate) claimed_by: Option<LocalClaim>,
+    /// Spawning returns the job that holds this key, if one does.
+    pub(crate) idempotency_key: Option<String>,
+    /// How long after its job ends a key still holds (milliseconds); `None`: until the job is
+    /// pruned.
+    pub(crate) idempotency_window: Option<i64>,
+}
+
+/// What inserting a job did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// A new job: running under its local claim (`true`) or pending.
+    Inserted { running: bool },
+    /// The job that holds the idempotency key; nothing was inserted.
+    Existing(JobId),
+}
+
+/// What `retry` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetryEffect {
+    /// The job is pending again.
+    Retried,
+    /// The job is in this state, which cannot be retried.
+    NotRetryable(JobState),
+    /// No such job.
+    NotFound,
 }
 
 /// A job handed straight to a local worker at spawn: it is inserted `running`, with its first
@@ -139,13 +164,16 @@ pub(crate) struct JobRow {
     pub(crate) created_at: i64,
     pub(crate) started_at: Option<i64>,
     pub(crate) completed_at: Option<i64>,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) earlier_runs: Option<String>,
     /// Columns that held a value of the wrong type (read as their default), described.
     pub(crate) problems: Vec<String>,
 }
 
 /// The columns [`JobRow`] reads, for `SELECT`s.
 pub(crate) const JOB_ROW_COLUMNS: &str = "id, name, status, result, error, progress, priority, \
-     concurrency_key, attempts, max_attempts, owner, cancel_requested, needs_review, run_at, created_at, started_at, completed_at";
+     concurrency_key, attempts, max_attempts, owner, cancel_requested, needs_review, run_at, created_at, started_at, completed_at, \
+     idempotency_key, earlier_runs";
 
 impl JobRow {
     pub(crate) fn state(&self) -> Result<JobState> {
@@ -174,6 +202,13 @@ impl JobRow {
                 }
             },
         };
+        let earlier_runs = match &self.earlier_runs {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str(text).unwrap_or_else(|e| {
+                problems.push(format!("column `earlier_runs` is not a list of runs: {e}"));
+                Vec::new()
+            }),
+        };
         let corrupt = format!("corrupt row: {}", problems.join("; "));
         let error = match &self.error {
             _ if problems.is_empty() => self.error.clone(),
@@ -198,6 +233,8 @@ impl JobRow {
             run_at: from_ms(self.run_at),
             cancel_requested: self.cancel_requested != 0,
             needs_review: self.needs_review != 0,
+            idempotency_key: self.idempotency_key.clone(),
+            earlier_runs,
         })
     }
 }
@@ -264,9 +301,15 @@ impl Terminal {
 /// state it expects, so a late writer never overwrites a terminal row.
 #[async_trait::async_trait]
 pub(crate) trait Store: Send + Sync + 'static {
-    /// Inserts a job; returns once it is durable. `true` when it was inserted running under its
-    /// `claimed_by` owner, `false` when pending (not claimed, or a limit was reached).
-    async fn enqueue(&self, job: NewJob) -> Result<bool>;
+    /// Inserts a job, unless its idempotency key is held; returns once it is durable.
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued>;
+
+    /// Inserts every job in one transaction: all of them or, on an error, none.
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
+
+    /// Puts a failed or cancelled job back to `pending` with a fresh attempt budget, its earlier
+    /// run kept in its history; its journal is cleared when `clear_journal`.
+    async fn retry(&self, id: JobId, clear_journal: bool) -> Result<RetryEffect>;
 
     /// Moves due pending jobs to `running` for `request.owner`, honouring the limits.
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>>;

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::{RunningJob, Shared, panic};
 use crate::status::{JobState, now_ms};
-use crate::store::{ClaimRequest, ClaimedJob, Finish, NewJob, Terminal};
+use crate::store::{ClaimRequest, ClaimedJob, Enqueued, Finish, NewJob, Terminal};
 use crate::{Error, JobContext, Result};
 
 /// The insert of a handed-off job: the job to run once it is committed, or `None`.
@@ -30,7 +30,7 @@ impl Shared {
     pub(crate) fn hand_off(
         self: &Arc<Self>,
         job: NewJob,
-    ) -> std::result::Result<oneshot::Receiver<Result<()>>, Box<NewJob>> {
+    ) -> std::result::Result<oneshot::Receiver<Result<Enqueued>>, Box<NewJob>> {
         if !self.settings.run_jobs {
             return Err(Box::new(job));
         }
@@ -60,23 +60,15 @@ impl Shared {
         // Boxed, so that the insert's state is freed once it is done instead of taking room in
         // the task for as long as the job runs.
         let insert: Insert = Box::pin(async move {
-            match shared.store.enqueue(job).await {
-                Ok(true) => {
-                    let _ = tx.send(Ok(()));
-                    Some(claimed)
-                }
-                Ok(false) => {
-                    // A limit was reached: the job waits, pending, for a claim.
-                    shared.forget_running(claimed.id, 1);
-                    let _ = tx.send(Ok(()));
-                    None
-                }
-                Err(e) => {
-                    shared.forget_running(claimed.id, 1);
-                    let _ = tx.send(Err(e));
-                    None
-                }
+            let enqueued = shared.store.enqueue(job).await;
+            let runs = matches!(enqueued, Ok(Enqueued::Inserted { running: true }));
+            if !runs {
+                // Not inserted, or inserted pending (a limit was reached, or an idempotency key
+                // named an existing job): the slot goes back; a pending job waits for a claim.
+                shared.forget_running(claimed.id, 1);
             }
+            let _ = tx.send(enqueued);
+            runs.then_some(claimed)
         });
         // Spawned under the lock that shutdown takes to close the runtime: the task is
         // tracked before shutdown waits for the workers.

@@ -14,8 +14,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CancelEffect, ClaimRequest, ClaimedJob, Finish, JOB_ROW_COLUMNS, JobRow, NewJob, Release,
-    StepRecord, Store,
+    CancelEffect, ClaimRequest, ClaimedJob, Enqueued, Finish, JOB_ROW_COLUMNS, JobRow, NewJob,
+    Release, RetryEffect, StepRecord, Store,
 };
 use crate::status::{JobFilter, JobState};
 use crate::{Durability, Error, JobId, Result};
@@ -361,6 +361,8 @@ fn job_row(row: &rusqlite::Row<'_>) -> Result<JobRow> {
         created_at: lenient(row, 14, int, p),
         started_at: lenient(row, 15, int, p),
         completed_at: lenient(row, 16, int, p),
+        idempotency_key: lenient(row, 17, text, p),
+        earlier_runs: lenient(row, 18, text, p),
         id,
         problems,
     })
@@ -384,9 +386,23 @@ fn query_all<T>(
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
-    async fn enqueue(&self, job: NewJob) -> Result<bool> {
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
         match self.write(WriteOp::Enqueue(job)).await? {
-            Reply::Inserted(running) => Ok(running),
+            Reply::Enqueued(enqueued) => Ok(enqueued),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        match self.write(WriteOp::EnqueueMany(jobs)).await? {
+            Reply::EnqueuedMany(enqueued) => Ok(enqueued),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn retry(&self, id: JobId, clear_journal: bool) -> Result<RetryEffect> {
+        match self.write(WriteOp::Retry { id, clear_journal }).await? {
+            Reply::Retry(effect) => Ok(effect),
             other => Err(unexpected(other)),
         }
     }

@@ -4,7 +4,7 @@
 
 use rusqlite::types::Value;
 
-use crate::status::{JobFilter, JobState};
+use crate::status::{JobFilter, JobState, to_ms};
 use crate::store::JOB_ROW_COLUMNS;
 
 /// Every state, for listing one name across them.
@@ -17,71 +17,78 @@ const STATES: [JobState; 5] = [
 ];
 
 /// The SELECT for `filter`, and its parameters.
+///
+/// The state and the name pick the index; the other conditions (review, times, keys) are
+/// checked on the rows the index walk meets, so a listing by them alone reads past the rows
+/// that do not match.
 pub(super) fn query(filter: &JobFilter) -> (String, Vec<Value>) {
+    let (order, cursor) = if filter.oldest_first {
+        ("ASC", "id > ?")
+    } else {
+        ("DESC", "id < ?")
+    };
+    let limit = i64::from(filter.limit);
+    // The conditions every arm shares, with their parameters.
+    let mut shared: Vec<(&str, Value)> = Vec::new();
+    if let Some(after) = filter.after {
+        shared.push((cursor, Value::Text(after.to_string())));
+    }
+    if let Some(needs_review) = filter.needs_review {
+        shared.push(("needs_review = ?", Value::Integer(i64::from(needs_review))));
+    }
+    if let Some(time) = filter.created_after {
+        shared.push(("created_at >= ?", Value::Integer(to_ms(time))));
+    }
+    if let Some(time) = filter.created_before {
+        shared.push(("created_at < ?", Value::Integer(to_ms(time))));
+    }
+    if let Some(key) = &filter.concurrency_key {
+        shared.push(("concurrency_key = ?", Value::Text(key.clone())));
+    }
+    if let Some(key) = &filter.idempotency_key {
+        shared.push(("idempotency_key = ?", Value::Text(key.clone())));
+    }
     let mut params = Vec::new();
-    let limit = Value::Integer(i64::from(filter.limit));
-    let after = filter.after.map(|id| Value::Text(id.to_string()));
-    let sql = match (&filter.name, filter.state) {
-        (None, state) => {
-            let mut conditions = Vec::new();
-            if let Some(state) = state {
-                conditions.push("status = ?");
-                params.push(Value::Text(state.as_str().into()));
-            }
-            if let Some(after) = after {
-                conditions.push("id < ?");
-                params.push(after);
-            }
-            params.push(limit);
-            format!(
-                "SELECT {JOB_ROW_COLUMNS} FROM llmjobs_jobs{} ORDER BY id DESC LIMIT ?",
-                where_clause(&conditions)
-            )
-        }
-        (Some(name), Some(state)) => {
+    let arm = |state: Option<JobState>, params: &mut Vec<Value>| {
+        let mut conditions = Vec::new();
+        if let Some(name) = &filter.name {
+            conditions.push("name = ?".to_string());
             params.push(Value::Text(name.clone()));
-            params.push(Value::Text(state.as_str().into()));
-            let cursor = after.map_or("", |after| {
-                params.push(after);
-                " AND id < ?"
-            });
-            params.push(limit);
-            format!(
-                "SELECT {JOB_ROW_COLUMNS} FROM llmjobs_jobs \
-                 WHERE name = ? AND status = ?{cursor} ORDER BY id DESC LIMIT ?"
-            )
         }
-        (Some(name), None) => {
+        if let Some(state) = state {
+            conditions.push("status = ?".to_string());
+            params.push(Value::Text(state.as_str().into()));
+        }
+        for (condition, value) in &shared {
+            conditions.push(condition.to_string());
+            params.push(value.clone());
+        }
+        params.push(Value::Integer(limit));
+        format!(
+            "SELECT {JOB_ROW_COLUMNS} FROM llmjobs_jobs{} ORDER BY id {order} LIMIT ?",
+            where_clause(&conditions)
+        )
+    };
+    let sql = match (&filter.name, filter.state) {
+        (Some(_), None) => {
             // One index range per state, each cut at the limit, merged: at most five times the
             // rows returned are read.
-            params.push(Value::Text(name.clone()));
-            let cursor = after.map_or("", |after| {
-                params.push(after);
-                " AND id < ?2"
-            });
-            let limit_index = params.len() + 1;
-            params.push(limit);
             let arms: Vec<String> = STATES
                 .iter()
-                .map(|state| {
-                    format!(
-                        "SELECT * FROM (SELECT {JOB_ROW_COLUMNS} FROM llmjobs_jobs \
-                         WHERE name = ?1 AND status = '{}'{cursor} \
-                         ORDER BY id DESC LIMIT ?{limit_index})",
-                        state.as_str()
-                    )
-                })
+                .map(|state| format!("SELECT * FROM ({})", arm(Some(*state), &mut params)))
                 .collect();
+            params.push(Value::Integer(limit));
             format!(
-                "SELECT * FROM ({}) ORDER BY id DESC LIMIT ?{limit_index}",
+                "SELECT * FROM ({}) ORDER BY id {order} LIMIT ?",
                 arms.join(" UNION ALL ")
             )
         }
+        (_, state) => arm(state, &mut params),
     };
     (sql, params)
 }
 
-fn where_clause(conditions: &[&str]) -> String {
+fn where_clause(conditions: &[String]) -> String {
     if conditions.is_empty() {
         String::new()
     } else {
@@ -118,6 +125,14 @@ mod tests {
             JobFilter::new().state(JobState::Failed).after(id),
             JobFilter::new().name("summarize").state(JobState::Pending),
             JobFilter::new().name("summarize").after(id),
+            JobFilter::new()
+                .state(JobState::Pending)
+                .oldest_first()
+                .after(id),
+            JobFilter::new()
+                .name("summarize")
+                .needs_review(true)
+                .oldest_first(),
         ];
         for filter in filters {
             let plan = plan(&filter);

@@ -28,6 +28,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "counters and read indexes",
         sql: include_str!("../../../migrations/sqlite/0002_counters_and_read_indexes.sql"),
     },
+    Migration {
+        version: 3,
+        description: "idempotency and retry history",
+        sql: include_str!("../../../migrations/sqlite/0003_idempotency_and_retry_history.sql"),
+    },
 ];
 
 /// FNV-1a, 64 bits: enough to notice that a migration's text changed after it ran.

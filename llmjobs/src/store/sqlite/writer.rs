@@ -12,7 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::is_busy;
 use crate::status::JobState;
-use crate::store::{CancelEffect, ClaimRequest, ClaimedJob, Finish, NewJob, Release, StepRecord};
+use crate::store::{
+    CancelEffect, ClaimRequest, ClaimedJob, Enqueued, Finish, NewJob, Release, RetryEffect,
+    StepRecord,
+};
 use crate::{Error, JobId, Result};
 
 mod cancel;
@@ -24,6 +27,7 @@ mod prune;
 
 pub(super) use prune::{PRUNE_CHUNK, VACUUM_PAGES};
 mod release;
+mod retry;
 mod steps;
 
 use finish::Completion;
@@ -51,6 +55,12 @@ impl std::fmt::Debug for ReadFn {
 #[derive(Debug)]
 pub(super) enum WriteOp {
     Enqueue(NewJob),
+    /// Jobs inserted in one transaction, all or none.
+    EnqueueMany(Vec<NewJob>),
+    Retry {
+        id: JobId,
+        clear_journal: bool,
+    },
     Claim(ClaimRequest),
     Finish {
         id: JobId,
@@ -107,8 +117,9 @@ pub(super) enum WriteOp {
 pub(super) enum Reply {
     Done,
     Changed(bool),
-    /// A job was inserted: running under its claim (`true`) or pending.
-    Inserted(bool),
+    Enqueued(Enqueued),
+    EnqueuedMany(Vec<Enqueued>),
+    Retry(RetryEffect),
     /// The state a finished attempt left its job in; `None` if it was no longer its row.
     Finished(Option<JobState>),
     Count(u64),
@@ -337,9 +348,9 @@ fn apply_all(conn: &Connection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
     }
     if !inserts.is_empty() {
         let jobs: Vec<&NewJob> = inserts.iter().map(|(_, job)| *job).collect();
-        let running = enqueue::insert_jobs(conn, &jobs)?;
-        for ((i, _), running) in inserts.iter().zip(running) {
-            replies[*i] = Some(Reply::Inserted(running));
+        let enqueued = enqueue::insert_jobs(conn, &jobs)?;
+        for ((i, _), enqueued) in inserts.iter().zip(enqueued) {
+            replies[*i] = Some(Reply::Enqueued(enqueued));
         }
     }
     for i in steps {
@@ -372,8 +383,17 @@ fn execute(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Resul
 fn apply(conn: &Connection, op: &WriteOp) -> Result<Reply> {
     let now = crate::status::now_ms();
     Ok(match op {
-        WriteOp::Enqueue(job) => {
-            Reply::Inserted(enqueue::insert_jobs(conn, &[job])?.pop().unwrap_or(false))
+        WriteOp::Enqueue(job) => Reply::Enqueued(
+            enqueue::insert_jobs(conn, &[job])?
+                .pop()
+                .expect("one reply per job"),
+        ),
+        WriteOp::EnqueueMany(jobs) => {
+            let jobs: Vec<&NewJob> = jobs.iter().collect();
+            Reply::EnqueuedMany(enqueue::insert_jobs(conn, &jobs)?)
+        }
+        WriteOp::Retry { id, clear_journal } => {
+            Reply::Retry(retry::retry(conn, *id, *clear_journal, now)?)
         }
         WriteOp::Claim(request) => Reply::Claimed(claim::claim(conn, request)?),
         WriteOp::Finish {
@@ -450,6 +470,8 @@ mod tests {
             max_attempts: 1,
             run_at: 0,
             created_at: 0,
+            idempotency_key: None,
+            idempotency_window: None,
             claimed_by: Some(LocalClaim {
                 owner: owner.into(),
                 lease_until: i64::MAX,
@@ -582,7 +604,7 @@ mod tests {
         let (replies, _) = commit(&conn, ops);
         let running: Vec<bool> = replies
             .into_iter()
-            .map(|r| matches!(r, Ok(Reply::Inserted(true))))
+            .map(|r| matches!(r, Ok(Reply::Enqueued(Enqueued::Inserted { running: true }))))
             .collect();
         // The last one had room under its own limit (5), but a job queued before it waits.
         assert_eq!(running, [true, true, false, false]);

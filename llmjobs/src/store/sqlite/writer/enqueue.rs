@@ -7,7 +7,8 @@ use rusqlite::{Connection, OptionalExtension, ToSql};
 
 use super::claim::{running_by_name, running_with_key};
 use crate::Result;
-use crate::store::{LocalClaim, NewJob};
+use crate::store::{Enqueued, LocalClaim, NewJob};
+use crate::{Error, JobId};
 
 /// Multi-row statements are built for these row counts, so a handful of prepared statements
 /// serve every batch size.
@@ -40,11 +41,11 @@ fn buckets<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
 fn insert_sql(rows: usize) -> &'static str {
     static CACHE: OnceLock<Vec<String>> = OnceLock::new();
     bucket_sql(&CACHE, rows, |n| {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
         format!(
             "INSERT INTO llmjobs_jobs (id, name, status, args, priority, \
              concurrency_key, key_limit, max_attempts, run_at, created_at, \
-             owner, attempts, started_at, lease_until) \
+             owner, attempts, started_at, lease_until, idempotency_key) \
              VALUES {values}"
         )
     })
@@ -63,23 +64,111 @@ struct InsertRow<'a> {
     lease_until: Option<i64>,
 }
 
-/// Inserts `jobs`, together, as multi-row INSERTs; for each, whether it went in running under
-/// its claim. A local claim under limits goes in running if its limits have room at that moment
-/// (counting the jobs before it in the batch), else pending.
-pub(super) fn insert_jobs(conn: &Connection, jobs: &[&NewJob]) -> Result<Vec<bool>> {
+/// Inserts `jobs`, together, as multi-row INSERTs; for each, what it did. A job whose
+/// idempotency key another job holds is not inserted: the reply names that job (an error if it
+/// was spawned with other arguments). A local claim under limits goes in running if its limits
+/// have room at that moment (counting the jobs before it in the batch), else pending.
+pub(super) fn insert_jobs(conn: &Connection, jobs: &[&NewJob]) -> Result<Vec<Enqueued>> {
     let mut room = Room::new(conn);
-    let mut running = Vec::with_capacity(jobs.len());
+    let mut keys: HashMap<&str, &NewJob> = HashMap::new();
+    let mut replies = Vec::with_capacity(jobs.len());
     let mut rows = Vec::with_capacity(jobs.len());
     for job in jobs {
+        if let Some(key) = &job.idempotency_key {
+            // A job of this very batch, or one committed before, may hold the key.
+            let holder = match keys.get(key.as_str()) {
+                Some(earlier) => Some(Holder::of(earlier)),
+                None => holder(conn, key, job)?,
+            };
+            if let Some(holder) = holder {
+                replies.push(Enqueued::Existing(holder.check(key, job)?));
+                continue;
+            }
+            keys.insert(key, job);
+        }
         let runs = match &job.claimed_by {
             None => false,
             Some(claim) => room.admit(job, claim)?,
         };
-        running.push(runs);
+        replies.push(Enqueued::Inserted { running: runs });
         rows.push(InsertRow::of(job, runs));
     }
     insert_rows(conn, &rows)?;
-    Ok(running)
+    Ok(replies)
+}
+
+/// The job that holds an idempotency key.
+struct Holder {
+    id: String,
+    name: String,
+    args: String,
+}
+
+impl Holder {
+    fn of(job: &NewJob) -> Holder {
+        Holder {
+            id: job.id.to_string(),
+            name: job.name.clone(),
+            args: job.args.clone(),
+        }
+    }
+
+    /// The holder's id, if `job` is the same work (same name, same arguments); else the error
+    /// that names the key.
+    fn check(self, key: &str, job: &NewJob) -> Result<JobId> {
+        let id: JobId = self.id.parse().map_err(|e| Error::CorruptRow {
+            id: self.id.clone(),
+            reason: format!("{e}"),
+        })?;
+        let same_args = self.args == job.args
+            || serde_json::from_str::<serde_json::Value>(&self.args).ok()
+                == serde_json::from_str::<serde_json::Value>(&job.args).ok();
+        if self.name == job.name && same_args {
+            Ok(id)
+        } else {
+            Err(Error::IdempotencyConflict {
+                key: key.to_string(),
+                existing: id,
+                name: self.name,
+            })
+        }
+    }
+}
+
+/// The committed job that holds `key` for `job`, if any. A job that ended longer ago than the
+/// key's window holds it no more: its key is released (set to NULL) here, in the same
+/// transaction as the insert that reuses it.
+fn holder(conn: &Connection, key: &str, job: &NewJob) -> Result<Option<Holder>> {
+    let found = conn
+        .prepare_cached(
+            "SELECT rowid, id, name, args, completed_at FROM llmjobs_jobs \
+             WHERE idempotency_key = ?",
+        )?
+        .query_row([key], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                Holder {
+                    id: row.get(1)?,
+                    name: row.get(2)?,
+                    args: row.get(3)?,
+                },
+                row.get::<_, Option<i64>>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((rowid, holder, ended)) = found else {
+        return Ok(None);
+    };
+    let expired = matches!(
+        (ended, job.idempotency_window),
+        (Some(ended), Some(window)) if ended.saturating_add(window) <= job.created_at
+    );
+    if expired {
+        conn.prepare_cached("UPDATE llmjobs_jobs SET idempotency_key = NULL WHERE rowid = ?")?
+            .execute([rowid])?;
+        return Ok(None);
+    }
+    Ok(Some(holder))
 }
 
 /// The room under the limits of a batch's local claims: the counters as committed, read once
@@ -237,7 +326,7 @@ impl<'a> InsertRow<'a> {
 fn insert_rows(conn: &Connection, rows: &[InsertRow<'_>]) -> Result<()> {
     for chunk in buckets(rows) {
         let mut stmt = conn.prepare_cached(insert_sql(chunk.len()))?;
-        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(14 * chunk.len());
+        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(15 * chunk.len());
         for row in chunk {
             params.extend([
                 &row.id as &dyn ToSql,
@@ -254,6 +343,7 @@ fn insert_rows(conn: &Connection, rows: &[InsertRow<'_>]) -> Result<()> {
                 &row.attempts,
                 &row.started_at,
                 &row.lease_until,
+                &row.job.idempotency_key,
             ]);
         }
         stmt.execute(params.as_slice())?;
