@@ -234,6 +234,25 @@ async fn w1_jobs_per_s(url: &str, durability: Durability) -> f64 {
 }
 
 /// W1s: as W1, but one task spawns one job after another.
+/// W9: one `spawn_many` of 10,000 jobs, on a runtime that runs none of them (only the commit
+/// is measured).
+async fn w9(bench: &mut Bench) {
+    const JOBS: usize = 10_000;
+    let url = bench.db("w9");
+    let jobs = open(&url, Durability::Full, 32, false).await;
+    let calls: Vec<_> = (0..JOBS).map(|_| noop()).collect();
+    let start = Instant::now();
+    let handles = jobs.spawn_many(calls).await.expect("spawn_many");
+    let elapsed = start.elapsed();
+    assert_eq!(handles.len(), JOBS);
+    println!(
+        "W9 spawn_many_jobs_per_s={:.0} ms={:.1}",
+        JOBS as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e3
+    );
+    jobs.shutdown().await;
+}
+
 async fn w1s(bench: &mut Bench, durability: Durability) {
     const JOBS: usize = 10_000;
     let url = bench.db("w1s");
@@ -804,6 +823,9 @@ async fn main() {
     }
     if wants("W6") {
         w6(&mut bench).await;
+    }
+    if wants("W9") {
+        w9(&mut bench).await;
     }
     if wants("W10") {
         w10(&mut bench).await;
