@@ -1,6 +1,8 @@
 //! Support code shared by the integration tests and examples of llmjobs: temporary databases,
 //! and a worker process that tests can start and kill.
 
+pub mod pg;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
