@@ -10,7 +10,9 @@ use syn::{Lit, LitBool, LitInt, LitStr, Path, Token};
 /// Every argument the attribute accepts, as listed in error messages.
 const VALID_ARGUMENTS: &str = "`name = \"...\"`, `max_concurrency = N`, `timeout = \"30s\"`, \
                                `retries = N`, `long_running`, `concurrency_key = PARAMETER`, \
-                               `key_limit = N` and `crate = \"path\"`";
+                               `key_limit = N`, `priority = N`, `idempotency_key = PARAMETER`, \
+                               `cron = \"0 */5 * * * *\"`, `cron_timezone = \"Europe/Paris\"` \
+                               and `crate = \"path\"`";
 
 /// The parsed arguments; `None` means "not given, use the runtime's default".
 #[derive(Default)]
@@ -25,6 +27,14 @@ pub(crate) struct Args {
     pub(crate) concurrency_key: Option<syn::Ident>,
     /// At most this many jobs with one key run at once (`key_limit = 2`).
     pub(crate) key_limit: Option<(u32, LitInt)>,
+    /// The priority of the job's calls (`priority = -1`).
+    pub(crate) priority: Option<i32>,
+    /// The parameter whose value is the call's idempotency key (`idempotency_key = order_id`).
+    pub(crate) idempotency_key: Option<syn::Ident>,
+    /// The cron expression the job is spawned on (`cron = "0 */5 * * * *"`), checked.
+    pub(crate) cron: Option<LitStr>,
+    /// The IANA time zone the expression is read in (`cron_timezone = "Europe/Paris"`).
+    pub(crate) cron_timezone: Option<LitStr>,
     /// The path of the `llmjobs` crate (`crate = "..."`).
     pub(crate) krate: Option<Path>,
     /// Names already given, to reject duplicates.
@@ -35,6 +45,12 @@ impl Args {
     pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
         let mut args = Args::default();
         syn::meta::parser(|meta| args.parse_one(meta)).parse2(tokens)?;
+        if let (Some(timezone), None) = (&args.cron_timezone, &args.cron) {
+            return Err(syn::Error::new(
+                timezone.span(),
+                "`cron_timezone` needs `cron = \"...\"`: the expression read in this time zone",
+            ));
+        }
         match (&args.concurrency_key, &args.key_limit) {
             (Some(key), None) => Err(syn::Error::new(
                 key.span(),
@@ -120,6 +136,35 @@ impl Args {
                 }
                 self.key_limit = Some((limit, lit));
             }
+            "priority" => self.priority = Some(priority(&meta)?),
+            "idempotency_key" => {
+                let ident: syn::Ident = meta.value()?.parse().map_err(|e| {
+                    syn::Error::new(
+                        e.span(),
+                        "`idempotency_key` names a parameter of the function, e.g. `idempotency_key = order_id`",
+                    )
+                })?;
+                self.idempotency_key = Some(ident);
+            }
+            "cron" => {
+                let text = string_value(&meta, "cron = \"0 */5 * * * *\"")?;
+                check_cron(&text)?;
+                self.cron = Some(text);
+            }
+            "cron_timezone" => {
+                let text = string_value(&meta, "cron_timezone = \"Europe/Paris\"")?;
+                if text.value().parse::<chrono_tz::Tz>().is_err() {
+                    return Err(syn::Error::new(
+                        text.span(),
+                        format_args!(
+                            "unknown time zone {:?}: use an IANA name such as \"Europe/Paris\", \
+                             \"America/New_York\" or \"UTC\"",
+                            text.value()
+                        ),
+                    ));
+                }
+                self.cron_timezone = Some(text);
+            }
             "crate" => {
                 let path = string_value(&meta, "crate = \"::llmjobs\"")?;
                 self.krate = Some(path.parse().map_err(|_| {
@@ -177,6 +222,69 @@ fn whole_number(meta: &ParseNestedMeta<'_>, example: &str) -> syn::Result<(u32, 
         .base10_parse::<u32>()
         .map_err(|_| syn::Error::new(lit.span(), expected()))?;
     Ok((n, lit))
+}
+
+/// A whole number after `=`, negative or not, that fits an `i32`.
+fn priority(meta: &ParseNestedMeta<'_>) -> syn::Result<i32> {
+    let expected = || {
+        format!(
+            "expected a whole number from {} to {}, as in `priority = 10` or `priority = -1`",
+            i32::MIN,
+            i32::MAX
+        )
+    };
+    let input = meta.value()?;
+    let minus: Option<Token![-]> = input.parse()?;
+    let lit = match input.parse::<Lit>() {
+        Ok(Lit::Int(lit)) => lit,
+        Ok(other) => return Err(syn::Error::new(other.span(), expected())),
+        Err(e) => return Err(syn::Error::new(e.span(), expected())),
+    };
+    let sign = if minus.is_some() { "-" } else { "" };
+    format!("{sign}{}", lit.base10_digits())
+        .parse()
+        .map_err(|_| syn::Error::new_spanned(quote::quote!(#minus #lit), expected()))
+}
+
+/// Checks a cron expression with the parser the runtime uses, so that a typo fails the build
+/// rather than the first start.
+fn check_cron(text: &LitStr) -> syn::Result<()> {
+    let expression = text.value();
+    let fields = expression.split_whitespace().count();
+    if !expression.trim_start().starts_with('@') && !(6..=7).contains(&fields) {
+        let hint = if fields == 5 {
+            "; llmjobs reads seconds first, so a 5-field crontab line needs a leading `0`"
+        } else {
+            ""
+        };
+        return Err(syn::Error::new(
+            text.span(),
+            format_args!(
+                "cron expression {expression:?} has {fields} fields; write 6 or 7: second, \
+                 minute, hour, day of month, month, day of week and an optional year, as in \
+                 \"0 */5 * * * *\"{hint}"
+            ),
+        ));
+    }
+    match expression.parse::<cron::Schedule>() {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // The parser's message shows the expression, a caret, and sometimes a sentence.
+            let message = e.to_string();
+            let lines: Vec<&str> = message.lines().collect();
+            let at = (lines.get(1).and_then(|caret| caret.find('^')))
+                .map(|c| format!(" at column {}", c + 1))
+                .unwrap_or_default();
+            let reason = lines.get(2..).map(|rest| rest.join(" ").trim().to_string());
+            let reason = reason
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| "unexpected text".into());
+            Err(syn::Error::new(
+                text.span(),
+                format_args!("invalid cron expression {expression:?}{at}: {reason}"),
+            ))
+        }
+    }
 }
 
 fn parse_timeout(text: &LitStr) -> syn::Result<Duration> {
@@ -282,6 +390,10 @@ mod tests {
             "long_running",
             "concurrency_key",
             "key_limit",
+            "priority",
+            "idempotency_key",
+            "cron",
+            "cron_timezone",
             "crate",
         ] {
             assert!(message.contains(&format!("`{valid}")), "{valid}: {message}");
@@ -353,6 +465,55 @@ mod tests {
     #[test]
     fn empty_name_is_rejected() {
         assert!(error(quote!(name = "")).contains("cannot be empty"));
+    }
+
+    #[test]
+    fn priority_may_be_negative_and_must_fit_i32() {
+        assert_eq!(parse(quote!(priority = 10)).unwrap().priority, Some(10));
+        assert_eq!(parse(quote!(priority = -3)).unwrap().priority, Some(-3));
+        assert_eq!(
+            parse(quote!(priority = -2147483648)).unwrap().priority,
+            Some(i32::MIN)
+        );
+        for bad in [
+            quote!(priority = 2147483648),
+            quote!(priority = "high"),
+            quote!(priority = 1.5),
+        ] {
+            assert!(error(bad).contains("expected a whole number from -2147483648"));
+        }
+    }
+
+    #[test]
+    fn idempotency_key_names_a_parameter() {
+        let args = parse(quote!(idempotency_key = order_id)).unwrap();
+        assert_eq!(args.idempotency_key.unwrap().to_string(), "order_id");
+        assert!(error(quote!(idempotency_key = "order_id")).contains("names a parameter"));
+    }
+
+    #[test]
+    fn cron_expressions_are_checked() {
+        let args = parse(quote!(
+            cron = "0 */5 * * * *",
+            cron_timezone = "Europe/Paris"
+        ))
+        .unwrap();
+        assert_eq!(args.cron.unwrap().value(), "0 */5 * * * *");
+        assert_eq!(args.cron_timezone.unwrap().value(), "Europe/Paris");
+        assert!(parse(quote!(cron = "@daily")).is_ok());
+        assert!(error(quote!(cron = "*/5 * * * *")).contains("leading `0`"));
+        let message = error(quote!(cron = "0 61 * * * *"));
+        assert!(message.contains("invalid cron expression"), "{message}");
+        assert!(message.contains("Minutes"), "{message}");
+    }
+
+    #[test]
+    fn cron_timezone_must_be_known_and_needs_cron() {
+        assert!(
+            error(quote!(cron = "* * * * * *", cron_timezone = "Mars/Olympus"))
+                .contains("unknown time zone \"Mars/Olympus\"")
+        );
+        assert!(error(quote!(cron_timezone = "UTC")).contains("needs `cron"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub(crate) fn llm_job(args: TokenStream, item: TokenStream) -> syn::Result<Token
     match (args, job) {
         (Ok(args), Ok(job)) => {
             job.check_key(&args)?;
+            job.check_cron(&args)?;
             Ok(job.expand(&args))
         }
         (Err(mut error), Err(job_error)) => {
@@ -185,11 +186,45 @@ impl JobFn {
         }
     }
 
-    /// `concurrency_key` must name one of the stored parameters.
+    /// `concurrency_key` and `idempotency_key` must name one of the stored parameters.
     fn check_key(&self, args: &Args) -> syn::Result<()> {
-        let Some(key) = &args.concurrency_key else {
+        let keys = [
+            ("concurrency_key", &args.concurrency_key),
+            ("idempotency_key", &args.idempotency_key),
+        ];
+        for (argument, key) in keys {
+            if let Some(key) = key {
+                self.check_parameter(argument, key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A cron job is spawned by its schedule, which has nothing to pass it: it takes no
+    /// arguments (a `JobContext` is no argument).
+    fn check_cron(&self, args: &Args) -> syn::Result<()> {
+        let Some(cron) = &args.cron else {
             return Ok(());
         };
+        if self.params.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = (self.params.iter())
+            .map(|p| format!("`{}`", p.field))
+            .collect();
+        Err(syn::Error::new(
+            cron.span(),
+            format_args!(
+                "a `cron` job takes no arguments: each tick spawns it with nothing to pass; \
+                 remove {} (a `JobContext` parameter is fine), or spawn the job with \
+                 `Jobs::schedule` and a call that carries its arguments",
+                names.join(", ")
+            ),
+        ))
+    }
+
+    /// `argument = key` must name one of the stored parameters.
+    fn check_parameter(&self, argument: &str, key: &Ident) -> syn::Result<()> {
         if self.params.iter().any(|p| p.field == *key) {
             return Ok(());
         }
@@ -201,7 +236,7 @@ impl JobFn {
         Err(syn::Error::new(
             key.span(),
             format_args!(
-                "`concurrency_key = {key}` must name a parameter of the function{}",
+                "`{argument} = {key}` must name a parameter of the function{}",
                 if names.is_empty() {
                     ", and this one has none".to_string()
                 } else {
@@ -222,6 +257,14 @@ impl JobFn {
         let key_fn = args.concurrency_key.as_ref().map(|key| {
             quote_spanned! {key.span()=>
                 fn concurrency_key(&self) -> ::core::option::Option<::std::string::String> {
+                    ::core::option::Option::Some(#krate::__private::key_of(&self.#key))
+                }
+            }
+        });
+
+        let idempotency_key_fn = args.idempotency_key.as_ref().map(|key| {
+            quote_spanned! {key.span()=>
+                fn idempotency_key(&self) -> ::core::option::Option<::std::string::String> {
                     ::core::option::Option::Some(#krate::__private::key_of(&self.#key))
                 }
             }
@@ -274,6 +317,8 @@ impl JobFn {
                 }
 
                 #key_fn
+
+                #idempotency_key_fn
 
                 fn run(#ctx: #krate::JobContext, args: Self) -> #future_type {
                     #future
@@ -380,6 +425,17 @@ fn config_calls(args: &Args) -> TokenStream {
     if let Some((limit, _)) = args.key_limit {
         let limit = Literal::u32_unsuffixed(limit);
         calls.extend(quote!(.key_limit(#limit)));
+    }
+    if let Some(priority) = args.priority {
+        let magnitude = Literal::u32_unsuffixed(priority.unsigned_abs());
+        let sign = (priority < 0).then(|| quote!(-));
+        calls.extend(quote!(.priority(#sign #magnitude)));
+    }
+    if let Some(cron) = &args.cron {
+        calls.extend(quote!(.cron(#cron)));
+    }
+    if let Some(timezone) = &args.cron_timezone {
+        calls.extend(quote!(.cron_timezone(#timezone)));
     }
     calls
 }

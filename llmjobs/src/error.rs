@@ -150,6 +150,14 @@ pub enum Error {
         /// The name stored with the job.
         found: String,
     },
+    /// A schedule's cron expression or time zone is not valid.
+    #[error("invalid schedule `{name}`: {reason}")]
+    InvalidSchedule {
+        /// The schedule's name.
+        name: String,
+        /// What is wrong, naming the expression or time zone.
+        reason: String,
+    },
 }
 
 #[cfg(feature = "sqlite")]

@@ -105,6 +105,9 @@ pub struct JobConfig {
     /// A cron expression (with seconds: `"0 */5 * * * *"`) on which the job, which takes no
     /// arguments, is spawned, once per tick across every process sharing the database.
     pub cron: Option<&'static str>,
+    /// The IANA time zone the [`cron`](JobConfig::cron) expression is read in
+    /// (`"Europe/Paris"`). `None`: UTC.
+    pub cron_timezone: Option<&'static str>,
 }
 
 impl JobConfig {
@@ -118,6 +121,7 @@ impl JobConfig {
             key_limit: None,
             priority: 0,
             cron: None,
+            cron_timezone: None,
         }
     }
 
@@ -160,6 +164,12 @@ impl JobConfig {
     /// Sets [`JobConfig::cron`].
     pub const fn cron(mut self, cron: &'static str) -> Self {
         self.cron = Some(cron);
+        self
+    }
+
+    /// Sets [`JobConfig::cron_timezone`].
+    pub const fn cron_timezone(mut self, timezone: &'static str) -> Self {
+        self.cron_timezone = Some(timezone);
         self
     }
 }

@@ -596,6 +596,7 @@ impl JobsBuilder {
         let shared = Shared::new(store, settings, registry, db_path)?;
         // Resume what dead workers left before claiming anything new.
         runtime::recover_orphans(&shared).await?;
+        crate::schedule::declare(&shared).await?;
         shared.start();
         Ok(Jobs {
             _guard: Arc::new(DropGuard(shared.clone())),
@@ -691,6 +692,21 @@ async fn open_store(
             None => None,
         };
         return Ok((Arc::new(store), path));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        {
+            let target = crate::store::postgres::PgTarget::parse(url)?;
+            let store = crate::store::postgres::PgStore::open(url, &target, durability).await?;
+            // Liveness is the store's (advisory locks), not lock files.
+            return Ok((Arc::new(store), None));
+        }
+        #[cfg(not(feature = "postgres"))]
+        return Err(Error::InvalidUrl {
+            url: url.to_string(),
+            reason: "PostgreSQL support is not compiled in; enable llmjobs' `postgres` feature"
+                .into(),
+        });
     }
     let _ = durability;
     Err(Error::InvalidUrl {

@@ -52,6 +52,7 @@ mod jobs;
 pub mod llm;
 mod owner;
 mod runtime;
+mod schedule;
 mod status;
 mod store;
 
@@ -68,4 +69,5 @@ pub use jobs::{Durability, Jobs, JobsBuilder};
 #[cfg(feature = "macros")]
 pub use llmjobs_macros::llm_job;
 pub use runtime::{Backoff, CallInfo, ProgressEvent};
+pub use schedule::{CatchUp, Schedule, ScheduleInfo};
 pub use status::{EarlierRun, JobCounts, JobFilter, JobState, JobStatus};

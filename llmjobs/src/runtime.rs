@@ -141,6 +141,8 @@ pub(crate) struct Shared {
     db_path: Option<PathBuf>,
     /// Wakes the dispatcher: a job was spawned or finished here.
     wake: Notify,
+    /// Wakes the schedule ticker: a schedule was added or removed here.
+    pub(crate) schedules_changed: Notify,
     running: Mutex<Running>,
     waiters: Mutex<HashMap<JobId, Weak<WaitSlot>>>,
     /// In-process progress subscribers, by job.
@@ -186,6 +188,7 @@ impl Shared {
             quotas: quotas.into(),
             db_path,
             wake: Notify::new(),
+            schedules_changed: Notify::new(),
             running: Mutex::new(Running::default()),
             waiters: Mutex::new(HashMap::new()),
             progress_subscribers: Mutex::new(HashMap::new()),
@@ -211,6 +214,13 @@ impl Shared {
             Arc::downgrade(self),
             self.stopped.clone(),
         ));
+        if self.settings.run_jobs {
+            tokio::spawn(crate::schedule::tick(
+                Arc::downgrade(self),
+                self.stopped.clone(),
+                crate::status::now_ms(),
+            ));
+        }
         if let Some(retention) = self.settings.retention {
             tokio::spawn(maintain::retain(
                 Arc::downgrade(self),

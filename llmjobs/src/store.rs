@@ -5,8 +5,13 @@ use std::sync::Arc;
 use crate::status::{JobFilter, JobState, JobStatus, from_ms};
 use crate::{Error, JobId, Result};
 
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+mod schedule;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+
+pub(crate) use schedule::{Fired, ScheduleDef, ScheduleRow, TickJobs};
 
 /// A job to insert.
 #[derive(Debug, Clone)]
@@ -381,6 +386,34 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Deletes terminal jobs (and their journals) that ended before `before`.
     async fn prune(&self, before: i64) -> Result<u64>;
+
+    /// Writes schedules (a definition unchanged keeps its state: the ticks it fired and where
+    /// its catch-up starts), and removes the schedules in `undeclare` that code declared.
+    async fn put_schedules(&self, put: Vec<ScheduleDef>, undeclare: Vec<String>) -> Result<()>;
+
+    /// Removes a schedule; whether there was one.
+    async fn remove_schedule(&self, name: String) -> Result<bool>;
+
+    /// Every schedule, by name.
+    async fn schedules(&self) -> Result<Vec<ScheduleRow>>;
+
+    /// Fires ticks of a schedule: each tick not fired yet, by any process, is recorded and its
+    /// job inserted in the same transaction, so every tick fires once.
+    async fn fire_ticks(&self, ticks: TickJobs) -> Result<Fired>;
+
+    /// Whether `owner` is alive, if the backend can tell by itself (PostgreSQL: its advisory
+    /// lock is held); `None` to ask the lock files beside the database.
+    async fn owner_liveness(&self, owner: &str) -> Result<Option<bool>> {
+        let _ = owner;
+        Ok(None)
+    }
+
+    /// Holds `owner`'s liveness lock for as long as the store lives, if the backend keeps one
+    /// (PostgreSQL); taken again if it was lost. Cheap once it is held.
+    async fn hold_owner(&self, owner: &str) -> Result<()> {
+        let _ = owner;
+        Ok(())
+    }
 
     /// Waits until every write accepted so far is durable, then stops accepting writes.
     async fn close(&self);

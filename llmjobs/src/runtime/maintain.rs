@@ -98,10 +98,27 @@ pub(super) async fn retain(shared: Weak<Shared>, stopped: CancellationToken, ret
 /// (their lock is free), after their lease for the others. A live owner's jobs are never
 /// touched, nor this worker's own.
 pub(crate) async fn recover_orphans(shared: &Shared) -> Result<u64> {
+    // This worker's own liveness lock, where the store keeps one: held before it runs anything,
+    // and taken again if its connection was lost.
+    shared.store.hold_owner(&shared.owner).await?;
     let owners = shared.store.running_owners(shared.owner.clone()).await?;
     let mut recovered = 0;
     let mut judged_by_lease = Vec::new();
     for owner in owners {
+        // A store that can tell liveness itself (PostgreSQL's advisory locks) is asked first.
+        if let Some(alive) = shared.store.owner_liveness(&owner).await? {
+            if !alive {
+                let n = shared
+                    .store
+                    .release_owner(owner.clone(), Release::Dead)
+                    .await?;
+                if n > 0 {
+                    tracing::info!(%owner, jobs = n, "resuming the jobs of a dead worker");
+                }
+                recovered += n;
+            }
+            continue;
+        }
         let liveness = match &shared.db_path {
             Some(path) => owner::probe(path, &owner),
             None => Liveness::Unknown,

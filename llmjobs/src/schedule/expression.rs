@@ -91,12 +91,17 @@ pub(crate) fn parse_expression(expression: &str) -> Result<cron::Schedule, Strin
 /// sentence: keep the sentence and say where the caret was.
 fn describe_parse_error(expression: &str, message: &str) -> String {
     let lines: Vec<&str> = message.lines().collect();
-    let column = lines.get(1).and_then(|caret| caret.find('^')).map(|c| c + 1);
+    let column = lines
+        .get(1)
+        .and_then(|caret| caret.find('^'))
+        .map(|c| c + 1);
     let reason = lines
         .get(2..)
         .map(|rest| rest.join(" ").trim().to_string())
         .filter(|reason| !reason.is_empty());
-    let at = column.map(|c| format!(" at column {c}")).unwrap_or_default();
+    let at = column
+        .map(|c| format!(" at column {c}"))
+        .unwrap_or_default();
     match reason {
         Some(reason) => format!("invalid cron expression {expression:?}{at}: {reason}"),
         None => format!("invalid cron expression {expression:?}: unexpected text{at}"),
@@ -160,7 +165,10 @@ mod tests {
         // 09:00 in Paris is 08:00 UTC in winter (2026-01-15).
         let cron = Cron::parse("0 0 9 * * *", "Europe/Paris").unwrap();
         let midnight_utc = 1_768_435_200 * SECOND;
-        assert_eq!(cron.next_after(midnight_utc), Some(midnight_utc + 8 * 3600 * SECOND));
+        assert_eq!(
+            cron.next_after(midnight_utc),
+            Some(midnight_utc + 8 * 3600 * SECOND)
+        );
     }
 
     #[test]

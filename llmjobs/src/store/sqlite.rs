@@ -620,6 +620,35 @@ impl Store for SqliteStore {
         Ok(deleted)
     }
 
+    async fn put_schedules(
+        &self,
+        put: Vec<super::ScheduleDef>,
+        undeclare: Vec<String>,
+    ) -> Result<()> {
+        match self.write(WriteOp::PutSchedules { put, undeclare }).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn remove_schedule(&self, name: String) -> Result<bool> {
+        match self.write(WriteOp::RemoveSchedule { name }).await? {
+            Reply::Changed(removed) => Ok(removed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn schedules(&self) -> Result<Vec<super::ScheduleRow>> {
+        self.read(writer::read_schedules).await
+    }
+
+    async fn fire_ticks(&self, ticks: super::TickJobs) -> Result<super::Fired> {
+        match self.write(WriteOp::FireTicks(ticks)).await? {
+            Reply::Fired(fired) => Ok(fired),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn close(&self) {
         // The writer drains what it has queued; an empty op that round-trips proves it.
         let _ = self.write(WriteOp::Flush).await;

@@ -33,6 +33,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "idempotency and retry history",
         sql: include_str!("../../../migrations/sqlite/0003_idempotency_and_retry_history.sql"),
     },
+    Migration {
+        version: 4,
+        description: "schedules",
+        sql: include_str!("../../../migrations/sqlite/0004_schedules.sql"),
+    },
 ];
 
 /// FNV-1a, 64 bits: enough to notice that a migration's text changed after it ran.

@@ -28,7 +28,10 @@ mod prune;
 pub(super) use prune::{PRUNE_CHUNK, VACUUM_PAGES};
 mod release;
 mod retry;
+mod schedule;
 mod steps;
+
+pub(super) use schedule::read_schedules;
 
 use finish::Completion;
 
@@ -111,6 +114,16 @@ pub(super) enum WriteOp {
     Flush,
     #[cfg(feature = "_fault-injection")]
     Inject(crate::store::Fault),
+    /// Writes schedules and removes the code-declared ones named in `undeclare`.
+    PutSchedules {
+        put: Vec<crate::store::ScheduleDef>,
+        undeclare: Vec<String>,
+    },
+    RemoveSchedule {
+        name: String,
+    },
+    /// Fires ticks of a schedule, each with its job.
+    FireTicks(crate::store::TickJobs),
 }
 
 #[derive(Debug)]
@@ -125,6 +138,7 @@ pub(super) enum Reply {
     Count(u64),
     Claimed(Vec<ClaimedJob>),
     Cancel(CancelEffect),
+    Fired(crate::store::Fired),
 }
 
 /// Runs until every sender is gone, then closes the connection. If it panics, `failure` says
@@ -445,6 +459,12 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Reply> {
         }
         #[cfg(feature = "_fault-injection")]
         WriteOp::Inject(_) => Reply::Done,
+        WriteOp::PutSchedules { put, undeclare } => {
+            schedule::put_schedules(conn, put, undeclare, now)?;
+            Reply::Done
+        }
+        WriteOp::RemoveSchedule { name } => Reply::Changed(schedule::remove_schedule(conn, name)?),
+        WriteOp::FireTicks(ticks) => Reply::Fired(schedule::fire_ticks(conn, ticks, now)?),
     })
 }
 
