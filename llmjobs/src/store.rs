@@ -43,6 +43,45 @@ pub(crate) enum Enqueued {
     Existing(JobId),
 }
 
+/// The job that holds an idempotency key, as a spawn with that key meets it.
+pub(crate) struct KeyHolder {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) args: String,
+}
+
+impl KeyHolder {
+    /// A job of the same batch that took the key first.
+    pub(crate) fn of(job: &NewJob) -> KeyHolder {
+        KeyHolder {
+            id: job.id.to_string(),
+            name: job.name.clone(),
+            args: job.args.clone(),
+        }
+    }
+
+    /// The holder's id, if `job` is the same work (same name, same arguments); else the error
+    /// that names the key.
+    pub(crate) fn check(self, key: &str, job: &NewJob) -> Result<JobId> {
+        let id: JobId = self.id.parse().map_err(|e| Error::CorruptRow {
+            id: self.id.clone(),
+            reason: format!("{e}"),
+        })?;
+        let same_args = self.args == job.args
+            || serde_json::from_str::<serde_json::Value>(&self.args).ok()
+                == serde_json::from_str::<serde_json::Value>(&job.args).ok();
+        if self.name == job.name && same_args {
+            Ok(id)
+        } else {
+            Err(Error::IdempotencyConflict {
+                key: key.to_string(),
+                existing: id,
+                name: self.name,
+            })
+        }
+    }
+}
+
 /// What `retry` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RetryEffect {

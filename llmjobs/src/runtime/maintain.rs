@@ -12,21 +12,40 @@ use crate::owner::{self, Liveness};
 use crate::status::now_ms;
 use crate::store::Release;
 
+/// Every `period`, the runtime while it lives: `None` once it stopped or was dropped. A tick
+/// missed while the caller worked is not made up.
+struct Ticks {
+    shared: Weak<Shared>,
+    stopped: CancellationToken,
+    interval: tokio::time::Interval,
+}
+
+impl Ticks {
+    fn new(shared: Weak<Shared>, stopped: CancellationToken, period: Duration) -> Ticks {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticks {
+            shared,
+            stopped,
+            interval,
+        }
+    }
+
+    async fn next(&mut self) -> Option<std::sync::Arc<Shared>> {
+        tokio::select! {
+            _ = self.interval.tick() => self.shared.upgrade(),
+            _ = self.stopped.cancelled() => None,
+        }
+    }
+}
+
 /// Renews leases, stops jobs whose cancellation was requested from another process, and hands
 /// back the jobs of dead owners.
 pub(super) async fn maintain(shared: Weak<Shared>, stopped: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = Ticks::new(shared, stopped, Duration::from_millis(250));
     let mut last_heartbeat = tokio::time::Instant::now();
     let mut last_owner_scan: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.cancelled() => return,
-        }
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
+    while let Some(shared) = ticks.next().await {
         if let Some(cause) = shared.store.failure() {
             shared.give_up(&cause);
             return;
@@ -72,16 +91,8 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// prune never delays lease renewals; the prune itself deletes in short chunks.
 pub(super) async fn retain(shared: Weak<Shared>, stopped: CancellationToken, retention: Duration) {
     let every = (retention / 10).clamp(Duration::from_millis(100), RETENTION_EVERY);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.cancelled() => return,
-        }
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
+    let mut ticks = Ticks::new(shared, stopped, every);
+    while let Some(shared) = ticks.next().await {
         let before = now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         match shared.store.prune(before).await {
             Ok(0) => {}

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use sqlx::PgConnection;
 
 use super::locks;
-use crate::store::{Enqueued, LocalClaim, NewJob};
-use crate::{Error, JobId, Result};
+use crate::Result;
+use crate::store::{Enqueued, KeyHolder, LocalClaim, NewJob};
 
 /// Inserts `jobs`, together; for each, what it did. A job whose idempotency key another job
 /// holds is not inserted: the reply names that job (an error if it was spawned with other
@@ -38,7 +38,7 @@ pub(super) async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Res
         if let Some(key) = &job.idempotency_key {
             // A job of this very call, or one committed before, may hold the key.
             let holder = match held.get(key.as_str()) {
-                Some(earlier) => Some(Holder::of(earlier)),
+                Some(earlier) => Some(KeyHolder::of(earlier)),
                 None => holder(conn, key, job).await?,
             };
             if let Some(holder) = holder {
@@ -73,48 +73,10 @@ pub(super) fn limit_locks(job: &NewJob, claim: &LocalClaim) -> Vec<i64> {
     keys
 }
 
-/// The job that holds an idempotency key.
-struct Holder {
-    id: String,
-    name: String,
-    args: String,
-}
-
-impl Holder {
-    fn of(job: &NewJob) -> Holder {
-        Holder {
-            id: job.id.to_string(),
-            name: job.name.clone(),
-            args: job.args.clone(),
-        }
-    }
-
-    /// The holder's id, if `job` is the same work (same name, same arguments); else the error
-    /// that names the key.
-    fn check(self, key: &str, job: &NewJob) -> Result<JobId> {
-        let id: JobId = self.id.parse().map_err(|e| Error::CorruptRow {
-            id: self.id.clone(),
-            reason: format!("{e}"),
-        })?;
-        let same_args = self.args == job.args
-            || serde_json::from_str::<serde_json::Value>(&self.args).ok()
-                == serde_json::from_str::<serde_json::Value>(&job.args).ok();
-        if self.name == job.name && same_args {
-            Ok(id)
-        } else {
-            Err(Error::IdempotencyConflict {
-                key: key.to_string(),
-                existing: id,
-                name: self.name,
-            })
-        }
-    }
-}
-
 /// The committed job that holds `key` for `job`, if any. A job that ended longer ago than the
 /// key's window holds it no more: its key is released (set to NULL) here, in the same
 /// transaction as the insert that reuses it.
-async fn holder(conn: &mut PgConnection, key: &str, job: &NewJob) -> Result<Option<Holder>> {
+async fn holder(conn: &mut PgConnection, key: &str, job: &NewJob) -> Result<Option<KeyHolder>> {
     let found: Option<(String, String, String, Option<i64>)> = sqlx::query_as(
         "SELECT id::text, name, args, completed_at FROM llmjobs_jobs WHERE idempotency_key = $1",
     )
@@ -135,7 +97,7 @@ async fn holder(conn: &mut PgConnection, key: &str, job: &NewJob) -> Result<Opti
             .await?;
         return Ok(None);
     }
-    Ok(Some(Holder { id, name, args }))
+    Ok(Some(KeyHolder { id, name, args }))
 }
 
 /// The room under the limits of a call's local claims: the counters as committed (read under

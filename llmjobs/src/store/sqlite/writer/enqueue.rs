@@ -7,8 +7,7 @@ use rusqlite::{Connection, OptionalExtension, ToSql};
 
 use super::claim::{running_by_name, running_with_key};
 use crate::Result;
-use crate::store::{Enqueued, LocalClaim, NewJob};
-use crate::{Error, JobId};
+use crate::store::{Enqueued, KeyHolder, LocalClaim, NewJob};
 
 /// Multi-row statements are built for these row counts, so a handful of prepared statements
 /// serve every batch size.
@@ -77,7 +76,7 @@ pub(super) fn insert_jobs(conn: &Connection, jobs: &[&NewJob]) -> Result<Vec<Enq
         if let Some(key) = &job.idempotency_key {
             // A job of this very batch, or one committed before, may hold the key.
             let holder = match keys.get(key.as_str()) {
-                Some(earlier) => Some(Holder::of(earlier)),
+                Some(earlier) => Some(KeyHolder::of(earlier)),
                 None => holder(conn, key, job)?,
             };
             if let Some(holder) = holder {
@@ -97,48 +96,10 @@ pub(super) fn insert_jobs(conn: &Connection, jobs: &[&NewJob]) -> Result<Vec<Enq
     Ok(replies)
 }
 
-/// The job that holds an idempotency key.
-struct Holder {
-    id: String,
-    name: String,
-    args: String,
-}
-
-impl Holder {
-    fn of(job: &NewJob) -> Holder {
-        Holder {
-            id: job.id.to_string(),
-            name: job.name.clone(),
-            args: job.args.clone(),
-        }
-    }
-
-    /// The holder's id, if `job` is the same work (same name, same arguments); else the error
-    /// that names the key.
-    fn check(self, key: &str, job: &NewJob) -> Result<JobId> {
-        let id: JobId = self.id.parse().map_err(|e| Error::CorruptRow {
-            id: self.id.clone(),
-            reason: format!("{e}"),
-        })?;
-        let same_args = self.args == job.args
-            || serde_json::from_str::<serde_json::Value>(&self.args).ok()
-                == serde_json::from_str::<serde_json::Value>(&job.args).ok();
-        if self.name == job.name && same_args {
-            Ok(id)
-        } else {
-            Err(Error::IdempotencyConflict {
-                key: key.to_string(),
-                existing: id,
-                name: self.name,
-            })
-        }
-    }
-}
-
 /// The committed job that holds `key` for `job`, if any. A job that ended longer ago than the
 /// key's window holds it no more: its key is released (set to NULL) here, in the same
 /// transaction as the insert that reuses it.
-fn holder(conn: &Connection, key: &str, job: &NewJob) -> Result<Option<Holder>> {
+fn holder(conn: &Connection, key: &str, job: &NewJob) -> Result<Option<KeyHolder>> {
     let found = conn
         .prepare_cached(
             "SELECT rowid, id, name, args, completed_at FROM llmjobs_jobs \
@@ -147,7 +108,7 @@ fn holder(conn: &Connection, key: &str, job: &NewJob) -> Result<Option<Holder>> 
         .query_row([key], |row| {
             Ok((
                 row.get::<_, i64>(0)?,
-                Holder {
+                KeyHolder {
                     id: row.get(1)?,
                     name: row.get(2)?,
                     args: row.get(3)?,
