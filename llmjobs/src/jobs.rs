@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::handle::CancelOutcome;
 use crate::job::Registration;
 use crate::runtime::{self, Backoff, CallInfo, Entry, ProgressEvent, Settings, Shared};
-use crate::status::{JobCounts, JobFilter, JobState, JobStatus, now_ms, to_ms};
+use crate::status::{JobCounts, JobFilter, JobState, JobStatus, now_ms};
 use crate::store::{CancelEffect, Enqueued, LocalClaim, NewJob, RetryEffect, Store};
 use crate::{Error, Job, JobCall, JobHandle, JobId, Outcome, Result};
 
@@ -143,37 +143,7 @@ impl Jobs {
 
     /// The row a call becomes, not yet claimed.
     fn new_job<T>(&self, call: &JobCall<T>, now: i64) -> Result<NewJob> {
-        let args = call.args_json().map_err(|message| Error::SerializeArgs {
-            name: call.name().to_string(),
-            message: message.to_string(),
-        })?;
-        let config = self
-            .shared
-            .registry
-            .get(call.name())
-            .map(|e| &e.config)
-            .unwrap_or(call.config());
-        let retries = config
-            .retries
-            .unwrap_or(self.shared.settings.default_retries);
-        Ok(NewJob {
-            id: JobId::new(),
-            name: call.name().to_string(),
-            args: args.to_string(),
-            priority: call.priority_value(),
-            concurrency_key: call.key().map(str::to_string),
-            key_limit: call.config().key_limit.or(config.key_limit),
-            max_attempts: retries.saturating_add(1),
-            run_at: call.run_at_time().map_or(now, to_ms),
-            created_at: now,
-            claimed_by: None,
-            idempotency_key: call.idempotency_key_value().map(str::to_string),
-            idempotency_window: self
-                .shared
-                .settings
-                .idempotency_window
-                .map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX)),
-        })
+        self.shared.new_job(call, now)
     }
 
     /// The handle of a job just spawned: the new one, or the one holding its idempotency key.

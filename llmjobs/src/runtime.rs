@@ -14,7 +14,7 @@ use tracing::Instrument;
 use crate::job::Registration;
 use crate::owner::{self, OwnerLock};
 use crate::status::JobStatus;
-use crate::store::{NameQuota, Store};
+use crate::store::{NameQuota, NewJob, Store};
 use crate::{Error, JobConfig, JobId, Progress, Result};
 
 mod dispatch;
@@ -280,6 +280,38 @@ impl Shared {
         }
         drop(running);
         self.wake.notify_one();
+    }
+
+    /// The row a call becomes, not yet claimed: the job's registered settings (else the
+    /// call's), this runtime's defaults.
+    pub(crate) fn new_job<T>(&self, call: &crate::JobCall<T>, now: i64) -> Result<NewJob> {
+        let args = call.args_json().map_err(|message| Error::SerializeArgs {
+            name: call.name().to_string(),
+            message: message.to_string(),
+        })?;
+        let config = self
+            .registry
+            .get(call.name())
+            .map(|e| &e.config)
+            .unwrap_or(call.config());
+        let retries = config.retries.unwrap_or(self.settings.default_retries);
+        Ok(NewJob {
+            id: JobId::new(),
+            name: call.name().to_string(),
+            args: args.to_string(),
+            priority: call.priority_value(),
+            concurrency_key: call.key().map(str::to_string),
+            key_limit: call.config().key_limit.or(config.key_limit),
+            max_attempts: retries.saturating_add(1),
+            run_at: call.run_at_time().map_or(now, crate::status::to_ms),
+            created_at: now,
+            claimed_by: None,
+            idempotency_key: call.idempotency_key_value().map(str::to_string),
+            idempotency_window: self
+                .settings
+                .idempotency_window
+                .map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX)),
+        })
     }
 
     fn running_count(&self) -> usize {

@@ -19,7 +19,7 @@ use super::expression::Cron;
 use crate::runtime::Shared;
 use crate::status::now_ms;
 use crate::store::{Fired, NewJob, ScheduleRow, TickJobs};
-use crate::{Error, JobCall, JobId};
+use crate::{Error, JobCall};
 
 /// How often the schedules are read again, at most: what another process added is seen
 /// within this long.
@@ -212,13 +212,26 @@ impl Ticker {
                 return Outcome::Done { fired: 0 };
             }
         };
+        let jobs: crate::Result<Vec<(i64, NewJob)>> = ticks
+            .iter()
+            .map(|&tick| {
+                // Due at its tick, as a job spawned then would have been.
+                let mut job = shared.new_job(&call, now)?;
+                job.run_at = tick;
+                Ok((tick, job))
+            })
+            .collect();
+        let ticks = match jobs {
+            Ok(ticks) => ticks,
+            Err(e) => {
+                self.report(row, &format!("its stored call cannot be spawned: {e}"));
+                return Outcome::Done { fired: 0 };
+            }
+        };
         let fire = TickJobs {
             schedule: row.name.clone(),
             revision: row.revision,
-            ticks: ticks
-                .iter()
-                .map(|&tick| (tick, new_job(shared, &call, tick, now)))
-                .collect(),
+            ticks,
         };
         match shared.store.fire_ticks(fire).await {
             Ok(Fired::Ticks(fired)) => {
@@ -239,33 +252,5 @@ impl Ticker {
                 Outcome::Done { fired: 0 }
             }
         }
-    }
-}
-
-/// The job a tick spawns: `call`, due at the tick, with the limits and retries a spawn of it
-/// from this process would have.
-fn new_job(shared: &Shared, call: &JobCall<serde_json::Value>, tick: i64, now: i64) -> NewJob {
-    let config = shared
-        .registry
-        .get(call.name())
-        .map(|e| &e.config)
-        .unwrap_or(call.config());
-    let retries = config.retries.unwrap_or(shared.settings.default_retries);
-    NewJob {
-        id: JobId::new(),
-        name: call.name().to_string(),
-        args: call.args_json().unwrap_or("{}").to_string(),
-        priority: call.priority_value(),
-        concurrency_key: call.key().map(str::to_string),
-        key_limit: call.config().key_limit.or(config.key_limit),
-        max_attempts: retries.saturating_add(1),
-        run_at: tick,
-        created_at: now,
-        claimed_by: None,
-        idempotency_key: call.idempotency_key_value().map(str::to_string),
-        idempotency_window: shared
-            .settings
-            .idempotency_window
-            .map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX)),
     }
 }
