@@ -43,6 +43,19 @@ enum Verdict {
     Wait,
     /// Crashes used up its attempts: it fails.
     Exhausted,
+    /// A column holds a value no job may hold (a negative count, written by hand): it fails
+    /// alone, saying which, as a SQLite row with a value of the wrong type does.
+    Corrupt(String),
+}
+
+/// A count column's value, or 0 with the problem described in `problems` when it is negative.
+fn count(value: i32, column: &str, problems: &mut Vec<String>) -> u32 {
+    u32::try_from(value).unwrap_or_else(|_| {
+        problems.push(format!(
+            "column `{column}` holds the integer {value} where a count belongs"
+        ));
+        0
+    })
 }
 
 /// Picks due pending jobs this worker can run, within the limits counted over the whole
@@ -94,6 +107,7 @@ pub(super) async fn claim(
     let mut keys: HashMap<String, KeyRoom> = HashMap::new();
     let mut chosen: Vec<ClaimedJob> = Vec::new();
     let mut exhausted: Vec<String> = Vec::new();
+    let mut corrupt: Vec<(String, String)> = Vec::new();
     let mut cursor: Option<(i32, i64, String)> = None;
     'pages: while (chosen.len() as i64) < slots {
         let rows = sqlx::query(
@@ -118,13 +132,16 @@ pub(super) async fn claim(
             let name: String = row.try_get(1)?;
             let key: Option<String> = row.try_get(2)?;
             let key_limit: Option<i32> = row.try_get(3)?;
-            let attempts = u32::try_from(row.try_get::<i32, _>(4)?).unwrap_or(0);
-            let max_attempts = u32::try_from(row.try_get::<i32, _>(5)?).unwrap_or(0);
+            let mut problems = Vec::new();
+            let attempts = count(row.try_get(4)?, "attempts", &mut problems);
+            let max_attempts = count(row.try_get(5)?, "max_attempts", &mut problems);
             cursor = Some((row.try_get(8)?, row.try_get(9)?, id.clone()));
             if (chosen.len() as i64) >= slots {
                 break 'pages;
             }
-            let verdict = if attempts >= max_attempts.max(MIN_ATTEMPTS_AGAINST_CRASHES) {
+            let verdict = if !problems.is_empty() {
+                Verdict::Corrupt(problems.join("; "))
+            } else if attempts >= max_attempts.max(MIN_ATTEMPTS_AGAINST_CRASHES) {
                 Verdict::Exhausted
             } else if room.get(name.as_str()).is_none_or(|left| *left <= 0) {
                 Verdict::Wait
@@ -153,6 +170,10 @@ pub(super) async fn claim(
                 }
                 Verdict::Wait => {}
                 Verdict::Exhausted => exhausted.push(id),
+                Verdict::Corrupt(problems) => {
+                    tracing::warn!(%problems, "failing a corrupt job row");
+                    corrupt.push((id, format!("corrupt row: {problems}")));
+                }
             }
         }
         if !full {
@@ -165,6 +186,12 @@ pub(super) async fn claim(
     let mut ids: Vec<String> = chosen.iter().map(|job| job.id.to_string()).collect();
     let taken = ids.len();
     ids.extend(exhausted);
+    // The error of each row that fails for what it holds; none for the others.
+    let mut errors: Vec<Option<String>> = vec![None; ids.len()];
+    for (id, error) in corrupt {
+        ids.push(id);
+        errors.push(Some(error));
+    }
     if ids.is_empty() {
         return Ok(chosen);
     }
@@ -176,11 +203,12 @@ pub(super) async fn claim(
          attempts = CASE WHEN c.take THEN j.attempts + 1 ELSE j.attempts END, \
          started_at = CASE WHEN c.take THEN coalesce(j.started_at, $4) ELSE j.started_at END, \
          completed_at = CASE WHEN c.take THEN NULL ELSE $4 END, \
-         error = CASE WHEN c.take THEN j.error ELSE format('its %s attempts were interrupted \
+         error = CASE WHEN c.take THEN j.error WHEN c.error IS NOT NULL THEN c.error \
+ELSE format('its %s attempts were interrupted \
 (its workers died or lost their lease); the job fails so that it cannot crash its workers \
 again', j.attempts) END \
-         FROM (SELECT id, ord <= $5 AS take FROM unnest($1::text[]::uuid[]) \
-               WITH ORDINALITY AS u(id, ord)) AS c \
+         FROM (SELECT id::uuid AS id, error, ord <= $5 AS take \
+               FROM unnest($1::text[], $6::text[]) WITH ORDINALITY AS u(id, error, ord)) AS c \
          WHERE j.id = c.id AND j.status = 'pending'",
     )
     .bind(&ids)
@@ -188,6 +216,7 @@ again', j.attempts) END \
     .bind(request.lease_until)
     .bind(request.now)
     .bind(taken as i64)
+    .bind(&errors)
     .execute(&mut *conn)
     .await?;
     Ok(chosen)

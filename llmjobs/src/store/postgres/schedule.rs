@@ -93,9 +93,12 @@ pub(super) async fn fire_ticks(
     fire: &TickJobs,
     now: i64,
 ) -> Result<Fired> {
-    // Shared: a change of the definition waits for this firing, and the other way round.
+    // The lock the `last_tick` update below takes, taken first: a change of the definition
+    // waits for this firing, and the other way round; and processes firing the same ticks
+    // take turns, the later one finding them fired. (A shared lock here deadlocked them: each
+    // waited on the other's tick row while holding the share that blocked the other's update.)
     let revision: Option<(i64,)> =
-        sqlx::query_as("SELECT revision FROM llmjobs_schedules WHERE name = $1 FOR SHARE")
+        sqlx::query_as("SELECT revision FROM llmjobs_schedules WHERE name = $1 FOR NO KEY UPDATE")
             .bind(&fire.schedule)
             .fetch_optional(&mut *conn)
             .await?;
