@@ -1137,6 +1137,15 @@ pub(crate) async fn retry_of_a_failed_job_keeps_its_earlier_runs_and_replays_pai
         .await
         .unwrap();
     front.cancel(cancelled.id()).await.unwrap();
+    // If a worker had claimed it, the cancel was a request: wait until it has landed.
+    let start = Instant::now();
+    while cancelled.status().await.unwrap().state != JobState::Cancelled {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the cancel never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     jobs.retry_from_scratch(cancelled.id()).await.unwrap();
     assert_eq!(cancelled.wait().await.unwrap(), 2, "the step ran afresh");
     let status = cancelled.status().await.unwrap();
