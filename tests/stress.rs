@@ -885,6 +885,12 @@ async fn random_spawns_cancels_retries_kills_and_restarts_keep_every_invariant()
     let final_shutdown = tokio::time::timeout(SHUTDOWN_TIMEOUT, jobs.shutdown()).await;
     let watcher_shutdown = tokio::time::timeout(SHUTDOWN_TIMEOUT, stress.watcher.shutdown()).await;
 
+    let miscounted = counters_against_rows(&stress.db);
+    assert!(
+        miscounted.is_empty(),
+        "seed {seed}: invariant 9: the counters (read by counts and limits) equal the rows \
+         counted, through kills and restarts: {miscounted:?}"
+    );
     for (name, violations) in &checks {
         assert!(
             violations.is_empty(),
@@ -898,4 +904,41 @@ async fn random_spawns_cancels_retries_kills_and_restarts_keep_every_invariant()
         "seed {seed}: the final runtime or the watcher did not shut down within \
          {SHUTDOWN_TIMEOUT:?}"
     );
+}
+
+/// Where the maintained counters differ from counting the rows: (what, counter, rows).
+fn counters_against_rows(db: &TempDb) -> Vec<(String, i64, i64)> {
+    let conn = rusqlite::Connection::open(db.path()).unwrap();
+    let pairs = |sql: &str| -> std::collections::BTreeMap<String, i64> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .filter(|(_, n)| *n != 0)
+            .collect()
+    };
+    let counters = [
+        pairs("SELECT name || '/' || status, n FROM llmjobs_counts"),
+        pairs("SELECT 'key ' || concurrency_key, n FROM llmjobs_running_keys"),
+    ];
+    let rows = [
+        pairs("SELECT name || '/' || status, count(*) FROM llmjobs_jobs GROUP BY name, status"),
+        pairs(
+            "SELECT 'key ' || concurrency_key, count(*) FROM llmjobs_jobs \
+             WHERE status = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key",
+        ),
+    ];
+    let mut differences = Vec::new();
+    for (counted, kept) in rows.iter().zip(&counters) {
+        for what in counted.keys().chain(kept.keys()) {
+            let (a, b) = (
+                kept.get(what).copied().unwrap_or(0),
+                counted.get(what).copied().unwrap_or(0),
+            );
+            if a != b && !differences.iter().any(|(w, _, _)| w == what) {
+                differences.push((what.clone(), a, b));
+            }
+        }
+    }
+    differences
 }

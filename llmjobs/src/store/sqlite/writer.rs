@@ -30,10 +30,12 @@ mod release;
 mod retry;
 mod schedule;
 mod steps;
+mod tally;
 
 pub(super) use schedule::read_schedules;
 
 use finish::Completion;
+use tally::Tally;
 
 /// At most this many operations share one transaction.
 const MAX_BATCH: usize = 1024;
@@ -291,7 +293,10 @@ fn fails_every_write(e: &Error) -> bool {
 
 fn transaction(conn: &Connection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
     begin_immediate(conn)?;
-    match apply_all(conn, ops) {
+    let mut tally = Tally::default();
+    let applied =
+        apply_all(conn, ops, &mut tally).and_then(|replies| tally.flush(conn).map(|()| replies));
+    match applied {
         Ok(replies) => match conn.prepare_cached("COMMIT")?.execute([]) {
             Ok(_) => Ok(replies),
             Err(e) => {
@@ -344,7 +349,7 @@ fn begin_immediate(conn: &Connection) -> Result<()> {
 /// need not wait for them in between), completions, then everything else in arrival order.
 /// Ops of different callers do not depend on each other, so any such order is one in which
 /// they could have arrived.
-fn apply_all(conn: &Connection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
+fn apply_all(conn: &Connection, ops: &[&WriteOp], tally: &mut Tally) -> Result<Vec<Reply>> {
     let mut replies: Vec<Option<Reply>> = (0..ops.len()).map(|_| None).collect();
     let mut inserts = Vec::new();
     let mut steps = Vec::new();
@@ -362,25 +367,25 @@ fn apply_all(conn: &Connection, ops: &[&WriteOp]) -> Result<Vec<Reply>> {
     }
     if !inserts.is_empty() {
         let jobs: Vec<&NewJob> = inserts.iter().map(|(_, job)| *job).collect();
-        let enqueued = enqueue::insert_jobs(conn, &jobs)?;
+        let enqueued = enqueue::insert_jobs(conn, &jobs, tally)?;
         for ((i, _), enqueued) in inserts.iter().zip(enqueued) {
             replies[*i] = Some(Reply::Enqueued(enqueued));
         }
     }
     for i in steps {
-        replies[i] = Some(apply(conn, ops[i])?);
+        replies[i] = Some(apply(conn, ops[i], tally)?);
     }
     if !completions.is_empty() {
         let (positions, done): (Vec<usize>, Vec<Completion<'_>>) = completions.into_iter().unzip();
         for (i, reply) in positions
             .into_iter()
-            .zip(finish::complete_jobs(conn, &done)?)
+            .zip(finish::complete_jobs(conn, &done, tally)?)
         {
             replies[i] = Some(reply);
         }
     }
     for i in others {
-        replies[i] = Some(apply(conn, ops[i])?);
+        replies[i] = Some(apply(conn, ops[i], tally)?);
     }
     Ok(replies
         .into_iter()
@@ -394,22 +399,29 @@ fn execute(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Resul
 }
 
 /// Applies one op, by the statements of its own module.
-fn apply(conn: &Connection, op: &WriteOp) -> Result<Reply> {
+fn apply(conn: &Connection, op: &WriteOp, tally: &mut Tally) -> Result<Reply> {
     let now = crate::status::now_ms();
+    if matches!(
+        op,
+        WriteOp::Enqueue(_) | WriteOp::EnqueueMany(_) | WriteOp::Claim(_) | WriteOp::FireTicks(_)
+    ) {
+        // These read the counters to apply limits: they see the batch's changes so far.
+        tally.flush(conn)?;
+    }
     Ok(match op {
         WriteOp::Enqueue(job) => Reply::Enqueued(
-            enqueue::insert_jobs(conn, &[job])?
+            enqueue::insert_jobs(conn, &[job], tally)?
                 .pop()
                 .expect("one reply per job"),
         ),
         WriteOp::EnqueueMany(jobs) => {
             let jobs: Vec<&NewJob> = jobs.iter().collect();
-            Reply::EnqueuedMany(enqueue::insert_jobs(conn, &jobs)?)
+            Reply::EnqueuedMany(enqueue::insert_jobs(conn, &jobs, tally)?)
         }
         WriteOp::Retry { id, clear_journal } => {
             Reply::Retry(retry::retry(conn, *id, *clear_journal, now)?)
         }
-        WriteOp::Claim(request) => Reply::Claimed(claim::claim(conn, request)?),
+        WriteOp::Claim(request) => Reply::Claimed(claim::claim(conn, request, tally)?),
         WriteOp::Finish {
             id,
             owner,
@@ -426,16 +438,17 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Reply> {
             finish,
             progress.as_deref(),
             now,
+            tally,
         )?),
         WriteOp::Cancel { id } => Reply::Cancel(cancel::cancel(conn, *id, now)?),
         WriteOp::Heartbeat { owner, lease_until } => {
             Reply::Count(release::heartbeat(conn, owner, *lease_until)?)
         }
         WriteOp::ReleaseOwner { owner, why } => {
-            Reply::Count(release::release_owner(conn, owner, *why, now)?)
+            Reply::Count(release::release_owner(conn, owner, *why, now, tally)?)
         }
         WriteOp::ReleaseExpired { owners, now } => {
-            Reply::Count(release::release_expired(conn, owners, *now)?)
+            Reply::Count(release::release_expired(conn, owners, *now, tally)?)
         }
         WriteOp::AppendStep {
             id,
@@ -464,14 +477,14 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<Reply> {
             Reply::Done
         }
         WriteOp::RemoveSchedule { name } => Reply::Changed(schedule::remove_schedule(conn, name)?),
-        WriteOp::FireTicks(ticks) => Reply::Fired(schedule::fire_ticks(conn, ticks, now)?),
+        WriteOp::FireTicks(ticks) => Reply::Fired(schedule::fire_ticks(conn, ticks, now, tally)?),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::LocalClaim;
+    use crate::store::{LocalClaim, NameQuota};
 
     fn connection() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
@@ -529,6 +542,37 @@ mod tests {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap()
+    }
+
+    /// The counters say what counting the rows says.
+    fn assert_counters_match_rows(conn: &Connection) {
+        let rows = |sql: &str| -> Vec<(String, String, i64)> {
+            let mut stmt = conn.prepare(sql).unwrap();
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .map(|row| row.unwrap())
+                .collect()
+        };
+        assert_eq!(
+            rows("SELECT name, status, n FROM llmjobs_counts WHERE n <> 0 ORDER BY name, status"),
+            rows(
+                "SELECT name, status, count(*) FROM llmjobs_jobs GROUP BY name, status \
+                 ORDER BY name, status"
+            ),
+            "jobs per name and state"
+        );
+        assert_eq!(
+            rows(
+                "SELECT concurrency_key, 'running', n FROM llmjobs_running_keys WHERE n <> 0 \
+                 ORDER BY concurrency_key"
+            ),
+            rows(
+                "SELECT concurrency_key, 'running', count(*) FROM llmjobs_jobs \
+                 WHERE status = 'running' AND concurrency_key IS NOT NULL \
+                 GROUP BY concurrency_key ORDER BY concurrency_key"
+            ),
+            "running jobs per key"
+        );
     }
 
     fn finished(reply: &Reply) -> Option<JobState> {
@@ -713,7 +757,10 @@ mod tests {
         set(&jobs[1], "attempts = 3");
         set(&jobs[2], "attempts = 3, max_attempts = 5");
         set(&jobs[3], "cancel_requested = 1");
-        release::release_owner(&conn, "gone", Release::Dead, 1).unwrap();
+        let mut tally = Tally::default();
+        release::release_owner(&conn, "gone", Release::Dead, 1, &mut tally).unwrap();
+        tally.flush(&conn).unwrap();
+        assert_counters_match_rows(&conn);
         assert_eq!(state(&conn, &jobs[0]).0, "pending");
         let (status, _, error) = state(&conn, &jobs[1]);
         assert_eq!(status, "failed");
@@ -723,13 +770,166 @@ mod tests {
 
         let departing = running_job("leaving");
         insert(&conn, std::slice::from_ref(&departing));
-        release::release_owner(&conn, "leaving", Release::HandBack, 1).unwrap();
+        release::release_owner(&conn, "leaving", Release::HandBack, 1, &mut tally).unwrap();
+        tally.flush(&conn).unwrap();
+        assert_counters_match_rows(&conn);
         let (status, attempts, _) = state(&conn, &departing);
         assert_eq!(
             (status.as_str(), attempts),
             ("pending", 0),
             "the attempt is given back"
         );
+    }
+
+    /// Every write that changes a job's state, in one batch and alone, keeps the counters equal
+    /// to what counting the rows gives (they are kept by the writer, not by triggers).
+    #[test]
+    fn the_counters_follow_every_change_of_state() {
+        let conn = connection();
+        let run = |ops: Vec<WriteOp>| {
+            for (reply, _) in commit(&conn, ops).0.into_iter().zip(0..) {
+                reply.unwrap();
+            }
+            assert_counters_match_rows(&conn);
+        };
+        let named = |name: &str, key: Option<&str>, owner: Option<&str>| {
+            let mut job = running_job(owner.unwrap_or("nobody"));
+            job.name = name.into();
+            job.concurrency_key = key.map(Into::into);
+            job.max_attempts = 5;
+            if owner.is_none() {
+                job.claimed_by = None;
+            }
+            job
+        };
+        // Inserted running (local hand-off) and pending, with and without keys.
+        let running: Vec<NewJob> = (0..6)
+            .map(|i| named(["a", "b"][i % 2], [Some("k"), None][i % 2], Some("me")))
+            .collect();
+        let pending: Vec<NewJob> = (0..6)
+            .map(|i| named(["a", "c"][i % 2], [Some("k"), Some("j")][i % 2], None))
+            .collect();
+        run(running
+            .iter()
+            .chain(&pending)
+            .cloned()
+            .map(WriteOp::Enqueue)
+            .collect());
+        // Claimed, by two claims in one batch, under limits.
+        let claim = |slots| {
+            WriteOp::Claim(ClaimRequest {
+                owner: "me".into(),
+                now: 1,
+                lease_until: i64::MAX,
+                slots,
+                names: vec![
+                    NameQuota {
+                        name: "a",
+                        limit: Some(5),
+                    },
+                    NameQuota {
+                        name: "c",
+                        limit: None,
+                    },
+                ]
+                .into(),
+                global_limit: Some(100),
+            })
+        };
+        run(vec![claim(1), claim(1)]);
+        // Every outcome, a cancel of a pending and of a running job, and a completion whose
+        // cancel was requested first.
+        run(vec![
+            WriteOp::Cancel { id: pending[5].id },
+            WriteOp::Cancel { id: running[5].id },
+        ]);
+        run(vec![
+            complete(&running[0], "me", "1"),
+            complete(&running[5], "me", "1"),
+            finish(
+                &running[1],
+                "me",
+                1,
+                Finish::Failed {
+                    error: "no".into(),
+                    needs_review: true,
+                },
+            ),
+            finish(
+                &running[2],
+                "me",
+                1,
+                Finish::Retry {
+                    error: "again".into(),
+                    run_at: 0,
+                },
+            ),
+            finish(&running[3], "me", 1, Finish::Cancelled),
+        ]);
+        // Retried by hand, from failed and from cancelled.
+        run(vec![
+            WriteOp::Retry {
+                id: running[1].id,
+                clear_journal: false,
+            },
+            WriteOp::Retry {
+                id: running[3].id,
+                clear_journal: true,
+            },
+        ]);
+        // A corrupt row and one whose crashes used up its attempts fail at the next claim.
+        conn.execute(
+            "UPDATE llmjobs_jobs SET max_attempts = 'many' WHERE id = ?",
+            [pending[4].id.to_string()],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE llmjobs_jobs SET attempts = 9 WHERE id = ?",
+            [pending[3].id.to_string()],
+        )
+        .unwrap();
+        run(vec![claim(10)]);
+        let failed: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM llmjobs_jobs WHERE status = 'failed' AND id IN (?, ?)",
+                [pending[3].id.to_string(), pending[4].id.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            failed, 2,
+            "the claim failed the corrupt and the exhausted job"
+        );
+        // Released: handed back, dead, and past their lease.
+        run(vec![WriteOp::ReleaseOwner {
+            owner: "me".into(),
+            why: Release::HandBack,
+        }]);
+        run(vec![claim(3)]);
+        run(vec![WriteOp::ReleaseOwner {
+            owner: "me".into(),
+            why: Release::Dead,
+        }]);
+        run(vec![claim(10)]);
+        conn.execute("UPDATE llmjobs_jobs SET lease_until = 0", [])
+            .unwrap();
+        run(vec![WriteOp::ReleaseExpired {
+            owners: vec!["me".into()],
+            now: 10,
+        }]);
+        // Pruned: every finished job.
+        run(vec![WriteOp::Prune {
+            before: i64::MAX,
+            limit: 3,
+        }]);
+        run(vec![WriteOp::Prune {
+            before: i64::MAX,
+            limit: 100,
+        }]);
+        let left: i64 = conn
+            .query_row("SELECT count(*) FROM llmjobs_jobs", [], |r| r.get(0))
+            .unwrap();
+        assert!(left > 0, "some jobs are still unfinished");
     }
 
     #[test]
@@ -739,8 +939,12 @@ mod tests {
         insert(&conn, &[mine.clone(), theirs.clone()]);
         conn.execute("UPDATE llmjobs_jobs SET lease_until = 0", [])
             .unwrap();
-        let released = release::release_expired(&conn, &["them".to_string()], 10).unwrap();
+        let mut tally = Tally::default();
+        let released =
+            release::release_expired(&conn, &["them".to_string()], 10, &mut tally).unwrap();
+        tally.flush(&conn).unwrap();
         assert_eq!(released, 1);
+        assert_counters_match_rows(&conn);
         assert_eq!(state(&conn, &mine).0, "running");
         assert_eq!(state(&conn, &theirs).0, "pending");
     }

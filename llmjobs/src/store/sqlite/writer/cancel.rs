@@ -3,18 +3,24 @@
 use rusqlite::{Connection, OptionalExtension};
 
 use super::execute;
+use super::tally::recount_row;
+use crate::status::JobState;
 use crate::store::CancelEffect;
 use crate::{Error, JobId, Result};
 
 pub(super) fn cancel(conn: &Connection, id: JobId, now: i64) -> Result<CancelEffect> {
     let id = id.to_string();
-    let pending = execute(
-        conn,
-        "UPDATE llmjobs_jobs SET status = 'cancelled', completed_at = ? \
-         WHERE id = ? AND status = 'pending'",
-        rusqlite::params![now, id],
-    )?;
-    if pending == 1 {
+    let pending: Option<i64> = conn
+        .prepare_cached("SELECT rowid FROM llmjobs_jobs WHERE id = ? AND status = 'pending'")?
+        .query_row([&id], |row| row.get(0))
+        .optional()?;
+    if let Some(rowid) = pending {
+        recount_row(conn, rowid, JobState::Cancelled)?;
+        execute(
+            conn,
+            "UPDATE llmjobs_jobs SET status = 'cancelled', completed_at = ? WHERE rowid = ?",
+            rusqlite::params![now, rowid],
+        )?;
         return Ok(CancelEffect::Cancelled);
     }
     let running = execute(

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, ToSql};
 
 use super::execute;
+use super::tally::{Tally, recount_row};
+use crate::status::JobState;
 use crate::store::MIN_ATTEMPTS_AGAINST_CRASHES;
 use crate::store::sqlite::columns::lenient;
 use crate::store::{ClaimRequest, ClaimedJob};
@@ -40,6 +42,7 @@ pub(super) fn running_with_key(conn: &Connection, key: &str) -> Result<u32> {
 /// A pending job the claim takes.
 struct Chosen {
     rowid: i64,
+    key: Option<String>,
     job: ClaimedJob,
 }
 
@@ -63,7 +66,11 @@ enum Verdict {
 /// Picks due pending jobs this worker can run, within the per-name and global limits counted
 /// over the whole database (the write lock makes the count and the claim one atomic step across
 /// processes), and marks them running.
-pub(super) fn claim(conn: &Connection, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
+pub(super) fn claim(
+    conn: &Connection,
+    request: &ClaimRequest,
+    tally: &mut Tally,
+) -> Result<Vec<ClaimedJob>> {
     let mut slots = request.slots as usize;
     let limited = request.global_limit.is_some() || request.names.iter().any(|q| q.limit.is_some());
     let running_by_name = if limited {
@@ -136,8 +143,17 @@ pub(super) fn claim(conn: &Connection, request: &ClaimRequest) -> Result<Vec<Cla
         params.extend(chunk.iter().map(|c| &c.rowid as &dyn ToSql));
         execute(conn, &sql, params.as_slice())?;
     }
+    for chosen in &chosen {
+        tally.moved(
+            &chosen.job.name,
+            chosen.key.as_deref(),
+            Some(JobState::Pending),
+            Some(JobState::Running),
+        );
+    }
     for (rowid, problems) in corrupt {
         tracing::warn!(%problems, "failing a corrupt job row");
+        recount_row(conn, rowid, JobState::Failed)?;
         execute(
             conn,
             "UPDATE llmjobs_jobs SET status = 'failed', completed_at = ?, error = ? WHERE rowid = ?",
@@ -145,6 +161,7 @@ pub(super) fn claim(conn: &Connection, request: &ClaimRequest) -> Result<Vec<Cla
         )?;
     }
     for rowid in exhausted {
+        recount_row(conn, rowid, JobState::Failed)?;
         execute(
             conn,
             "UPDATE llmjobs_jobs SET status = 'failed', completed_at = ?, \
@@ -216,6 +233,7 @@ fn judge(
     *left -= 1;
     Ok(Verdict::Take(Chosen {
         rowid,
+        key,
         job: ClaimedJob {
             id: job_id.expect("checked above"),
             name,

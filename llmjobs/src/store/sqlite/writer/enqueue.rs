@@ -6,7 +6,9 @@ use std::sync::OnceLock;
 use rusqlite::{Connection, OptionalExtension, ToSql};
 
 use super::claim::{running_by_name, running_with_key};
+use super::tally::Tally;
 use crate::Result;
+use crate::status::JobState;
 use crate::store::{Enqueued, KeyHolder, LocalClaim, NewJob};
 
 /// Multi-row statements are built for these row counts, so a handful of prepared statements
@@ -67,7 +69,11 @@ struct InsertRow<'a> {
 /// idempotency key another job holds is not inserted: the reply names that job (an error if it
 /// was spawned with other arguments). A local claim under limits goes in running if its limits
 /// have room at that moment (counting the jobs before it in the batch), else pending.
-pub(super) fn insert_jobs(conn: &Connection, jobs: &[&NewJob]) -> Result<Vec<Enqueued>> {
+pub(super) fn insert_jobs(
+    conn: &Connection,
+    jobs: &[&NewJob],
+    tally: &mut Tally,
+) -> Result<Vec<Enqueued>> {
     let mut room = Room::new(conn);
     let mut keys: HashMap<&str, &NewJob> = HashMap::new();
     let mut replies = Vec::with_capacity(jobs.len());
@@ -93,6 +99,19 @@ pub(super) fn insert_jobs(conn: &Connection, jobs: &[&NewJob]) -> Result<Vec<Enq
         rows.push(InsertRow::of(job, runs));
     }
     insert_rows(conn, &rows)?;
+    for row in &rows {
+        let state = if row.owner.is_some() {
+            JobState::Running
+        } else {
+            JobState::Pending
+        };
+        tally.moved(
+            &row.job.name,
+            row.job.concurrency_key.as_deref(),
+            None,
+            Some(state),
+        );
+    }
     Ok(replies)
 }
 

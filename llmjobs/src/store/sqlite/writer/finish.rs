@@ -1,63 +1,55 @@
 //! Recording how an attempt ended. Completions, the most frequent outcome, are applied together
 //! for a whole batch; the other outcomes one at a time.
 //!
-//! Every statement is fenced by the attempt: it changes the row only while it is still this
+//! Every outcome is fenced by the attempt: it changes the row only while it is still this
 //! owner's running job *and* this attempt of it, so a worker whose job was taken over never
 //! overwrites the new attempt's work, even if it claimed the job again itself. A cancel
 //! requested meanwhile wins over whatever the attempt ended with: once `cancel` has returned,
 //! the job ends `cancelled`.
+//!
+//! The row is found first (which also gives what the counters need), then changed by rowid.
+//! No statement uses `RETURNING`: SQLite buffers a statement's returned rows in a temporary
+//! b-tree that it opens, fills and frees for every statement, which measured (callgrind) as a
+//! tenth of the writer's work per job.
 
-use rusqlite::{Connection, OptionalExtension, Params};
+use rusqlite::{Connection, OptionalExtension};
 
+use super::tally::Tally;
 use super::{Reply, WriteOp};
+use crate::Result;
 use crate::status::JobState;
 use crate::store::Finish;
-use crate::{Error, Result};
 
-/// Binds: ?1 the result, ?2 now, ?3 the last progress report (or NULL), ?4 the id, ?5 the
-/// owner, ?6 the attempt. Changes the row only if no cancel was requested.
-///
-/// Completions are the hot path, so they do without `RETURNING`: SQLite buffers a statement's
-/// returned rows in a temporary b-tree that it opens, fills and frees for every statement, which
-/// measured (callgrind) as a quarter of the writer's work per job. Whether the row changed says
-/// all that the reply needs.
+/// Finds the running row of an attempt. Binds ?1 the id, ?2 the owner, ?3 the attempt.
+const FENCED_SQL: &str = "SELECT rowid, name, concurrency_key, cancel_requested \
+     FROM llmjobs_jobs WHERE id = ?1 AND status = 'running' AND owner = ?2 AND attempts = ?3";
+
+/// Binds: ?1 the result, ?2 now, ?3 the last progress report (or NULL), ?4 the rowid.
 const COMPLETE_SQL: &str = "UPDATE llmjobs_jobs SET status = 'completed', result = ?1, \
      error = NULL, completed_at = ?2, lease_until = NULL, progress = coalesce(?3, progress) \
-     WHERE id = ?4 AND status = 'running' AND owner = ?5 AND attempts = ?6 \
-     AND cancel_requested = 0";
+     WHERE rowid = ?4";
 
-/// [`COMPLETE_SQL`] for a job whose cancel was requested: it ends cancelled, without a result
-/// (?1 is not used).
+/// A completion whose job was asked to cancel: it ends cancelled, without a result. Binds as
+/// [`COMPLETE_SQL`] (?1 unused).
 const COMPLETE_CANCELLED_SQL: &str = "UPDATE llmjobs_jobs SET status = 'cancelled', \
      result = NULL, error = NULL, completed_at = ?2, lease_until = NULL, \
-     progress = coalesce(?3, progress) \
-     WHERE id = ?4 AND status = 'running' AND owner = ?5 AND attempts = ?6 \
-     AND cancel_requested <> 0";
+     progress = coalesce(?3, progress) WHERE rowid = ?4";
 
-/// Binds as [`COMPLETE_SQL`], with ?1 the error and ?7 whether it needs review.
-const FAIL_SQL: &str = "UPDATE llmjobs_jobs SET \
-     status = CASE cancel_requested WHEN 0 THEN 'failed' ELSE 'cancelled' END, \
-     error = ?1, completed_at = ?2, lease_until = NULL, progress = coalesce(?3, progress), \
-     needs_review = CASE cancel_requested WHEN 0 THEN ?7 ELSE 0 END \
-     WHERE id = ?4 AND status = 'running' AND owner = ?5 AND attempts = ?6 \
-     RETURNING status";
+/// Binds as [`COMPLETE_SQL`], with ?1 the error, ?5 the state (failed, or cancelled when a
+/// cancel was requested) and ?6 whether it needs review.
+const FAIL_SQL: &str = "UPDATE llmjobs_jobs SET status = ?5, error = ?1, completed_at = ?2, \
+     lease_until = NULL, progress = coalesce(?3, progress), needs_review = ?6 WHERE rowid = ?4";
 
-/// Binds as [`COMPLETE_SQL`], with ?1 the error and ?7 when the next attempt is due.
-const RETRY_SQL: &str = "UPDATE llmjobs_jobs SET \
-     status = CASE cancel_requested WHEN 0 THEN 'pending' ELSE 'cancelled' END, \
-     error = ?1, run_at = ?7, \
-     completed_at = CASE cancel_requested WHEN 0 THEN NULL ELSE ?2 END, \
-     owner = CASE cancel_requested WHEN 0 THEN NULL ELSE owner END, \
-     lease_until = NULL, progress = coalesce(?3, progress) \
-     WHERE id = ?4 AND status = 'running' AND owner = ?5 AND attempts = ?6 \
-     RETURNING status";
+/// Binds as [`COMPLETE_SQL`], with ?1 the error, ?5 the state (pending, or cancelled when a
+/// cancel was requested), ?6 when the next attempt is due, ?7 the completion time (NULL when
+/// pending). A job going back to pending has no owner.
+const RETRY_SQL: &str = "UPDATE llmjobs_jobs SET status = ?5, error = ?1, run_at = ?6, \
+     completed_at = ?7, owner = CASE ?5 WHEN 'pending' THEN NULL ELSE owner END, \
+     lease_until = NULL, progress = coalesce(?3, progress) WHERE rowid = ?4";
 
-/// Binds as [`COMPLETE_SQL`], with ?1 unused (NULL).
-const CANCEL_SQL: &str = "UPDATE llmjobs_jobs SET status = 'cancelled', \
-     completed_at = ?2, lease_until = NULL, progress = coalesce(?3, progress), \
-     result = coalesce(?1, result) \
-     WHERE id = ?4 AND status = 'running' AND owner = ?5 AND attempts = ?6 \
-     RETURNING status";
+/// Binds as [`COMPLETE_SQL`] (?1 unused).
+const CANCEL_SQL: &str = "UPDATE llmjobs_jobs SET status = 'cancelled', completed_at = ?2, \
+     lease_until = NULL, progress = coalesce(?3, progress) WHERE rowid = ?4";
 
 /// Which attempt of which job an outcome is for.
 pub(super) struct Attempt<'a> {
@@ -94,32 +86,51 @@ pub(super) fn completion<'a>(op: &&'a WriteOp) -> Option<Completion<'a>> {
     }
 }
 
-/// Marks jobs completed; each reply says the state each job is in now, or that the row was no
-/// longer that attempt's.
-pub(super) fn complete_jobs(conn: &Connection, jobs: &[Completion<'_>]) -> Result<Vec<Reply>> {
-    let now = crate::status::now_ms();
-    let mut stmt = conn.prepare_cached(COMPLETE_SQL)?;
-    jobs.iter()
-        .map(|job| {
-            let a = &job.attempt;
-            let params = rusqlite::params![job.result, now, job.progress, a.id, a.owner, a.attempt];
-            let state = if stmt.execute(params)? == 1 {
-                Some(JobState::Completed)
-            } else {
-                complete_cancelled(conn, params)?
-            };
-            Ok(Reply::Finished(state))
-        })
-        .collect()
+/// The running row of an attempt, as the outcome needs it.
+struct Fenced {
+    rowid: i64,
+    name: String,
+    key: Option<String>,
+    cancel_requested: bool,
 }
 
-/// The completion of an attempt whose job was asked to cancel (or is no longer this attempt's):
-/// the job ends cancelled, or `None` if the row is not this attempt's.
-fn complete_cancelled(conn: &Connection, params: impl Params) -> Result<Option<JobState>> {
-    let changed = conn
-        .prepare_cached(COMPLETE_CANCELLED_SQL)?
-        .execute(params)?;
-    Ok((changed == 1).then_some(JobState::Cancelled))
+/// The row of `a` while it is still that attempt's running job.
+fn fenced(conn: &Connection, a: &Attempt<'_>) -> Result<Option<Fenced>> {
+    Ok(conn
+        .prepare_cached(FENCED_SQL)?
+        .query_row(rusqlite::params![a.id, a.owner, a.attempt], |row| {
+            Ok(Fenced {
+                rowid: row.get(0)?,
+                name: row.get(1)?,
+                key: row.get(2)?,
+                cancel_requested: row.get::<_, i64>(3)? != 0,
+            })
+        })
+        .optional()?)
+}
+
+/// Marks jobs completed; each reply says the state each job is in now, or that the row was no
+/// longer that attempt's.
+pub(super) fn complete_jobs(
+    conn: &Connection,
+    jobs: &[Completion<'_>],
+    tally: &mut Tally,
+) -> Result<Vec<Reply>> {
+    let now = crate::status::now_ms();
+    jobs.iter()
+        .map(|job| {
+            let finish = Finished {
+                now,
+                progress: job.progress,
+            };
+            Ok(Reply::Finished(finish.complete(
+                conn,
+                &job.attempt,
+                job.result,
+                tally,
+            )?))
+        })
+        .collect()
 }
 
 /// Records how one attempt ended; the state the job is in now, or `None` when the row was no
@@ -130,47 +141,109 @@ pub(super) fn finish_job(
     finish: &Finish,
     progress: Option<&str>,
     now: i64,
+    tally: &mut Tally,
 ) -> Result<Option<JobState>> {
-    let (id, owner, attempt) = (&a.id, a.owner, a.attempt);
-    match finish {
-        Finish::Completed { result } => {
-            let params = rusqlite::params![result, now, progress, id, owner, attempt];
-            if conn.prepare_cached(COMPLETE_SQL)?.execute(params)? == 1 {
-                Ok(Some(JobState::Completed))
-            } else {
-                complete_cancelled(conn, params)
-            }
-        }
+    let finished = Finished { now, progress };
+    if let Finish::Completed { result } = finish {
+        return finished.complete(conn, a, result, tally);
+    }
+    let Some(row) = fenced(conn, a)? else {
+        return Ok(None);
+    };
+    let (rowid, cancelled) = (row.rowid, row.cancel_requested);
+    let state = match finish {
+        Finish::Completed { .. } => unreachable!("handled above"),
         Finish::Failed {
             error,
             needs_review,
-        } => state_after(
-            &mut conn.prepare_cached(FAIL_SQL)?,
-            rusqlite::params![error, now, progress, id, owner, attempt, needs_review],
-        ),
-        Finish::Retry { error, run_at } => state_after(
-            &mut conn.prepare_cached(RETRY_SQL)?,
-            rusqlite::params![error, now, progress, id, owner, attempt, run_at],
-        ),
-        Finish::Cancelled => state_after(
-            &mut conn.prepare_cached(CANCEL_SQL)?,
-            rusqlite::params![None::<String>, now, progress, id, owner, attempt],
-        ),
-    }
+        } => {
+            let state = if cancelled {
+                JobState::Cancelled
+            } else {
+                JobState::Failed
+            };
+            let needs_review = *needs_review && !cancelled;
+            conn.prepare_cached(FAIL_SQL)?.execute(rusqlite::params![
+                error,
+                now,
+                progress,
+                rowid,
+                state.as_str(),
+                needs_review
+            ])?;
+            state
+        }
+        Finish::Retry { error, run_at } => {
+            let (state, completed_at) = if cancelled {
+                (JobState::Cancelled, Some(now))
+            } else {
+                (JobState::Pending, None)
+            };
+            conn.prepare_cached(RETRY_SQL)?.execute(rusqlite::params![
+                error,
+                now,
+                progress,
+                rowid,
+                state.as_str(),
+                run_at,
+                completed_at
+            ])?;
+            state
+        }
+        Finish::Cancelled => {
+            conn.prepare_cached(CANCEL_SQL)?.execute(rusqlite::params![
+                None::<String>,
+                now,
+                progress,
+                rowid
+            ])?;
+            JobState::Cancelled
+        }
+    };
+    tally.moved(
+        &row.name,
+        row.key.as_deref(),
+        Some(JobState::Running),
+        Some(state),
+    );
+    Ok(Some(state))
 }
 
-/// Runs an outcome's UPDATE ... RETURNING status.
-fn state_after(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    params: impl Params,
-) -> Result<Option<JobState>> {
-    let status: Option<String> = stmt.query_row(params, |row| row.get(0)).optional()?;
-    status
-        .map(|status| {
-            status.parse().map_err(|reason| Error::CorruptRow {
-                id: "(finished job)".into(),
-                reason,
-            })
-        })
-        .transpose()
+/// When an attempt ended, and its last progress report.
+struct Finished<'a> {
+    now: i64,
+    progress: Option<&'a str>,
+}
+
+impl Finished<'_> {
+    /// Records a completion: the job ends completed, or cancelled if a cancel was requested.
+    fn complete(
+        &self,
+        conn: &Connection,
+        a: &Attempt<'_>,
+        result: &str,
+        tally: &mut Tally,
+    ) -> Result<Option<JobState>> {
+        let Some(row) = fenced(conn, a)? else {
+            return Ok(None);
+        };
+        let (sql, state) = if row.cancel_requested {
+            (COMPLETE_CANCELLED_SQL, JobState::Cancelled)
+        } else {
+            (COMPLETE_SQL, JobState::Completed)
+        };
+        conn.prepare_cached(sql)?.execute(rusqlite::params![
+            result,
+            self.now,
+            self.progress,
+            row.rowid
+        ])?;
+        tally.moved(
+            &row.name,
+            row.key.as_deref(),
+            Some(JobState::Running),
+            Some(state),
+        );
+        Ok(Some(state))
+    }
 }

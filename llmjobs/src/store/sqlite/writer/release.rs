@@ -6,11 +6,13 @@
 //! was the job's last, the job ends `failed`, saying its attempts were interrupted, instead of
 //! crash-looping every worker that picks it up.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Params};
 
 use super::execute;
-use crate::Result;
+use super::tally::Tally;
+use crate::status::JobState;
 use crate::store::{MIN_ATTEMPTS_AGAINST_CRASHES, Release};
+use crate::{Error, Result};
 
 /// Extends the lease of every job `owner` runs; returns how many it renewed.
 pub(super) fn heartbeat(conn: &Connection, owner: &str, lease_until: i64) -> Result<u64> {
@@ -28,7 +30,8 @@ const HAND_BACK_SQL: &str = "UPDATE llmjobs_jobs SET \
      completed_at = CASE cancel_requested WHEN 0 THEN NULL ELSE ?2 END, \
      owner = CASE cancel_requested WHEN 0 THEN NULL ELSE owner END, \
      lease_until = NULL \
-     WHERE status = 'running' AND owner = ?1";
+     WHERE status = 'running' AND owner = ?1 \
+     RETURNING name, concurrency_key, status";
 
 /// A dead owner's jobs whose lease ended before ?3 (NULL for an owner known dead: any lease).
 /// Binds ?1 the owner, ?2 now, ?3 the lease bound, ?4 the fewest attempts a job may make.
@@ -47,31 +50,64 @@ attempts, max(max_attempts, ?4), owner) END, \
          THEN owner END, \
      lease_until = NULL \
      WHERE status = 'running' AND owner = ?1 \
-         AND (?3 IS NULL OR lease_until IS NULL OR lease_until < ?3)";
+         AND (?3 IS NULL OR lease_until IS NULL OR lease_until < ?3) \
+     RETURNING name, concurrency_key, status";
 
 /// Releases every running job of `owner`; returns how many.
-pub(super) fn release_owner(conn: &Connection, owner: &str, why: Release, now: i64) -> Result<u64> {
-    let changed = match why {
-        Release::HandBack => execute(conn, HAND_BACK_SQL, rusqlite::params![owner, now])?,
-        Release::Dead => execute(
+pub(super) fn release_owner(
+    conn: &Connection,
+    owner: &str,
+    why: Release,
+    now: i64,
+    tally: &mut Tally,
+) -> Result<u64> {
+    match why {
+        Release::HandBack => release(conn, HAND_BACK_SQL, rusqlite::params![owner, now], tally),
+        Release::Dead => release(
             conn,
             RELEASE_DEAD_SQL,
             rusqlite::params![owner, now, None::<i64>, MIN_ATTEMPTS_AGAINST_CRASHES],
-        )?,
-    };
-    Ok(changed as u64)
+            tally,
+        ),
+    }
 }
 
 /// Releases, as dead, the running jobs of `owners` whose lease ended before `now`; returns how
 /// many. Jobs of any other owner are left alone.
-pub(super) fn release_expired(conn: &Connection, owners: &[String], now: i64) -> Result<u64> {
+pub(super) fn release_expired(
+    conn: &Connection,
+    owners: &[String],
+    now: i64,
+    tally: &mut Tally,
+) -> Result<u64> {
     let mut released = 0;
     for owner in owners {
-        released += execute(
+        released += release(
             conn,
             RELEASE_DEAD_SQL,
             rusqlite::params![owner, now, now, MIN_ATTEMPTS_AGAINST_CRASHES],
-        )? as u64;
+            tally,
+        )?;
+    }
+    Ok(released)
+}
+
+/// Runs a release statement, counting the state each running job it released went to;
+/// returns how many it released.
+fn release(conn: &Connection, sql: &str, params: impl Params, tally: &mut Tally) -> Result<u64> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut released = 0;
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let key: Option<String> = row.get(1)?;
+        let state: String = row.get(2)?;
+        let state: JobState = state.parse().map_err(|reason| Error::CorruptRow {
+            id: "(released job)".into(),
+            reason,
+        })?;
+        tally.moved(&name, key.as_deref(), Some(JobState::Running), Some(state));
+        released += 1;
     }
     Ok(released)
 }

@@ -3,6 +3,8 @@
 use rusqlite::{Connection, OptionalExtension};
 
 use super::execute;
+use super::tally::recount_row;
+use crate::status::JobState;
 use crate::store::RetryEffect;
 use crate::{Error, JobId, Result};
 
@@ -16,6 +18,16 @@ pub(super) fn retry(
     now: i64,
 ) -> Result<RetryEffect> {
     let id = id.to_string();
+    let retryable: Option<i64> = conn
+        .prepare_cached(
+            "SELECT rowid FROM llmjobs_jobs \
+             WHERE id = ? AND (status = 'failed' OR status = 'cancelled')",
+        )?
+        .query_row([&id], |row| row.get(0))
+        .optional()?;
+    if let Some(rowid) = retryable {
+        recount_row(conn, rowid, JobState::Pending)?;
+    }
     let changed = execute(
         conn,
         "UPDATE llmjobs_jobs SET \

@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::enqueue::insert_jobs;
 use super::execute;
+use super::tally::Tally;
 use crate::Result;
 use crate::store::sqlite::columns::lenient;
 use crate::store::{Enqueued, Fired, NewJob, ScheduleDef, ScheduleRow, TickJobs};
@@ -90,7 +91,12 @@ fn forget_ticks(conn: &Connection, name: &str) -> Result<()> {
 
 /// Fires the ticks no process fired yet, each with its job, if the schedule still has the
 /// revision they were computed from.
-pub(super) fn fire_ticks(conn: &Connection, fire: &TickJobs, now: i64) -> Result<Fired> {
+pub(super) fn fire_ticks(
+    conn: &Connection,
+    fire: &TickJobs,
+    now: i64,
+    tally: &mut Tally,
+) -> Result<Fired> {
     let revision: Option<i64> = conn
         .prepare_cached("SELECT revision FROM llmjobs_schedules WHERE name = ?")?
         .query_row([&fire.schedule], |row| row.get(0))
@@ -116,7 +122,7 @@ pub(super) fn fire_ticks(conn: &Connection, fire: &TickJobs, now: i64) -> Result
         return Ok(Fired::Ticks(fired));
     };
     let new_jobs: Vec<&NewJob> = jobs.iter().map(|(_, job)| *job).collect();
-    for ((tick, _), enqueued) in jobs.iter().zip(insert_jobs(conn, &new_jobs)?) {
+    for ((tick, _), enqueued) in jobs.iter().zip(insert_jobs(conn, &new_jobs, tally)?) {
         // The call's idempotency key named a job that holds it: the tick spawned that one.
         if let Enqueued::Existing(existing) = enqueued {
             execute(
@@ -228,7 +234,7 @@ mod tests {
             revision,
             ticks: ticks.iter().map(|&t| (t, job(t))).collect(),
         };
-        fire_ticks(conn, &fire, 1_000_000_000).unwrap()
+        fire_ticks(conn, &fire, 1_000_000_000, &mut Tally::default()).unwrap()
     }
 
     fn jobs(conn: &Connection) -> i64 {
