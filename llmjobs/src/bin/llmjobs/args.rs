@@ -7,7 +7,7 @@ use llmjobs::{JobId, JobState};
 
 /// See and steer llmjobs jobs from a terminal, on the database the application uses.
 #[derive(Debug, Parser)]
-#[command(name = "llmjobs", version, about, long_about = None)]
+#[command(name = "llmjobs", version)]
 pub(crate) struct Cli {
     /// The job database: sqlite://path/to/jobs.db, a file path, or postgres://...
     #[arg(long, global = true, env = "LLMJOBS_DATABASE_URL", value_name = "URL")]

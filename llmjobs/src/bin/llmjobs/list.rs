@@ -2,10 +2,10 @@
 
 use std::time::SystemTime;
 
-use llmjobs::{Inspector, JobFilter, JobStatus};
+use llmjobs::{Inspector, JobFilter, JobState, JobStatus};
 
 use crate::args::ListArgs;
-use crate::output::{FULL_HINT, ProgressFigures, ago, clip, short, width};
+use crate::output::{FULL_HINT, ProgressFigures, ago, between, clip, duration, short, width};
 use crate::{Outcome, json};
 
 pub(crate) async fn run(url: &str, args: ListArgs) -> Outcome {
@@ -84,10 +84,10 @@ pub(crate) fn table(
         .unwrap_or(4)
         .clamp(4, 24);
     let mut out = format!(
-        "{:<36}  {:<name_width$}  {:<9}  {:>5}  {:<13}  INFO\n",
+        "{:<36}  {:<name_width$}  {:<9}  {:>5}  {:<10}  INFO\n",
         "ID", "NAME", "STATE", "TRIES", "CREATED"
     );
-    let fixed = 36 + 2 + name_width + 2 + 9 + 2 + 5 + 2 + 13 + 2;
+    let fixed = 36 + 2 + name_width + 2 + 9 + 2 + 5 + 2 + 10 + 2;
     let room = width.saturating_sub(fixed).max(20);
     let mut truncated = false;
     for job in jobs {
@@ -100,9 +100,9 @@ pub(crate) fn table(
             text
         };
         let mut created = ago(job.created_at, now);
-        created.truncate(13);
+        created.truncate(10);
         out.push_str(&format!(
-            "{:<36}  {:<name_width$}  {:<9}  {:>5}  {:<13}  {}\n",
+            "{:<36}  {:<name_width$}  {:<9}  {:>5}  {:<10}  {}\n",
             job.id.to_string(),
             short(&job.name, name_width),
             job.state.as_str(),
@@ -114,7 +114,8 @@ pub(crate) fn table(
     (out, truncated)
 }
 
-/// The one thing to know about a job at a glance: its error, or what it is doing.
+/// The one thing to know about a job at a glance: its error, how long it ran, or what it is
+/// doing.
 fn info(job: &JobStatus) -> String {
     if let Some(error) = &job.error {
         let review = if job.needs_review {
@@ -124,13 +125,21 @@ fn info(job: &JobStatus) -> String {
         };
         return format!("{review}{error}");
     }
+    if job.state.is_terminal() {
+        return between(job.started_at, job.completed_at)
+            .map(|d| format!("ran {}", duration(d)))
+            .unwrap_or_default();
+    }
     let p = ProgressFigures::of(job);
     let mut parts = Vec::new();
+    if job.state == JobState::Pending && job.run_at > SystemTime::now() {
+        parts.push(format!("due {}", ago(job.run_at, SystemTime::now())));
+    }
     if let Some(f) = p.fraction {
         parts.push(format!("{:.0}%", f * 100.0));
     }
     if let Some(doing) = p.doing() {
-        parts.push(doing.to_string());
+        parts.push(doing);
     }
     if job.cancel_requested {
         parts.push("cancel requested".into());

@@ -121,9 +121,13 @@ impl ProgressFigures {
         }
     }
 
-    /// The stage, else the message.
-    pub(crate) fn doing(&self) -> Option<&str> {
-        self.stage.as_deref().or(self.message.as_deref())
+    /// The stage and the message, as far as the job reported them.
+    pub(crate) fn doing(&self) -> Option<String> {
+        match (&self.stage, &self.message) {
+            (Some(stage), Some(message)) => Some(format!("{stage}: {message}")),
+            (Some(text), None) | (None, Some(text)) => Some(text.clone()),
+            (None, None) => None,
+        }
     }
 }
 

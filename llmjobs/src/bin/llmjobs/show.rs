@@ -109,7 +109,12 @@ pub(crate) fn render(
             if let Some(message) = &p.message {
                 parts.push(message.clone());
             }
-            line("progress", parts.join(" "));
+            let label = if s.state.is_terminal() {
+                "last progress"
+            } else {
+                "progress"
+            };
+            line(label, parts.join(" "));
         }
         if p.tokens().is_some() || p.cost_usd.is_some() {
             let mut usage = format!(

@@ -95,7 +95,7 @@ async fn the_view_shows_counts_running_jobs_with_progress_and_failures_in_80x24(
     // The running job: its id, progress bar, stage, tokens and cost.
     let row = screen
         .iter()
-        .find(|row| row.contains(&running.to_string()[..8]))
+        .find(|row| row.contains(&running.to_string()[29..]))
         .unwrap_or_else(|| panic!("no row for the running job:\n{all}"));
     for part in [
         "watch_crunch",

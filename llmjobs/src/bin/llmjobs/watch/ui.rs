@@ -8,7 +8,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Paragraph, Row, Table, TableState};
+use ratatui::widgets::{Block, Borders, HighlightSpacing, Paragraph, Row, Table, TableState};
 
 use super::model::{Pending, Snapshot, View};
 use crate::output::{ProgressFigures, between, count, dollars, duration, short};
@@ -127,6 +127,13 @@ fn busiest(snapshot: &Snapshot) -> impl Iterator<Item = (&String, &JobCounts)> {
     names.into_iter()
 }
 
+/// The end of a job's id: ids start with their creation time, so jobs spawned together share
+/// their first characters but not their last.
+fn id_tail(job: &JobStatus) -> String {
+    let id = job.id.to_string();
+    format!("…{}", &id[id.len() - 7..])
+}
+
 /// `[████░░░░░░]` for a fraction, ten cells wide.
 fn bar(fraction: Option<f64>) -> String {
     match fraction {
@@ -160,14 +167,12 @@ fn draw_jobs(frame: &mut Frame<'_>, area: Rect, snapshot: &Snapshot, view: &View
         let p = ProgressFigures::of(job);
         let stage = match (&job.error, job.state) {
             (Some(error), _) => error.clone(),
-            (None, JobState::Running | JobState::Pending) => {
-                p.doing().unwrap_or_default().to_string()
-            }
+            (None, JobState::Running | JobState::Pending) => p.doing().unwrap_or_default(),
             (None, state) => state.to_string(),
         };
         Row::new(vec![
-            job.id.to_string()[..8].to_string(),
-            job.name.clone(),
+            id_tail(job),
+            short(&job.name, 16),
             bar(p.fraction),
             stage,
             elapsed(job, snapshot.at),
@@ -177,12 +182,12 @@ fn draw_jobs(frame: &mut Frame<'_>, area: Rect, snapshot: &Snapshot, view: &View
     });
     let widths = [
         Constraint::Length(8),
-        Constraint::Min(10),
+        Constraint::Length(16),
         Constraint::Length(15),
-        Constraint::Min(10),
+        Constraint::Fill(1),
+        Constraint::Length(6),
+        Constraint::Length(6),
         Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Length(8),
     ];
     let title = format!(
         " {} ({}) ",
@@ -197,7 +202,8 @@ fn draw_jobs(frame: &mut Frame<'_>, area: Rect, snapshot: &Snapshot, view: &View
         .header(header)
         .block(Block::default().borders(Borders::ALL).title(title))
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
-        .highlight_symbol(">");
+        .highlight_symbol(">")
+        .highlight_spacing(HighlightSpacing::Always);
     let mut state = TableState::default().with_selected(Some(view.selected));
     frame.render_stateful_widget(table, area, &mut state);
     if snapshot.jobs.is_empty() {
@@ -218,7 +224,7 @@ fn draw_failures(frame: &mut Frame<'_>, area: Rect, snapshot: &Snapshot) {
             .map(|t| crate::output::ago(t, snapshot.at))
             .unwrap_or_default();
         Row::new(vec![
-            job.id.to_string()[..8].to_string(),
+            id_tail(job),
             job.name.clone(),
             when,
             job.error.clone().unwrap_or_default(),
