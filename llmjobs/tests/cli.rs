@@ -399,7 +399,8 @@ async fn stats_counts_by_name_and_measures_the_window() {
         "NAME",
         "cli_echo",
         "cli_fail",
-        "last 15m00s: 2 finished",
+        "last 15m: 2 finished",
+        "finished per minute, the last 10 minute(s), oldest first: 0 0 0 0 0 0 0 0 0 2",
         "1 completed, 1 failed, 0 cancelled; failure rate 50.0%",
         "queue wait",
         "run time",
@@ -413,6 +414,7 @@ async fn stats_counts_by_name_and_measures_the_window() {
     assert_eq!(value["counts"]["cli_echo"]["pending"], 1);
     assert_eq!(value["failed"], 1);
     assert_eq!(value["failure_rate"], 0.5);
+    assert_eq!(value["finished_by_minute"].as_array().unwrap().len(), 10);
     assert_eq!(value["usage"]["(cli_echo)"]["input_tokens"], 100);
     assert!(value["run_time"]["p99_ms"].is_u64(), "{value}");
 }

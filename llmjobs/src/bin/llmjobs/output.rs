@@ -67,8 +67,11 @@ pub(crate) fn duration(d: Duration) -> String {
     match s {
         _ if ms < 1000 => format!("{ms}ms"),
         0..60 => format!("{:.1}s", d.as_secs_f64()),
+        60..3600 if s.is_multiple_of(60) => format!("{}m", s / 60),
         60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 if s.is_multiple_of(3600) => format!("{}h", s / 3600),
         3600..86_400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
         _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
     }
 }
@@ -186,6 +189,8 @@ mod tests {
         assert_eq!(duration(Duration::from_millis(850)), "850ms");
         assert_eq!(duration(Duration::from_secs(185)), "3m05s");
         assert_eq!(duration(Duration::from_secs(7 * 3600 + 60)), "7h01m");
+        assert_eq!(duration(Duration::from_secs(15 * 60)), "15m");
+        assert_eq!(duration(Duration::from_secs(7 * 86_400)), "7d");
         assert_eq!(count(1_234_567), "1,234,567");
         assert_eq!(count(12), "12");
     }

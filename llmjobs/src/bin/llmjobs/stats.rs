@@ -20,7 +20,7 @@ pub(crate) async fn run(url: &str, args: StatsArgs) -> Outcome {
     let by_name = db.counts_by_name().await?;
     let now = SystemTime::now();
     let finished = db.finished_since(now - args.window, MAX_SAMPLE).await?;
-    let stats = Stats::of(&finished, args.window);
+    let stats = Stats::of(&finished, args.window, now);
     if args.json {
         println!(
             "{}",
@@ -54,11 +54,19 @@ pub(crate) struct Stats {
     pub(crate) run_times: Vec<Duration>,
     /// By model (`args.model` of LLM calls), else by job name in parentheses.
     pub(crate) usage: BTreeMap<String, Usage>,
+    /// Jobs finished in each of the last minutes of the window (at most [`MINUTES`]), oldest
+    /// first; the last is the minute up to now.
+    pub(crate) minutes: Vec<u64>,
 }
 
+/// How many recent minutes the throughput is shown for, minute by minute.
+const MINUTES: u64 = 10;
+
 impl Stats {
-    pub(crate) fn of(finished: &[JobRecord], window: Duration) -> Stats {
+    pub(crate) fn of(finished: &[JobRecord], window: Duration, now: SystemTime) -> Stats {
+        let minutes = (window.as_secs() / 60).clamp(1, MINUTES);
         let mut stats = Stats {
+            minutes: vec![0; minutes as usize],
             window,
             completed: 0,
             failed: 0,
@@ -73,6 +81,12 @@ impl Stats {
                 JobState::Completed => stats.completed += 1,
                 JobState::Failed => stats.failed += 1,
                 _ => stats.cancelled += 1,
+            }
+            if let Some(ago) = s.completed_at.and_then(|t| now.duration_since(t).ok()) {
+                let minute = ago.as_secs() / 60;
+                if minute < minutes {
+                    stats.minutes[(minutes - 1 - minute) as usize] += 1;
+                }
             }
             stats
                 .queue_waits
@@ -165,6 +179,13 @@ impl Stats {
             count(self.failed),
             count(self.cancelled),
         );
+        let per_minute: Vec<String> = self.minutes.iter().map(|n| count(*n)).collect();
+        let _ = writeln!(
+            out,
+            "  finished per minute, the last {} minute(s), oldest first: {}",
+            self.minutes.len(),
+            per_minute.join(" ")
+        );
         let _ = writeln!(
             out,
             "  {:<11} {:>9} {:>9} {:>9} {:>9}",
@@ -227,6 +248,7 @@ impl Stats {
             "failed": self.failed,
             "cancelled": self.cancelled,
             "per_minute": self.per_minute(),
+            "finished_by_minute": self.minutes,
             "failure_rate": self.failure_rate(),
             "queue_wait": percentiles(&self.queue_waits),
             "run_time": percentiles(&self.run_times),

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
 
 use super::read::{JOB_ROW_COLUMNS, job_row};
 use super::{PgTarget, list, read};
@@ -27,15 +28,19 @@ impl PgReader {
     /// Connects, checking that the server answers.
     pub(crate) async fn open(url: &str, target: &PgTarget) -> Result<PgReader> {
         let options = target.connect_options(Durability::Full)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+        // One connection first: a server that refuses, or a wrong password, is reported as it
+        // is, at once, rather than as a pool that timed out retrying.
+        let first = PgConnection::connect_with(&options)
             .await
             .map_err(|e| Error::Open {
                 url: url.to_string(),
                 source: Box::new(e),
             })?;
+        let _ = first.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
         Ok(PgReader { pool })
     }
 }
