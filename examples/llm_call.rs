@@ -46,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let jobs = Jobs::builder().url(&url).llm(client).open().await?;
     println!("mock LLM server at {}; jobs in {url}", mock.base_url());
     println!(
-        "watch them live from another terminal:\n  cargo run --features cli --bin llmjobs -- --db {url} watch"
+        "watch them live from another terminal:\n  cargo run -p llmjobs --features cli -- --db {url} watch"
     );
 
     let seeds: Vec<serde_json::Value> = serde_json::from_str(SEEDS)?;

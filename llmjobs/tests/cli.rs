@@ -680,3 +680,34 @@ async fn watch_in_a_real_terminal_follows_a_changing_database() {
     assert!(ended, "watch did not quit on q:\n{}", tmux.screen());
     jobs.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let f = fixture().await;
+    let jobs = Jobs::builder()
+        .url(&f.url)
+        .run_jobs(false)
+        .open()
+        .await
+        .unwrap();
+    // More output than a pipe holds (64 KiB), so the command writes after the reader left.
+    jobs.spawn_many((0..1000).map(|n| cli_echo(format!("text {n}"))))
+        .await
+        .unwrap();
+    jobs.shutdown().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llmjobs"))
+        .args(["--db", &f.url, "list", "--limit", "2000"])
+        .env_remove("LLMJOBS_DATABASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // `| head -0`
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "",
+        "no panic, no error: the reader chose to stop"
+    );
+}

@@ -49,14 +49,14 @@ pub(crate) async fn cancel(url: &str, args: IdsArgs) -> Outcome {
     let mut tally = Tally { code: 0 };
     for id in args.ids {
         match jobs.cancel(id).await {
-            Ok(CancelOutcome::Cancelled) => println!("{id}: cancelled"),
-            Ok(CancelOutcome::Requested) => println!(
+            Ok(CancelOutcome::Cancelled) => outln!("{id}: cancelled"),
+            Ok(CancelOutcome::Requested) => outln!(
                 "{id}: cancel requested; the worker running it stops it within about a second"
             ),
             Ok(CancelOutcome::AlreadyFinished(state)) => {
-                println!("{id}: already {state}; nothing changed")
+                outln!("{id}: already {state}; nothing changed")
             }
-            Ok(_) => println!("{id}: done"),
+            Ok(_) => outln!("{id}: done"),
             Err(e) => tally.error(e),
         }
     }
@@ -75,9 +75,9 @@ pub(crate) async fn retry(url: &str, args: RetryArgs) -> Outcome {
         };
         match retried {
             Ok(()) if args.from_scratch => {
-                println!("{id}: pending again, its journal cleared (every step runs again)")
+                outln!("{id}: pending again, its journal cleared (every step runs again)")
             }
-            Ok(()) => println!("{id}: pending again (journaled steps are replayed, not rerun)"),
+            Ok(()) => outln!("{id}: pending again (journaled steps are replayed, not rerun)"),
             Err(e) => tally.error(e),
         }
     }
@@ -90,7 +90,7 @@ pub(crate) async fn prune(url: &str, args: PruneArgs) -> Outcome {
     if args.dry_run {
         let db = Inspector::open(url).await?;
         let n = db.count_prunable(args.older_than).await?;
-        println!(
+        outln!(
             "would delete {} finished job(s) that ended more than {age} ago (dry run: nothing deleted)",
             count(n)
         );
@@ -99,7 +99,7 @@ pub(crate) async fn prune(url: &str, args: PruneArgs) -> Outcome {
     let jobs = open_for_changes(url).await?;
     let deleted = jobs.prune(args.older_than).await;
     jobs.shutdown().await;
-    println!(
+    outln!(
         "deleted {} finished job(s) that ended more than {age} ago",
         count(deleted?)
     );

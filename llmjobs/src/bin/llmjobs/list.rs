@@ -14,18 +14,18 @@ pub(crate) async fn run(url: &str, args: ListArgs) -> Outcome {
     let records = db.records(filter).await?;
     if args.json {
         let all: Vec<_> = records.iter().map(json::record).collect();
-        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
         return Ok(());
     }
     if args.jsonl {
         for record in &records {
-            println!("{}", json::record(record));
+            outln!("{}", json::record(record));
         }
         return Ok(());
     }
     let statuses: Vec<&JobStatus> = records.iter().map(|r| &r.status).collect();
     let (table, truncated) = table(&statuses, SystemTime::now(), width(), args.full);
-    print!("{table}");
+    out!("{table}");
     if records.is_empty() {
         eprintln!("no jobs match");
     }

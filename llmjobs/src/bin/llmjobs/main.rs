@@ -14,6 +14,21 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// `println!` for the command's output: a reader that went away (`llmjobs list | head -1`) ends
+/// the program quietly instead of a panic about a broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::emit(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for the command's output (see [`outln!`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::emit(&format!($($arg)*))
+    };
+}
+
 mod args;
 mod change;
 mod json;

@@ -156,6 +156,23 @@ pub(crate) fn count(n: u64) -> String {
     out
 }
 
+/// Writes the command's output to stdout. When the reader has gone (a pipe to `head`), the
+/// program ends at once with success: it has printed all anyone reads.
+pub(crate) fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("llmjobs: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// The width text output fits: the terminal's, `COLUMNS`, or 120 when printing to a pipe.
 pub(crate) fn width() -> usize {
     use std::io::IsTerminal;

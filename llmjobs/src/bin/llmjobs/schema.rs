@@ -31,13 +31,13 @@ fn print(info: &SchemaInfo, json: bool) {
             "compatibility": info.compatibility,
             "usable": info.is_usable(),
         });
-        println!("{value}");
+        outln!("{value}");
         return;
     }
     let version = info
         .version
         .map_or_else(|| "none".to_string(), |v| v.to_string());
-    println!(
+    outln!(
         "{} schema version {version}; this llmjobs ({}) uses version {}: {}",
         info.backend,
         env!("CARGO_PKG_VERSION"),

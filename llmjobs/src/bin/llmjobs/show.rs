@@ -18,13 +18,13 @@ pub(crate) async fn run(url: &str, args: ShowArgs) -> Outcome {
     if args.json {
         let mut value = json::record(&record);
         value["steps"] = steps.iter().map(json::step).collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
         return Ok(());
     }
-    print!(
+    out!(
         "{}",
         render(&record, &steps, SystemTime::now(), width(), args.full)
     );

@@ -22,12 +22,12 @@ pub(crate) async fn run(url: &str, args: StatsArgs) -> Outcome {
     let finished = db.finished_since(now - args.window, MAX_SAMPLE).await?;
     let stats = Stats::of(&finished, args.window, now);
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&stats.json(&by_name)).unwrap_or_default()
         );
     } else {
-        print!("{}", stats.text(&by_name));
+        out!("{}", stats.text(&by_name));
     }
     Ok(())
 }

@@ -59,7 +59,7 @@ pub(crate) async fn run(url: &str, args: WaitArgs) -> Outcome {
         JobState::Completed => {
             let record = db.job(args.id).await?;
             let result = record.result.unwrap_or(serde_json::Value::Null);
-            println!("{}", value_text(&result, args.full, width()));
+            outln!("{}", value_text(&result, args.full, width()));
             Ok(())
         }
         JobState::Failed => Err(Failure {
