@@ -45,6 +45,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("llm_demo.db").display()));
     let jobs = Jobs::builder().url(&url).llm(client).open().await?;
     println!("mock LLM server at {}; jobs in {url}", mock.base_url());
+    println!(
+        "watch them live from another terminal:\n  cargo run -p llmjobs --features cli -- --db {url} watch"
+    );
 
     let seeds: Vec<serde_json::Value> = serde_json::from_str(SEEDS)?;
     let mut handles: Vec<(String, String, JobHandle<ChatResponse>)> = Vec::new();

@@ -46,6 +46,7 @@ mod context;
 mod error;
 mod handle;
 mod id;
+mod inspect;
 mod job;
 mod jobs;
 #[cfg(feature = "llm")]
@@ -64,6 +65,7 @@ pub use context::{JobContext, Progress};
 pub use error::{Error, ErrorKind, JobError, Result};
 pub use handle::{CancelOutcome, JobHandle, Outcome, ProgressStream};
 pub use id::{JobId, ParseJobIdError};
+pub use inspect::{Compatibility, Inspector, JobRecord, SchemaInfo, StepInfo};
 pub use job::{Job, JobCall, JobConfig};
 pub use jobs::{Durability, Jobs, JobsBuilder};
 #[cfg(feature = "macros")]

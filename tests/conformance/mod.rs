@@ -61,6 +61,8 @@ macro_rules! conformance_tests {
             unschedule_stops_the_ticks,
             the_last_progress_report_is_in_the_row_after_the_job_ends,
             a_corrupt_row_fails_alone_and_the_others_run,
+            an_inspector_reads_what_runtimes_wrote,
+            an_inspector_refuses_a_database_from_a_newer_llmjobs,
         );
     };
     (@each $backend:expr; $($name:ident),+ $(,)?) => {
@@ -76,6 +78,9 @@ macro_rules! conformance_tests {
     };
 }
 pub(crate) use conformance_tests;
+
+mod inspect;
+pub(crate) use inspect::*;
 
 // ---------------------------------------------------------------------------------------------
 // Backends

@@ -25,6 +25,7 @@ mod cancel;
 mod claim;
 mod enqueue;
 mod finish;
+mod inspect;
 mod list;
 mod liveness;
 mod locks;
@@ -35,6 +36,8 @@ mod release;
 mod retry;
 mod schedule;
 mod steps;
+
+pub(crate) use inspect::PgReader;
 
 /// The schema llmjobs' tables live in unless the URL names another.
 const DEFAULT_SCHEMA: &str = "llmjobs";

@@ -21,11 +21,13 @@ use crate::status::{JobFilter, JobState};
 use crate::{Durability, Error, JobId, Result};
 
 mod columns;
+mod inspect;
 mod list;
 mod migrate;
 mod writer;
 
 use columns::lenient;
+pub(crate) use inspect::SqliteReader;
 
 use writer::{Reply, WriteOp};
 

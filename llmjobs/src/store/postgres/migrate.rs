@@ -32,6 +32,11 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// The newest migration this build knows.
+pub(super) fn newest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
 /// FNV-1a, 64 bits: enough to notice that a migration's text changed after it ran.
 fn checksum(sql: &str) -> [u8; 8] {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
