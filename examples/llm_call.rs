@@ -1,11 +1,16 @@
-//! The main demo: the LLM calls of the original system, run as durable `llm_call` jobs against a
-//! local mock LLM server (no API key, no internet).
+//! The main demo, an acceptance run: the 31 call configs of the original system, run as durable
+//! `llm_call` jobs against a local mock LLM server (no API key, no internet), each meeting the
+//! situation its description names, each judged against the expected outcome written from that
+//! description.
 //!
-//! It starts the mock server in-process, spawns every call config of
-//! `examples/data/seed_prompts.json` at once (OpenAI-compatible and Claude-proxy models,
-//! validators, agent checks), shows a live status line while they run, and prints a summary:
-//! completed, failed, needing review, tokens and time. The mock answers slowly and fails a few
-//! calls on purpose (a 429 with `Retry-After`, a 500), which the jobs retry.
+//! The mock is scripted per case (`examples/data/seed_expectations.json`, beside the fixture):
+//! empty answers the default validator must catch, a stubborn answer that escalates to human
+//! review, a first answer that fails and is retried with the debug tool, a truncated answer
+//! (`content: null`, `finish_reason: "length"`), images the Claude proxy route refuses, a 429,
+//! a 500, a call slower than its caller's wait. Every case is spawned at once; a live status
+//! line runs until all have ended; then, per case, the expected and actual outcome, the answers
+//! produced, the last escalation stage and the tokens, and a final line `N as expected, M not`.
+//! The program exits non-zero if any case is not as expected.
 //!
 //! Run it with:
 //!
@@ -15,56 +20,42 @@
 //!
 //! The jobs are stored in a temporary database; set `LLMJOBS_DB=sqlite://demo.db` to keep it.
 
-use std::collections::HashMap;
 use std::io::Write;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use llmjobs::llm::mock::{MockLlmServer, MockReply};
-use llmjobs::llm::{ChatRequest, ChatResponse, RetryPolicy, llm_call};
-use llmjobs::{JobHandle, JobState, Jobs};
-
-const SEEDS: &str = include_str!("data/seed_prompts.json");
+use llmjobs::Jobs;
+use llmjobs::llm::mock::MockLlmServer;
+use llmjobs_testkit::acceptance::{self, CaseResult, Outcome};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .init();
     let started = Instant::now();
     let mock = MockLlmServer::start().await?;
+    // Slow enough to watch the status line move.
     mock.set_delay(Duration::from_millis(400));
-    // A few failures the jobs must ride out.
-    mock.push_reply_for("gpt-4o-mini", MockReply::rate_limited(1));
-    mock.push_reply_for("gemini-1.5-flash-001", MockReply::server_error());
-
-    let client = mock
-        .client_builder()
-        // The seeds also name Vertex AI models, which the original reached through LiteLLM.
-        .route_keeping_prefix("vertex_ai/", "openai")
-        .retry(RetryPolicy::new().base_delay(Duration::from_millis(200)))
-        .build()?;
+    let client = acceptance::client(&mock)?;
     let dir = tempfile::tempdir()?;
     let url = std::env::var("LLMJOBS_DB")
         .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("llm_demo.db").display()));
-    let jobs = Jobs::builder().url(&url).llm(client).open().await?;
+    let jobs = Jobs::builder().url(&url).llm(client.clone()).open().await?;
     println!("mock LLM server at {}; jobs in {url}", mock.base_url());
     println!(
         "watch them live from another terminal:\n  cargo run -p llmjobs --features cli -- --db {url} watch"
     );
 
-    let seeds: Vec<serde_json::Value> = serde_json::from_str(SEEDS)?;
-    let mut handles: Vec<(String, String, JobHandle<ChatResponse>)> = Vec::new();
-    let mut background = 0;
-    for seed in &seeds {
-        let id = seed["test_case_id"].as_str().unwrap_or("?").to_string();
-        let request = ChatRequest::from_value(seed["llm_config"].clone())?;
-        let model = request.model.clone();
-        let call = llm_call(request);
-        if call.is_long_running() {
-            background += 1;
-        }
-        handles.push((id, model, jobs.spawn(call).await?));
-    }
+    let cases = acceptance::load_cases(acceptance::SEEDS, acceptance::EXPECTATIONS)?;
+    let count = cases.len();
+    let run = acceptance::run_cases(&jobs, &mock, &client, cases).await?;
     println!(
-        "spawned {} calls ({background} routed straight to the background, as the original did)",
-        handles.len()
+        "spawned {count} calls ({} routed straight to the background, as the original did)",
+        run.background
     );
 
     // A live status line until every call has ended.
@@ -86,39 +77,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    println!(
-        "\n{:<56} {:<50} {:>9} {:>8} {:>7}",
-        "call", "model", "outcome", "attempts", "tokens"
-    );
-    let mut totals: HashMap<&str, usize> = HashMap::new();
-    let (mut tokens_in, mut tokens_out) = (0, 0);
-    for (id, model, handle) in &handles {
-        let status = handle.status().await?;
-        let (outcome, tokens) = match handle.wait().await {
-            Ok(response) => {
-                tokens_in += response.total_usage.input_tokens;
-                tokens_out += response.total_usage.output_tokens;
-                ("completed", response.total_usage.total().to_string())
-            }
-            Err(_) if status.needs_review => ("review", "-".to_string()),
-            Err(_) if status.state == JobState::Failed => ("failed", "-".to_string()),
-            Err(_) => ("cancelled", "-".to_string()),
-        };
-        *totals.entry(outcome).or_default() += 1;
-        println!(
-            "{id:<56} {model:<50} {outcome:>9} {:>8} {tokens:>7}",
-            status.attempts
-        );
+    let results = run.finish(&mock, &client).await?;
+    println!("\n{}", CaseResult::header());
+    for result in &results {
+        println!("{}", result.line());
     }
+    let count_of = |outcomes: &[Outcome]| {
+        results
+            .iter()
+            .filter(|r| outcomes.contains(&r.outcome))
+            .count()
+    };
+    let tokens_in: u64 = results.iter().map(|r| r.tokens_in).sum();
+    let tokens_out: u64 = results.iter().map(|r| r.tokens_out).sum();
     println!(
-        "\ncompleted {}, failed {}, needs review {}; tokens in {tokens_in}, out {tokens_out}; \
-         {} requests to the mock; {:.2}s",
-        totals.get("completed").unwrap_or(&0),
-        totals.get("failed").unwrap_or(&0),
-        totals.get("review").unwrap_or(&0),
+        "\ncompleted {} ({} after a retry), failed {}, needs review {}; tokens in {tokens_in}, \
+         out {tokens_out}; {} requests to the mock; {:.2}s",
+        count_of(&[Outcome::Completed, Outcome::Retried]),
+        count_of(&[Outcome::Retried]),
+        count_of(&[Outcome::Failed]),
+        count_of(&[Outcome::NeedsReview]),
         mock.request_count(),
         started.elapsed().as_secs_f64()
     );
+    println!("{}", acceptance::verdict(&results));
     jobs.shutdown().await;
-    Ok(())
+    Ok(if results.iter().all(CaseResult::as_expected) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -105,7 +105,7 @@ fn seed_details_are_interpreted() {
 }
 
 #[tokio::test]
-async fn every_seed_config_runs_against_the_mock() {
+async fn every_seed_config_runs_against_the_mock_or_is_refused_by_its_route() {
     let mock = MockLlmServer::start().await.unwrap();
     let client = mock
         .client_builder()
@@ -114,6 +114,7 @@ async fn every_seed_config_runs_against_the_mock() {
         .retry(RetryPolicy::new().base_delay(Duration::from_millis(10)))
         .build()
         .unwrap();
+    let mut refused = Vec::new();
     for (id, config) in seeds() {
         let mut req = parse(&id, &config);
         if let Some(retry) = req.retry_config.as_mut() {
@@ -121,11 +122,21 @@ async fn every_seed_config_runs_against_the_mock() {
         }
         match client.call(&req).await {
             Ok(answer) => assert!(!answer.text.is_empty() || !req.default_validate, "{id}"),
+            Err(LlmError::Unsupported { .. }) => refused.push(id),
             Err(LlmError::NeedsReview { feedback, .. }) => {
                 panic!("{id} needs review: {feedback:?}")
             }
             Err(e) => panic!("{id}: {e}"),
         }
     }
-    assert!(mock.request_count() >= 30);
+    assert_eq!(
+        refused,
+        [
+            "max_multimodal_001_image_description_local",
+            "max_multimodal_002_http_image",
+            "max_text_006_only_system_prompt_error"
+        ],
+        "the Claude proxy route refuses images and prompts with no user message"
+    );
+    assert!(mock.request_count() >= 28);
 }

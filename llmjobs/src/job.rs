@@ -190,6 +190,8 @@ pub struct JobCall<T> {
     long_running: bool,
     /// Set by [`JobCall::long_running`]: the caller decided, whatever classifiers say.
     long_running_forced: bool,
+    /// Set by [`JobCall::wait_at_most`]: the longest [`Jobs::run_with_timeout`](crate::Jobs::run_with_timeout) waits.
+    wait_limit: Option<Duration>,
     _output: PhantomData<fn() -> T>,
 }
 
@@ -205,6 +207,7 @@ impl<T> JobCall<T> {
             run_at: None,
             long_running: args.is_long_running(),
             long_running_forced: false,
+            wait_limit: None,
             priority: config.priority,
             config,
             _output: PhantomData,
@@ -225,6 +228,7 @@ impl<T> JobCall<T> {
             run_at: None,
             long_running: false,
             long_running_forced: false,
+            wait_limit: None,
             _output: PhantomData,
         }
     }
@@ -287,6 +291,18 @@ impl<T> JobCall<T> {
         self
     }
 
+    /// Caps how long [`Jobs::run_with_timeout`](crate::Jobs::run_with_timeout) waits for this
+    /// call before giving a handle (the shorter of the two wins); the job keeps running.
+    pub fn wait_at_most(mut self, limit: Duration) -> Self {
+        self.wait_limit = Some(limit);
+        self
+    }
+
+    /// The cap set by [`JobCall::wait_at_most`], if any.
+    pub fn wait_limit(&self) -> Option<Duration> {
+        self.wait_limit
+    }
+
     /// The call's concurrency key, if any.
     pub fn key(&self) -> Option<&str> {
         self.key.as_deref()
@@ -343,6 +359,7 @@ impl<T> Clone for JobCall<T> {
             run_at: self.run_at,
             long_running: self.long_running,
             long_running_forced: self.long_running_forced,
+            wait_limit: self.wait_limit,
             _output: PhantomData,
         }
     }
@@ -366,6 +383,8 @@ struct WireCall<'a> {
     /// Unix milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     run_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wait_ms: Option<u64>,
 }
 
 fn is_zero(p: &i32) -> bool {
@@ -384,6 +403,9 @@ impl<T> Serialize for JobCall<T> {
             long_running: self.long_running,
             idempotency_key: self.idempotency_key.as_deref().map(Cow::Borrowed),
             run_at_ms: self.run_at.map(crate::status::to_ms),
+            wait_ms: self
+                .wait_limit
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         }
         .serialize(serializer)
     }
@@ -405,6 +427,7 @@ impl<'de, T> Deserialize<'de> for JobCall<T> {
             run_at: wire.run_at_ms.map(crate::status::from_ms),
             long_running: wire.long_running,
             long_running_forced: wire.long_running,
+            wait_limit: wire.wait_ms.map(Duration::from_millis),
             _output: PhantomData,
         })
     }

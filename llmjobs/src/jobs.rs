@@ -162,13 +162,17 @@ impl Jobs {
     /// Spawns the job and waits up to `timeout` for its output. Past the timeout the job keeps
     /// running, the same attempt, and you get a handle to poll: work is never restarted.
     ///
-    /// A `long_running` job returns [`Outcome::Pending`] at once, without waiting.
+    /// A `long_running` job returns [`Outcome::Pending`] at once, without waiting; a call with
+    /// [`JobCall::wait_at_most`] waits no longer than that.
     pub async fn run_with_timeout<T: DeserializeOwned>(
         &self,
         call: JobCall<T>,
         timeout: Duration,
     ) -> Result<Outcome<T>> {
         let long_running = self.is_long_running(&call);
+        let timeout = call
+            .wait_limit()
+            .map_or(timeout, |limit| limit.min(timeout));
         let handle = self.spawn(call).await?;
         if long_running {
             return Ok(Outcome::Pending(handle));

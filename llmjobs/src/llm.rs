@@ -55,8 +55,10 @@
 //! With the `mock` feature, [`mock::MockLlmServer`] serves both APIs on loopback for tests and
 //! demos.
 
+mod breaker;
 mod client;
 mod error;
+mod escalation;
 mod job;
 mod limits;
 #[cfg(feature = "mock")]
@@ -70,18 +72,20 @@ mod router;
 mod stream;
 mod validate;
 
+pub use breaker::CircuitBreaker;
 pub use client::{LlmClient, LlmClientBuilder};
 pub use error::LlmError;
+pub use escalation::Stage;
 pub use job::{JobLlm, LlmCall, UsageTotals, llm_call};
 pub use limits::RateLimit;
 pub use pricing::Price;
 pub use request::{
     ChatRequest, Content, ContentPart, DEFAULT_LONG_RUNNING_PATTERNS, ImageUrl, Message,
-    ResponseFormat, RetryConfig, Role,
+    ResponseFormat, RetryConfig, Role, WaitFor,
 };
 pub use response::{ChatResponse, FinishReason, StreamEvent, Usage};
 pub use retry::{
     Attempt, AttemptInfo, AttemptPurpose, AttemptRunner, BoxFuture, DirectRunner, RetryPolicy,
 };
-pub use router::{ApiKey, ProviderConfig, ProviderKind, Route};
+pub use router::{ApiKey, Capability, ProviderConfig, ProviderKind, Route};
 pub use validate::{AgentCheck, ContradictionCheck, SuccessCriteria, Validator, render_template};

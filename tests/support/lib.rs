@@ -1,6 +1,7 @@
 //! Support code shared by the integration tests and examples of llmjobs: temporary databases,
 //! and a worker process that tests can start and kill.
 
+pub mod acceptance;
 pub mod pg;
 
 use std::path::{Path, PathBuf};

@@ -1,18 +1,21 @@
 //! [`LlmClient`] and its builder: configuration, and one provider call.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::breaker::{Admission, Breakers};
 use super::limits::Limiter;
 use super::pricing::PriceTable;
 use super::provider::{self, CallCtx, Parsed, StreamState};
 use super::request::estimate_tokens;
 use super::retry::retry_after_from_headers;
-use super::router::{ProviderConfig, ProviderKind, Route, Router};
+use super::router::{Capability, ProviderConfig, ProviderKind, Route, Router};
 use super::stream::SseParser;
 use super::{
-    ApiKey, ChatRequest, ChatResponse, LlmError, Price, RateLimit, RetryPolicy, StreamEvent, Usage,
+    ApiKey, ChatRequest, ChatResponse, CircuitBreaker, LlmError, Price, RateLimit, RetryPolicy,
+    StreamEvent, Usage,
 };
 
 /// The output tokens assumed for rate limiting when a request sets no `max_tokens`.
@@ -36,6 +39,9 @@ struct Inner {
     http: reqwest::Client,
     router: Router,
     limiter: Limiter,
+    breakers: Breakers,
+    /// Where calls to a provider go while its circuit is open.
+    fallbacks: HashMap<String, String>,
     prices: PriceTable,
     retry: RetryPolicy,
     default_max_tokens: u32,
@@ -78,6 +84,12 @@ impl LlmClient {
         Ok(self.inner.router.resolve(model)?.provider.name.clone())
     }
 
+    /// The model name as sent to the provider `model` is routed to (`openai/gpt-4o` is sent as
+    /// `gpt-4o`; the `max/` proxy gets the full name).
+    pub fn wire_model_for(&self, model: &str) -> Result<String, LlmError> {
+        Ok(self.inner.router.resolve(model)?.wire_model)
+    }
+
     /// Exactly one provider call (after waiting for the rate limits): no retry, no validation.
     pub async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
         self.send_attempt(req, 1, None).await
@@ -97,7 +109,8 @@ impl LlmClient {
     }
 
     /// One provider call; streamed when `on_event` is given. `attempt` is reported in stream
-    /// events.
+    /// events. Refused at once when the route cannot take the request; sent to the provider's
+    /// fallback, or refused, while the provider's circuit is open.
     pub(crate) async fn send_attempt(
         &self,
         req: &ChatRequest,
@@ -106,14 +119,75 @@ impl LlmClient {
     ) -> Result<ChatResponse, LlmError> {
         let inner = &*self.inner;
         let resolved = inner.router.resolve(&req.model)?;
-        let provider = &*resolved.provider;
+        let mut provider = resolved.provider.clone();
+        if let Some(route) = &resolved.route
+            && let Some(capability) = route.refused_by(req)
+        {
+            return Err(LlmError::Unsupported {
+                route: route.prefix.clone(),
+                provider: provider.name.clone(),
+                model: req.model.clone(),
+                capability,
+            });
+        }
+        if provider.kind == ProviderKind::Given {
+            let ctx = CallCtx {
+                provider: &provider.name,
+                model: &req.model,
+            };
+            return given_answer(ctx, req);
+        }
+        let ticket = match inner.breakers.admit(&provider.name) {
+            Admission::Go(ticket) => ticket,
+            Admission::Refused(wait) => {
+                let fallback = inner
+                    .fallbacks
+                    .get(&provider.name)
+                    .and_then(|name| inner.router.providers.get(name));
+                let Some(fallback) = fallback else {
+                    return Err(LlmError::CircuitOpen {
+                        provider: provider.name.clone(),
+                        model: req.model.clone(),
+                        retry_after: wait,
+                    });
+                };
+                match inner.breakers.admit(&fallback.name) {
+                    Admission::Go(ticket) => {
+                        tracing::debug!(provider = %provider.name, fallback = %fallback.name, "circuit open: sending to the fallback");
+                        provider = fallback.clone();
+                        ticket
+                    }
+                    Admission::Refused(_) => {
+                        return Err(LlmError::CircuitOpen {
+                            provider: provider.name.clone(),
+                            model: req.model.clone(),
+                            retry_after: wait,
+                        });
+                    }
+                }
+            }
+        };
+        let result = self
+            .send_to(&provider, &resolved.wire_model, req, attempt, on_event)
+            .await;
+        ticket.settle(&result);
+        result
+    }
+
+    /// One call to `provider`, which has been admitted.
+    async fn send_to(
+        &self,
+        provider: &ProviderConfig,
+        wire_model: &str,
+        req: &ChatRequest,
+        attempt: u32,
+        on_event: Option<&mut (dyn FnMut(&StreamEvent) + Send)>,
+    ) -> Result<ChatResponse, LlmError> {
+        let inner = &*self.inner;
         let ctx = CallCtx {
             provider: &provider.name,
             model: &req.model,
         };
-        if provider.kind == ProviderKind::Given {
-            return given_answer(ctx, req);
-        }
         if provider.api_key.is_none()
             && let Some(hint) = &provider.key_hint
         {
@@ -126,7 +200,7 @@ impl LlmClient {
         let body = provider::build_body(
             provider,
             ctx,
-            &resolved.wire_model,
+            wire_model,
             req,
             streaming,
             inner.default_max_tokens,
@@ -319,6 +393,8 @@ fn transport(ctx: CallCtx<'_>, error: reqwest::Error, after: Duration) -> LlmErr
 pub struct LlmClientBuilder {
     router: Router,
     limiter: Limiter,
+    breaker: CircuitBreaker,
+    fallbacks: HashMap<String, String>,
     prices: PriceTable,
     retry: RetryPolicy,
     default_max_tokens: u32,
@@ -371,15 +447,19 @@ impl LlmClientBuilder {
             ("max/", "max", false),
             ("meta-task/", "meta-task", false),
         ] {
-            router.add_route(Route {
-                prefix: prefix.into(),
-                provider: provider.into(),
-                strip_prefix,
-            });
+            let mut route = Route::new(prefix, provider, strip_prefix);
+            if prefix == "max/" {
+                // The Claude proxy drives the Claude CLI, which takes a text prompt: no
+                // images, and something from the user to answer.
+                route.refuses = vec![Capability::Images, Capability::NoUserMessage];
+            }
+            router.add_route(route);
         }
         LlmClientBuilder {
             router,
             limiter: Limiter::default(),
+            breaker: CircuitBreaker::default(),
+            fallbacks: HashMap::new(),
             prices: PriceTable::default(),
             retry: RetryPolicy::default(),
             default_max_tokens: 4096,
@@ -465,28 +545,41 @@ impl LlmClientBuilder {
     }
 
     /// Routes models starting with `prefix` to `provider`, without the prefix.
-    pub fn route(mut self, prefix: impl Into<String>, provider: impl Into<String>) -> Self {
-        self.router.add_route(Route {
-            prefix: prefix.into(),
-            provider: provider.into(),
-            strip_prefix: true,
-        });
+    pub fn route(self, prefix: impl Into<String>, provider: impl Into<String>) -> Self {
+        self.add_route(Route::new(prefix, provider, true))
+    }
+
+    /// Adds a route, or replaces the one with the same prefix (with [`Route::refuses`] set,
+    /// for a route that cannot take every request).
+    pub fn add_route(mut self, route: Route) -> Self {
+        self.router.add_route(route);
+        self
+    }
+
+    /// Sets what requests on the route of `prefix` may not use; a request that needs one fails
+    /// at once with [`LlmError::Unsupported`]. (The `max/` route refuses images and requests
+    /// without a user message by default; pass an empty list to lift that.)
+    pub fn route_refuses(mut self, prefix: &str, refuses: impl Into<Vec<Capability>>) -> Self {
+        let refuses = refuses.into();
+        match self.router.routes.iter_mut().find(|r| r.prefix == prefix) {
+            Some(route) => route.refuses = refuses,
+            None => {
+                self.error.get_or_insert_with(|| {
+                    LlmError::Config(format!("there is no route with the prefix `{prefix}`"))
+                });
+            }
+        }
         self
     }
 
     /// Routes models starting with `prefix` to `provider`, sending the full name (for proxies
     /// such as LiteLLM or the `max/` proxy that route on it).
     pub fn route_keeping_prefix(
-        mut self,
+        self,
         prefix: impl Into<String>,
         provider: impl Into<String>,
     ) -> Self {
-        self.router.add_route(Route {
-            prefix: prefix.into(),
-            provider: provider.into(),
-            strip_prefix: false,
-        });
-        self
+        self.add_route(Route::new(prefix, provider, false))
     }
 
     /// Sends models that match no route to `provider`, unchanged.
@@ -512,6 +605,19 @@ impl LlmClientBuilder {
     /// Sets the price of models matching `pattern` (first match wins).
     pub fn price(mut self, pattern: impl Into<String>, price: Price) -> Self {
         self.prices.set(pattern.into(), price);
+        self
+    }
+
+    /// Sets when a provider's circuit opens, for every provider (see [`CircuitBreaker`]).
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// While `provider`'s circuit is open, sends its calls to `fallback` (with the same model
+    /// name) instead of failing them.
+    pub fn fallback(mut self, provider: impl Into<String>, fallback: impl Into<String>) -> Self {
+        self.fallbacks.insert(provider.into(), fallback.into());
         self
     }
 
@@ -560,6 +666,16 @@ impl LlmClientBuilder {
             return Err(error);
         }
         self.router.check()?;
+        for (provider, fallback) in &self.fallbacks {
+            for name in [provider, fallback] {
+                if !self.router.providers.contains_key(name) {
+                    return Err(LlmError::Config(format!(
+                        "the fallback from `{provider}` to `{fallback}` names `{name}`, which is \
+                         not a configured provider"
+                    )));
+                }
+            }
+        }
         let http = match self.http {
             Some(http) => http,
             None => reqwest::Client::builder()
@@ -573,6 +689,8 @@ impl LlmClientBuilder {
                 http,
                 router: self.router,
                 limiter: self.limiter,
+                breakers: Breakers::new(self.breaker),
+                fallbacks: self.fallbacks,
                 prices: self.prices,
                 retry: self.retry,
                 default_max_tokens: self.default_max_tokens,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::{ErrorKind, JobError};
 
-use super::ChatResponse;
+use super::{Capability, ChatResponse};
 
 /// How many characters of a provider's error body an [`LlmError`] keeps.
 const BODY_EXCERPT_CHARS: usize = 500;
@@ -46,6 +46,35 @@ pub enum LlmError {
         model: String,
         /// What is wrong with the request.
         reason: String,
+    },
+    /// The route the model goes to cannot take what the request needs (images on the Claude
+    /// proxy): refused before any network call, and never retried.
+    #[error(
+        "route `{route}` (provider `{provider}`) does not accept {capability}, which the \
+         request for model `{model}` needs"
+    )]
+    Unsupported {
+        /// The route's prefix.
+        route: String,
+        /// The provider the route goes to.
+        provider: String,
+        /// The model name as requested.
+        model: String,
+        /// What the route does not accept.
+        capability: Capability,
+    },
+    /// The provider's circuit breaker is open after repeated failures: the call was not sent.
+    #[error(
+        "circuit open for provider `{provider}` (model `{model}`) after repeated failures: not \
+         sent; next try in {retry_after:?}"
+    )]
+    CircuitOpen {
+        /// The provider's name.
+        provider: String,
+        /// The model name as requested.
+        model: String,
+        /// How long until the circuit lets a probe through.
+        retry_after: Duration,
     },
     /// The request could not be delivered or the response could not be read (connection refused
     /// or reset, DNS failure, a body cut off mid-way).
@@ -152,7 +181,9 @@ impl LlmError {
     pub fn is_retryable(&self) -> bool {
         match self {
             LlmError::Transport { source, .. } => !source.is_builder(),
-            LlmError::Timeout { .. } | LlmError::InvalidResponse { .. } => true,
+            LlmError::Timeout { .. }
+            | LlmError::InvalidResponse { .. }
+            | LlmError::CircuitOpen { .. } => true,
             LlmError::Http { status, .. } => is_retryable_status(*status),
             LlmError::Stream { retryable, .. } => *retryable,
             LlmError::RetriesExhausted { .. } => true,
@@ -160,6 +191,7 @@ impl LlmError {
             | LlmError::UnknownProvider { .. }
             | LlmError::MissingApiKey { .. }
             | LlmError::InvalidRequest { .. }
+            | LlmError::Unsupported { .. }
             | LlmError::ContextLength { .. }
             | LlmError::NeedsReview { .. } => false,
         }
@@ -169,6 +201,7 @@ impl LlmError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             LlmError::Http { retry_after, .. } => *retry_after,
+            LlmError::CircuitOpen { retry_after, .. } => Some(*retry_after),
             LlmError::RetriesExhausted { last, .. } => last.retry_after(),
             _ => None,
         }

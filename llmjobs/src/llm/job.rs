@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Attempt, AttemptPurpose, AttemptRunner, BoxFuture, ChatRequest, ChatResponse,
-    DEFAULT_LONG_RUNNING_PATTERNS, LlmClient, LlmError, StreamEvent,
+    DEFAULT_LONG_RUNNING_PATTERNS, LlmClient, LlmError, Stage, StreamEvent,
 };
 use crate::{Job, JobCall, JobContext, JobError, Progress};
 
@@ -45,15 +45,20 @@ impl JobLlm {
             .map_err(|reason| JobError::permanent(JobError::msg(reason)))
     }
 
-    /// Calls the model with HTTP retries and validators ([`LlmClient::call`]), journaling each
-    /// answer and check.
+    /// Calls the model with HTTP retries, validators and staged escalation
+    /// ([`LlmClient::call_with`]), journaling each answer and check. The stage of each answer
+    /// is the job's progress stage (`answer`, `tool-assisted`), and is in the name of its
+    /// journaled step; an answer that never passes is journaled and reported as
+    /// `human-review`, and the job fails as needing review.
     pub async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, JobError> {
         let client = self.client()?;
-        let runner = JournalRunner { ctx: &self.ctx };
-        let response = client
-            .call_with(request, &runner, None)
-            .await
-            .map_err(LlmError::into_job_error)?;
+        let stage = Mutex::new(Stage::Answer);
+        let runner = JournalRunner {
+            ctx: &self.ctx,
+            stage: &stage,
+        };
+        let result = client.call_with(request, &runner, None).await;
+        let response = self.settle(result).await?;
         self.report_totals(&response, None);
         Ok(response)
     }
@@ -62,13 +67,14 @@ impl JobLlm {
     /// the job's status shows what its LLM calls used.
     fn report_totals(&self, response: &ChatResponse, output: Option<String>) {
         let totals = self.ctx.add_llm_usage(response);
-        let mut report = Progress::stage("llm")
+        let mut report = Progress::stage(response.stage.name())
             .with_tokens(totals.input_tokens, totals.output_tokens)
             .with_cost(totals.cost_usd)
             .with_message(format!(
-                "{} LLM call(s), {} tokens",
+                "{} LLM call(s), {} tokens; answer {} passed",
                 totals.calls,
-                totals.input_tokens + totals.output_tokens
+                totals.input_tokens + totals.output_tokens,
+                response.attempts
             ));
         if let Some(output) = output {
             report = report.with_partial_output(output);
@@ -76,15 +82,56 @@ impl JobLlm {
         self.ctx.report(report);
     }
 
+    /// The job's side of a finished call: an answer that needs review is counted, journaled
+    /// as the `human-review` stage and reported before the job fails with it.
+    async fn settle(
+        &self,
+        result: Result<ChatResponse, LlmError>,
+    ) -> Result<ChatResponse, JobError> {
+        let error = match result {
+            Ok(response) => return Ok(response),
+            Err(error) => error,
+        };
+        if let LlmError::NeedsReview {
+            answer,
+            feedback,
+            attempts,
+            ..
+        } = &error
+        {
+            let totals = self.ctx.add_llm_usage(answer);
+            let verdict = feedback.clone();
+            self.ctx
+                .step("llm human-review", async { Ok::<_, JobError>(verdict) })
+                .await?;
+            self.ctx.report(
+                Progress::stage(Stage::HumanReview.name())
+                    .with_tokens(totals.input_tokens, totals.output_tokens)
+                    .with_cost(totals.cost_usd)
+                    .with_partial_output(answer.text.clone())
+                    .with_message(format!(
+                        "no answer passed validation after {attempts} attempt(s): {}",
+                        feedback.join("; ")
+                    )),
+            );
+        }
+        Err(error.into_job_error())
+    }
+
     /// Like [`JobLlm::call`], streaming: the text received so far and the token counts are
-    /// reported as the job's progress (stage `"llm"`), a few times a second.
+    /// reported as the job's progress (stage: the answer's stage), a few times a second.
     pub async fn call_streaming(&self, request: &ChatRequest) -> Result<ChatResponse, JobError> {
         let client = self.client()?;
-        let runner = JournalRunner { ctx: &self.ctx };
+        let stage = Mutex::new(Stage::Answer);
+        let runner = JournalRunner {
+            ctx: &self.ctx,
+            stage: &stage,
+        };
         let mut text = String::new();
         let mut attempt = 0;
         let mut last_report: Option<Instant> = None;
         let ctx = &self.ctx;
+        let stage_now = &stage;
         let mut on_event = |event: &StreamEvent| {
             if event.attempt != attempt {
                 // A retry started over: what came before is void.
@@ -94,40 +141,58 @@ impl JobLlm {
             text.push_str(&event.delta_text);
             if last_report.is_none_or(|t| t.elapsed() >= STREAM_REPORT_INTERVAL) {
                 last_report = Some(Instant::now());
+                let stage = *stage_now.lock().expect("stage lock");
                 ctx.report(
-                    Progress::stage("llm")
+                    Progress::stage(stage.name())
                         .with_partial_output(text.clone())
                         .with_tokens(event.input_tokens.unwrap_or(0), event.output_tokens_so_far),
                 );
             }
         };
-        let response = client
+        let result = client
             .call_with(request, &runner, Some(&mut on_event))
-            .await
-            .map_err(LlmError::into_job_error)?;
+            .await;
+        let response = self.settle(result).await?;
         self.report_totals(&response, Some(response.text.clone()));
         Ok(response)
     }
 }
 
-/// Runs each provider attempt as a journaled step named after what it is for (`llm answer-1`,
-/// `llm check-1.0`). Failed tries are not journaled, so the try that succeeds takes the step's
-/// place, and a resumed job replays it.
+/// Runs each provider attempt as a journaled step named after what it is for and its stage
+/// (`llm answer-1`, `llm answer-2 tool-assisted`, `llm check-1.0`), and reports the stage as
+/// the job's progress. Failed tries are not journaled, so the try that succeeds takes the
+/// step's place, and a resumed job replays it.
 struct JournalRunner<'c> {
     ctx: &'c JobContext,
+    /// The stage of the attempt under way, for the stream's progress reports.
+    stage: &'c Mutex<Stage>,
 }
 
 impl AttemptRunner for JournalRunner<'_> {
     fn run<'a>(&'a self, attempt: Attempt<'a>) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
             let info = *attempt.info();
-            let name = match info.purpose {
-                AttemptPurpose::Answer => format!("llm answer-{}", info.round),
-                AttemptPurpose::Check { validator } => {
-                    format!("llm check-{}.{validator}", info.round)
-                }
+            let suffix = match info.stage {
+                Stage::Answer => String::new(),
+                stage => format!(" {stage}"),
             };
+            let (name, doing) = match info.purpose {
+                AttemptPurpose::Answer => (
+                    format!("llm answer-{}{suffix}", info.round),
+                    format!("answer {}", info.round),
+                ),
+                AttemptPurpose::Check { validator } => (
+                    format!("llm check-{}.{validator}{suffix}", info.round),
+                    format!("checking answer {}", info.round),
+                ),
+            };
+            *self.stage.lock().expect("stage lock") = info.stage;
             let model = attempt.request().model.clone();
+            self.ctx
+                .report(Progress::stage(info.stage.name()).with_message(format!(
+                    "{doing}: calling {model} (try {})",
+                    info.try_number
+                )));
             let failure: Mutex<Option<LlmError>> = Mutex::new(None);
             let result = self
                 .ctx
@@ -143,14 +208,23 @@ impl AttemptRunner for JournalRunner<'_> {
             match result {
                 Ok(response) => Ok(response),
                 Err(job_error) => {
-                    Err(failure
+                    let error = failure
                         .into_inner()
                         .expect("failure slot")
-                        .unwrap_or_else(|| LlmError::InvalidRequest {
-                            // Replayed from the journal, or the journal itself failed.
-                            model,
-                            reason: job_error.to_string(),
-                        }))
+                        .unwrap_or_else(|| {
+                            LlmError::InvalidRequest {
+                                // Replayed from the journal, or the journal itself failed.
+                                model,
+                                reason: job_error.to_string(),
+                            }
+                        });
+                    if let LlmError::CircuitOpen { .. } = &error {
+                        self.ctx.report(
+                            Progress::stage(info.stage.name())
+                                .with_message(format!("{doing}: {error}")),
+                        );
+                    }
+                    Err(error)
                 }
             }
         })
@@ -185,14 +259,24 @@ inventory::submit! { crate::job::Registration::of::<LlmCall>() }
 ///   the timeout you get a handle while the same request keeps going, instead of a second
 ///   request.
 /// - `jobs.spawn(llm_call(req))` is the original background polling mode, durable.
-/// - A model matching [`DEFAULT_LONG_RUNNING_PATTERNS`] (`max/*`), an agent-checked request,
-///   or `long_running: true` goes straight to the background, as the original did.
+/// - The original's routing rules decide what goes straight to the background
+///   ([`ChatRequest::is_long_running`]): a model matching [`DEFAULT_LONG_RUNNING_PATTERNS`]
+///   (`max/*`), an agent-checked request, an `mcp_config`, `long_running: true`; `polling` /
+///   `use_polling` force it either way.
+/// - The request's `timeout` or `wait_for_completion` seconds cap how long
+///   [`Jobs::run_with_timeout`](crate::Jobs::run_with_timeout) waits before giving the handle
+///   ([`JobCall::wait_at_most`]); the same call keeps going.
 ///
-/// The call streams, so its progress shows the text received so far; validators run with
-/// feedback retries, and an answer that never passes fails the job with a "needs review"
-/// error carrying the validators' feedback.
+/// The call streams, so its progress shows the text received so far and the escalation stage;
+/// validators run with feedback retries and staged escalation, and an answer that never passes
+/// fails the job with a "needs review" error carrying the validators' feedback.
 pub fn llm_call(request: ChatRequest) -> JobCall<ChatResponse> {
-    JobCall::new::<LlmCall>(&LlmCall { request })
+    let wait = request.wait_limit();
+    let call = JobCall::new::<LlmCall>(&LlmCall { request });
+    match wait {
+        Some(limit) => call.wait_at_most(limit),
+        None => call,
+    }
 }
 
 /// The tokens and cost of a job's LLM calls so far (answers, retries and agent checks).

@@ -91,9 +91,18 @@ impl ReceivedRequest {
     }
 }
 
+/// Replies scripted for the requests to one model whose prompt contains a text.
+struct PromptScript {
+    model: String,
+    needle: String,
+    queue: VecDeque<MockReply>,
+    standing: Option<MockReply>,
+}
+
 #[derive(Default)]
 struct State {
     delay: Mutex<Duration>,
+    prompt_replies: Mutex<Vec<PromptScript>>,
     replies: Mutex<VecDeque<MockReply>>,
     model_replies: Mutex<HashMap<String, VecDeque<MockReply>>>,
     model_defaults: Mutex<HashMap<String, MockReply>>,
@@ -106,9 +115,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
-    /// The next scripted reply for `model`: its queue, then its standing reply, then the
-    /// shared queue, then the default.
-    fn next_reply(&self, model: &str) -> MockReply {
+    /// The next scripted reply for a request: the first matching prompt script's queue, then
+    /// its standing reply; then the model's queue, then its standing reply, then the shared
+    /// queue, then the default.
+    fn next_reply(&self, prompt: &Prompt) -> MockReply {
+        let model = prompt.model.as_str();
+        for script in lock(&self.prompt_replies).iter_mut() {
+            if script.model == model
+                && prompt.contains(&script.needle)
+                && let Some(reply) = script.queue.pop_front().or_else(|| script.standing.clone())
+            {
+                return reply;
+            }
+        }
         if let Some(reply) = lock(&self.model_replies)
             .get_mut(model)
             .and_then(VecDeque::pop_front)
@@ -209,6 +228,50 @@ impl MockLlmServer {
     /// Answers every request to `model` with `reply` once its queue is empty.
     pub fn always_reply_for(&self, model: impl Into<String>, reply: MockReply) {
         lock(&self.state.model_defaults).insert(model.into(), reply);
+    }
+
+    /// Queues a reply for the next request to `model` (as sent) whose prompt (system prompt
+    /// and messages) contains `needle`. This scripts one call among many to the same model;
+    /// later answers of the same call (feedback retries) still match, since the conversation
+    /// keeps the original prompt.
+    pub fn push_reply_matching(
+        &self,
+        model: impl Into<String>,
+        needle: impl Into<String>,
+        reply: MockReply,
+    ) {
+        self.script_matching(model.into(), needle.into(), |s| s.queue.push_back(reply));
+    }
+
+    /// Answers every request to `model` whose prompt contains `needle` with `reply`, once its
+    /// queue ([`MockLlmServer::push_reply_matching`]) is empty.
+    pub fn always_reply_matching(
+        &self,
+        model: impl Into<String>,
+        needle: impl Into<String>,
+        reply: MockReply,
+    ) {
+        self.script_matching(model.into(), needle.into(), |s| s.standing = Some(reply));
+    }
+
+    fn script_matching(&self, model: String, needle: String, edit: impl FnOnce(&mut PromptScript)) {
+        let mut scripts = lock(&self.state.prompt_replies);
+        let index = match scripts
+            .iter()
+            .position(|s| s.model == model && s.needle == needle)
+        {
+            Some(index) => index,
+            None => {
+                scripts.push(PromptScript {
+                    model,
+                    needle,
+                    queue: VecDeque::new(),
+                    standing: None,
+                });
+                scripts.len() - 1
+            }
+        };
+        edit(&mut scripts[index]);
     }
 
     /// How many requests arrived (on the two API routes).
@@ -316,7 +379,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
         headers,
         received_at,
     });
-    let reply = state.next_reply(&prompt.model);
+    let reply = state.next_reply(&prompt);
     let mut delay = *lock(&state.delay);
     let mut inner = &reply;
     while let MockReply::Delayed(d, next) = inner {

@@ -127,6 +127,9 @@ pub(crate) fn build_body(
         _ => openai::body(wire_model, req, stream, provider.stream_usage),
     };
     if let Value::Object(map) = &mut body {
+        if let Some(mcp) = &req.mcp_config {
+            map.insert("mcp_config".into(), mcp.clone());
+        }
         for (key, value) in &req.provider_options {
             map.insert(key.clone(), value.clone());
         }

@@ -33,7 +33,7 @@ pub const DEFAULT_LONG_RUNNING_PATTERNS: &[&str] = &["max/*"];
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(from = "ChatRequestWire")]
+#[serde(try_from = "ChatRequestWire")]
 #[non_exhaustive]
 pub struct ChatRequest {
     /// The model, with its routing prefix (`openai/gpt-4o-mini`, `anthropic/claude-…`, `max/…`).
@@ -81,9 +81,40 @@ pub struct ChatRequest {
     #[serde(skip_serializing_if = "is_false")]
     pub long_running: bool,
     /// What the user originally asked, available to agent validators as
-    /// `{ORIGINAL_USER_PROMPT}`.
+    /// `{ORIGINAL_USER_PROMPT}` and restated in the feedback of every retry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub original_user_prompt: Option<String>,
+    /// MCP servers for an agent proxy (the original's Claude proxy), sent as the request's
+    /// `mcp_config`. A request with one goes to the background.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_config: Option<Value>,
+    /// From this answer on (1-based: `1` means from the second answer), a retry is
+    /// tool-assisted: the request carries [`ChatRequest::debug_tool_mcp_config`] as its
+    /// `mcp_config` and the feedback tells the model to use [`ChatRequest::debug_tool_name`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts_before_tool_use: Option<u32>,
+    /// After this many rejected answers the call stops and ends as needing human review
+    /// ([`LlmError::NeedsReview`]), even if `retry_config.max_attempts` allows more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts_before_human: Option<u32>,
+    /// The tool the feedback of a tool-assisted retry names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug_tool_name: Option<String>,
+    /// The MCP servers a tool-assisted retry carries as its `mcp_config`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug_tool_mcp_config: Option<Value>,
+    /// The original's `polling` / `use_polling`: `true` sends the call to the background,
+    /// `false` keeps it in the foreground, whatever [`ChatRequest::is_long_running`] would say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub polling: Option<bool>,
+    /// The original's `wait_for_completion`: `false` sends the call to the background; a
+    /// number of seconds is how long a caller waits before getting a handle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_for_completion: Option<WaitFor>,
+    /// The original's `timeout` (seconds): how long a caller waits for the answer before
+    /// getting a handle; the same call keeps going.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
     /// Extra top-level fields merged into the provider's request body as they are (`seed`,
     /// `presence_penalty`, a proxy's `mcp_config`, …). Also accepted as `extra_body`.
     #[serde(skip_serializing_if = "Map::is_empty")]
@@ -140,19 +171,55 @@ struct ChatRequestWire {
     long_running: bool,
     #[serde(default)]
     original_user_prompt: Option<String>,
+    #[serde(default)]
+    mcp_config: Option<Value>,
+    #[serde(default)]
+    max_attempts_before_tool_use: Option<u32>,
+    #[serde(default)]
+    max_attempts_before_human: Option<u32>,
+    #[serde(default)]
+    debug_tool_name: Option<String>,
+    #[serde(default)]
+    debug_tool_mcp_config: Option<Value>,
+    #[serde(default, alias = "use_polling")]
+    polling: Option<bool>,
+    #[serde(default)]
+    wait_for_completion: Option<WaitFor>,
+    #[serde(default)]
+    timeout: Option<f64>,
     #[serde(default, alias = "extra_body")]
     provider_options: Map<String, Value>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
 
-impl From<ChatRequestWire> for ChatRequest {
-    fn from(w: ChatRequestWire) -> Self {
+impl TryFrom<ChatRequestWire> for ChatRequest {
+    type Error = String;
+
+    fn try_from(w: ChatRequestWire) -> Result<Self, String> {
+        for (key, seconds) in [
+            ("timeout", w.timeout),
+            (
+                "wait_for_completion",
+                match w.wait_for_completion {
+                    Some(WaitFor::Seconds(s)) => Some(s),
+                    _ => None,
+                },
+            ),
+        ] {
+            if let Some(s) = seconds
+                && !(s.is_finite() && s >= 0.0)
+            {
+                return Err(format!(
+                    "`{key}` must be a number of seconds, zero or more (got {s})"
+                ));
+            }
+        }
         let mut messages = w.messages;
         if let Some(question) = w.question {
             messages.push(Message::user(question));
         }
-        ChatRequest {
+        Ok(ChatRequest {
             model: w.model,
             messages,
             system: w.system,
@@ -168,10 +235,29 @@ impl From<ChatRequestWire> for ChatRequest {
             retry_config: w.retry_config,
             long_running: w.long_running,
             original_user_prompt: w.original_user_prompt,
+            mcp_config: w.mcp_config,
+            max_attempts_before_tool_use: w.max_attempts_before_tool_use,
+            max_attempts_before_human: w.max_attempts_before_human,
+            debug_tool_name: w.debug_tool_name,
+            debug_tool_mcp_config: w.debug_tool_mcp_config,
+            polling: w.polling,
+            wait_for_completion: w.wait_for_completion,
+            timeout: w.timeout,
             provider_options: w.provider_options,
             extra: w.extra,
-        }
+        })
     }
+}
+
+/// The original's `wait_for_completion`: a yes or no, or how many seconds to wait.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WaitFor {
+    /// `true`: wait in the foreground (up to `timeout`, if set); `false`: go to the
+    /// background at once.
+    Wait(bool),
+    /// Wait this many seconds, then take a handle.
+    Seconds(f64),
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -207,6 +293,14 @@ impl ChatRequest {
             retry_config: None,
             long_running: false,
             original_user_prompt: None,
+            mcp_config: None,
+            max_attempts_before_tool_use: None,
+            max_attempts_before_human: None,
+            debug_tool_name: None,
+            debug_tool_mcp_config: None,
+            polling: None,
+            wait_for_completion: None,
+            timeout: None,
             provider_options: Map::new(),
             extra: Map::new(),
         }
@@ -332,15 +426,43 @@ impl ChatRequest {
             .max(1)
     }
 
-    /// Whether this call should go straight to the background: it says so (`long_running`),
-    /// its model matches one of `patterns` (`*` matches any run of characters, `?` one; see
-    /// [`DEFAULT_LONG_RUNNING_PATTERNS`]), or one of its validators is an agent check.
+    /// Whether this call should go straight to the background, by the original's rules.
+    ///
+    /// `polling` (or `use_polling`) decides when set, and `wait_for_completion: false` sends it
+    /// to the background. Otherwise it goes there when it says so (`long_running`), when its
+    /// model matches one of `patterns` (`*` matches any run of characters, `?` one; see
+    /// [`DEFAULT_LONG_RUNNING_PATTERNS`]), when one of its validators is an agent check, or when
+    /// it carries an `mcp_config` (agent work with tools).
     pub fn is_long_running<P: AsRef<str>>(&self, patterns: &[P]) -> bool {
+        if let Some(polling) = self.polling {
+            return polling;
+        }
+        if self.wait_for_completion == Some(WaitFor::Wait(false)) {
+            return true;
+        }
         self.long_running
             || patterns
                 .iter()
                 .any(|p| matches_pattern(p.as_ref(), &self.model))
             || self.validation.iter().any(Validator::is_agent_check)
+            || self.mcp_config.is_some()
+    }
+
+    /// How long a caller should wait for the answer before taking a handle, when the request
+    /// says (`wait_for_completion` as seconds, else `timeout`).
+    pub fn wait_limit(&self) -> Option<std::time::Duration> {
+        let seconds = match self.wait_for_completion {
+            Some(WaitFor::Seconds(s)) => Some(s),
+            _ => self.timeout,
+        }?;
+        std::time::Duration::try_from_secs_f64(seconds).ok()
+    }
+
+    /// What the user originally asked: `original_user_prompt`, else the last user message.
+    pub fn original_prompt(&self) -> Option<String> {
+        self.original_user_prompt
+            .clone()
+            .or_else(|| self.last_user_text())
     }
 
     /// Whether the answer should be JSON.
@@ -389,10 +511,6 @@ impl ChatRequest {
     /// as an assistant message (unless it is blank, which some providers reject), then the
     /// validators' feedback as a user message.
     pub fn with_feedback(&self, answer: &str, feedback: &[String]) -> ChatRequest {
-        let mut next = self.clone();
-        if !answer.trim().is_empty() {
-            next.messages.push(Message::assistant(answer));
-        }
         let mut text = String::from(
             "Your previous answer did not pass validation. Please answer again, fixing these \
              problems:",
@@ -400,6 +518,15 @@ impl ChatRequest {
         for item in feedback {
             text.push_str("\n- ");
             text.push_str(item);
+        }
+        self.with_feedback_text(answer, text)
+    }
+
+    /// [`ChatRequest::with_feedback`] with the feedback message already written.
+    pub(crate) fn with_feedback_text(&self, answer: &str, text: String) -> ChatRequest {
+        let mut next = self.clone();
+        if !answer.trim().is_empty() {
+            next.messages.push(Message::assistant(answer));
         }
         next.messages.push(Message::user(text));
         next

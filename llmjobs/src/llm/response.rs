@@ -5,6 +5,8 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use super::Stage;
+
 /// A model's answer, with what it cost. Serializable, so a job can journal it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -33,6 +35,14 @@ pub struct ChatResponse {
     /// How many answers the validation loop produced to get this one (1 for a single call).
     #[serde(default = "one")]
     pub attempts: u32,
+    /// The escalation stage of this answer ([`Stage::ToolAssisted`] once the loop used the
+    /// debug tool).
+    #[serde(default = "first_stage")]
+    pub stage: Stage,
+    /// How many HTTP tries failed (a 429, a 500, a dropped connection) and were tried again on
+    /// the way to this answer, its checks included.
+    #[serde(default)]
+    pub retries: u32,
     /// Tokens of every call made to get this answer: failed tries that reported usage,
     /// rejected answers, agent checks. Equal to `usage` for a single call.
     pub total_usage: Usage,
@@ -43,6 +53,10 @@ pub struct ChatResponse {
 
 fn one() -> u32 {
     1
+}
+
+fn first_stage() -> Stage {
+    Stage::Answer
 }
 
 impl ChatResponse {
@@ -62,6 +76,8 @@ impl ChatResponse {
             finish_reason: None,
             tool_calls: Vec::new(),
             attempts: 1,
+            stage: Stage::Answer,
+            retries: 0,
             total_usage: Usage::default(),
             total_cost: None,
         }

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
 
-use super::{ChatRequest, ChatResponse, LlmClient, LlmError, StreamEvent, Usage};
+use super::escalation::Escalation;
+use super::{ChatRequest, ChatResponse, LlmClient, LlmError, Stage, StreamEvent, Usage};
 
 /// How HTTP tries are retried: exponential back-off with jitter, honouring the provider's
 /// `Retry-After`. Defaults: 4 retries, 1 s base, ×2, 60 s cap.
@@ -201,6 +202,8 @@ pub struct AttemptInfo {
     pub round: u32,
     /// Which HTTP try this is for that answer or check (1-based).
     pub try_number: u32,
+    /// The escalation stage of the answer it belongs to.
+    pub stage: Stage,
 }
 
 impl AttemptInfo {
@@ -210,6 +213,7 @@ impl AttemptInfo {
             purpose: AttemptPurpose::Answer,
             round: 1,
             try_number: 1,
+            stage: Stage::Answer,
         }
     }
 
@@ -279,6 +283,8 @@ struct Totals {
     /// `None` once any call had no known price.
     cost: Option<f64>,
     calls: u32,
+    /// HTTP tries that failed and were tried again.
+    retries: u32,
 }
 
 impl Totals {
@@ -312,16 +318,20 @@ impl LlmClient {
             .await
     }
 
-    /// Calls the model until an answer passes every validator.
+    /// Calls the model until an answer passes every validator, escalating as the original
+    /// retry loop did.
     ///
     /// Each answer is produced with HTTP retries under the client's [`RetryPolicy`] (adjusted by
     /// the request's `retry_config`): retryable errors are retried with back-off, a 429 also
     /// pauses every other call to the same provider, and permanent errors return at once.
     /// Then the validators run ([`ChatRequest::validators`]): local ones first, agent checks
-    /// only when those pass. A failed answer is sent back with the validators' feedback
-    /// ([`ChatRequest::with_feedback`]) for the next answer, up to the request's
-    /// `max_attempts`; if none passes, the result is [`LlmError::NeedsReview`] with the last
-    /// answer. Every HTTP attempt goes through `runner`.
+    /// only when those pass. A failed answer is sent back with feedback (the problems and the
+    /// original user prompt) for the next answer. Past `max_attempts_before_tool_use` rejected
+    /// answers, the next ones are [`Stage::ToolAssisted`]: they carry `debug_tool_mcp_config`
+    /// as their `mcp_config`, and the feedback names `debug_tool_name`. After
+    /// `retry_config.max_attempts` answers, or `max_attempts_before_human` if that is fewer,
+    /// the result is [`LlmError::NeedsReview`] with the last answer. Every HTTP attempt goes
+    /// through `runner`, with its stage in [`AttemptInfo::stage`].
     pub async fn call_with(
         &self,
         req: &ChatRequest,
@@ -329,34 +339,40 @@ impl LlmClient {
         mut on_event: Option<&mut (dyn FnMut(&StreamEvent) + Send)>,
     ) -> Result<ChatResponse, LlmError> {
         let validators = req.validators();
-        let rounds = req.max_answer_attempts();
+        let plan = Escalation::of(req);
         let debug = req.retry_config.as_ref().is_some_and(|r| r.debug_mode);
         let mut totals = Totals::default();
         let mut current = req.clone();
         let mut round = 1;
         loop {
+            let stage = plan.stage_of(round);
             let info = AttemptInfo {
                 purpose: AttemptPurpose::Answer,
                 round,
                 try_number: 1,
+                stage,
             };
+            let sent = plan.request_for(&current, round);
             let mut answer = self
-                .with_retries(&current, runner, info, reborrow(&mut on_event), &mut totals)
+                .with_retries(&sent, runner, info, reborrow(&mut on_event), &mut totals)
                 .await?;
             let feedback = self
-                .run_validators(req, &validators, &answer, runner, round, &mut totals)
+                .run_validators(req, &validators, &answer, runner, info, &mut totals)
                 .await?;
             answer.attempts = round;
+            answer.retries = totals.retries;
+            answer.stage = stage;
             answer.total_usage = totals.usage;
             answer.total_cost = totals.cost;
             if debug {
-                tracing::info!(model = %req.model, round, answer = %answer.text, ?feedback, "validated an answer");
+                tracing::info!(model = %req.model, round, %stage, answer = %answer.text, ?feedback, "validated an answer");
             }
             if feedback.is_empty() {
                 return Ok(answer);
             }
-            tracing::debug!(model = %req.model, round, ?feedback, "answer failed validation");
-            if round == rounds {
+            tracing::debug!(model = %req.model, round, %stage, ?feedback, "answer failed validation");
+            if round >= plan.rounds() {
+                tracing::info!(model = %req.model, answers = round, "no answer passed validation; escalating to human review");
                 return Err(LlmError::NeedsReview {
                     model: req.model.clone(),
                     attempts: round,
@@ -364,7 +380,7 @@ impl LlmClient {
                     feedback,
                 });
             }
-            current = current.with_feedback(&answer.text, &feedback);
+            current = plan.after_rejection(&current, round, &answer.text, &feedback);
             round += 1;
         }
     }
@@ -399,6 +415,7 @@ impl LlmClient {
                     );
                     tokio::time::sleep(delay).await;
                     info.try_number += 1;
+                    totals.retries += 1;
                 }
                 Err(error) if error.is_retryable() && info.try_number > 1 => {
                     return Err(LlmError::RetriesExhausted {
@@ -418,7 +435,7 @@ impl LlmClient {
         validators: &[super::Validator],
         answer: &ChatResponse,
         runner: &dyn AttemptRunner,
-        round: u32,
+        answer_info: AttemptInfo,
         totals: &mut Totals,
     ) -> Result<Vec<String>, LlmError> {
         let feedback: Vec<String> = validators
@@ -435,8 +452,8 @@ impl LlmClient {
             };
             let info = AttemptInfo {
                 purpose: AttemptPurpose::Check { validator: index },
-                round,
                 try_number: 1,
+                ..answer_info
             };
             let reply = self
                 .with_retries(&check, runner, info, None, totals)
@@ -718,6 +735,7 @@ mod tests {
             purpose: AttemptPurpose::Check { validator: 1 },
             round: 2,
             try_number: 3,
+            stage: Stage::Answer,
         };
         assert_eq!(info.step_name(), "check-2.1/try-3");
         assert_eq!(AttemptInfo::single().step_name(), "answer-1/try-1");

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::LlmError;
+use super::{ChatRequest, Content, ContentPart, LlmError, Role};
 
 /// The wire format a provider speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -136,11 +136,73 @@ pub struct Route {
     pub provider: String,
     /// Whether the prefix is removed from the model name before sending.
     pub strip_prefix: bool,
+    /// What requests on this route may not use (the Claude proxy takes no images). A request
+    /// that uses one fails at once with [`LlmError::Unsupported`], without a network call.
+    pub refuses: Vec<Capability>,
+}
+
+impl Route {
+    /// A route from `prefix` to `provider`, which accepts every request.
+    pub fn new(prefix: impl Into<String>, provider: impl Into<String>, strip_prefix: bool) -> Self {
+        Route {
+            prefix: prefix.into(),
+            provider: provider.into(),
+            strip_prefix,
+            refuses: Vec::new(),
+        }
+    }
+
+    /// The first capability `req` needs that this route refuses, if any.
+    pub fn refused_by(&self, req: &ChatRequest) -> Option<Capability> {
+        self.refuses.iter().copied().find(|c| c.is_used_by(req))
+    }
+}
+
+/// Something a request may need that not every route accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Capability {
+    /// Image parts in a message.
+    Images,
+    /// A conversation with no user message (a system prompt alone, or only assistant text).
+    NoUserMessage,
+}
+
+impl Capability {
+    /// Whether `req` needs this capability.
+    pub fn is_used_by(&self, req: &ChatRequest) -> bool {
+        match self {
+            Capability::Images => req.messages.iter().any(|m| match &m.content {
+                Content::Parts(parts) => parts
+                    .iter()
+                    .any(|p| matches!(p, ContentPart::ImageUrl { .. })),
+                Content::Text(_) => false,
+            }),
+            Capability::NoUserMessage => !req.messages.iter().any(|m| m.role == Role::User),
+        }
+    }
+
+    /// What the capability is, for error messages: `images`, `a request without a user
+    /// message`.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Capability::Images => "images",
+            Capability::NoUserMessage => "a request without a user message",
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
 }
 
 /// Where one model goes.
 #[derive(Clone, Debug)]
 pub(crate) struct Resolved {
+    /// The route it matched (`None`: the default provider).
+    pub(crate) route: Option<Route>,
     pub(crate) provider: Arc<ProviderConfig>,
     /// The model name as sent to the provider.
     pub(crate) wire_model: String,
@@ -192,32 +254,32 @@ impl Router {
     }
 
     pub(crate) fn resolve(&self, model: &str) -> Result<Resolved, LlmError> {
-        let (provider_name, wire_model) =
-            match self.routes.iter().find(|r| model.starts_with(&r.prefix)) {
-                Some(route) => {
-                    let wire = if route.strip_prefix {
-                        &model[route.prefix.len()..]
-                    } else {
-                        model
-                    };
-                    (route.provider.as_str(), wire)
+        let route = self.routes.iter().find(|r| model.starts_with(&r.prefix));
+        let (provider_name, wire_model) = match route {
+            Some(route) => {
+                let wire = if route.strip_prefix {
+                    &model[route.prefix.len()..]
+                } else {
+                    model
+                };
+                (route.provider.as_str(), wire)
+            }
+            None => match &self.default_provider {
+                Some(name) => (name.as_str(), model),
+                None => {
+                    let known = self
+                        .routes
+                        .iter()
+                        .map(|r| r.prefix.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(LlmError::UnknownProvider {
+                        model: model.to_string(),
+                        known,
+                    });
                 }
-                None => match &self.default_provider {
-                    Some(name) => (name.as_str(), model),
-                    None => {
-                        let known = self
-                            .routes
-                            .iter()
-                            .map(|r| r.prefix.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        return Err(LlmError::UnknownProvider {
-                            model: model.to_string(),
-                            known,
-                        });
-                    }
-                },
-            };
+            },
+        };
         let provider = self.providers.get(provider_name).ok_or_else(|| {
             LlmError::Config(format!(
                 "model `{model}` routes to provider `{provider_name}`, which is not configured{}",
@@ -235,6 +297,7 @@ impl Router {
             });
         }
         Ok(Resolved {
+            route: route.cloned(),
             provider: provider.clone(),
             wire_model: wire_model.to_string(),
         })
@@ -277,16 +340,8 @@ mod tests {
         ] {
             r.providers.insert(p.name.clone(), Arc::new(p));
         }
-        r.add_route(Route {
-            prefix: "openai/".into(),
-            provider: "openai".into(),
-            strip_prefix: true,
-        });
-        r.add_route(Route {
-            prefix: "max/".into(),
-            provider: "max".into(),
-            strip_prefix: false,
-        });
+        r.add_route(Route::new("openai/", "openai", true));
+        r.add_route(Route::new("max/", "max", false));
         r
     }
 
@@ -319,6 +374,26 @@ mod tests {
     fn api_keys_never_show_in_debug_output() {
         let p = ProviderConfig::openai_compatible("openai", "https://x").api_key("sk-secret");
         assert!(!format!("{p:?}").contains("sk-secret"));
+    }
+
+    #[test]
+    fn a_route_names_the_first_capability_it_refuses() {
+        let mut route = Route::new("max/", "max", false);
+        route.refuses = vec![Capability::Images, Capability::NoUserMessage];
+        let image = ChatRequest::new("max/eye").user(vec![
+            ContentPart::text("what is this?"),
+            ContentPart::image_url("https://x/y.png"),
+        ]);
+        assert_eq!(route.refused_by(&image), Some(Capability::Images));
+        let system_only = ChatRequest::new("max/x").message(crate::llm::Message::system("OK"));
+        assert_eq!(
+            route.refused_by(&system_only),
+            Some(Capability::NoUserMessage)
+        );
+        assert_eq!(
+            route.refused_by(&ChatRequest::new("max/x").user("hi")),
+            None
+        );
     }
 
     #[test]

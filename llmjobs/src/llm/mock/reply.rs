@@ -25,6 +25,9 @@ pub enum MockReply {
         /// Extra response headers.
         headers: Vec<(String, String)>,
     },
+    /// An answer cut off at `max_tokens`: this text (`content: null` when empty) with
+    /// `finish_reason: "length"` (Anthropic: `stop_reason: "max_tokens"`).
+    LengthLimited(String),
     /// A 200 whose body (or, for streams, whose second event) is not valid JSON.
     MalformedJson,
     /// For streams: half of the events, then a clean end of the body without the final event.
@@ -52,6 +55,11 @@ impl MockReply {
             message: message.into(),
             headers: Vec::new(),
         }
+    }
+
+    /// An answer cut off at `max_tokens`, with this much text (maybe none).
+    pub fn length_limited(text: impl Into<String>) -> Self {
+        MockReply::LengthLimited(text.into())
     }
 
     /// A 429 with `Retry-After: <seconds>`.
@@ -162,6 +170,11 @@ impl Prompt {
         Value::Object(object).to_string()
     }
 
+    /// Whether the prompt's text (system prompt and messages) contains `needle`.
+    pub(super) fn contains(&self, needle: &str) -> bool {
+        self.all_text.contains(needle)
+    }
+
     pub(super) fn input_tokens(&self) -> u64 {
         (self.all_text.len() as u64).div_ceil(4) + 3 * self.messages as u64
     }
@@ -227,6 +240,7 @@ pub(super) fn render(route: MockRoute, prompt: &Prompt, reply: &MockReply, seria
             Ending::Complete,
         ),
         MockReply::Text(text) => answer(route, prompt, text, serial, Ending::Complete),
+        MockReply::LengthLimited(text) => answer(route, prompt, text, serial, Ending::Length),
         MockReply::Status {
             status,
             message,
@@ -284,12 +298,27 @@ pub(super) fn render(route: MockRoute, prompt: &Prompt, reply: &MockReply, seria
 #[derive(Clone, Copy, PartialEq)]
 enum Ending {
     Complete,
-    Truncated { abort: bool },
+    /// Complete, but stopped by `max_tokens`.
+    Length,
+    Truncated {
+        abort: bool,
+    },
 }
 
 fn answer(route: MockRoute, prompt: &Prompt, text: &str, serial: u64, ending: Ending) -> Wire {
     let input = prompt.input_tokens();
     let output = (text.len() as u64).div_ceil(4).max(1);
+    let length = ending == Ending::Length;
+    let (finish, stop_reason) = if length {
+        ("length", "max_tokens")
+    } else {
+        ("stop", "end_turn")
+    };
+    let content = if length && text.is_empty() {
+        Value::Null
+    } else {
+        json!(text)
+    };
     if !prompt.stream {
         let body = match route {
             MockRoute::OpenAiChat => json!({
@@ -297,7 +326,7 @@ fn answer(route: MockRoute, prompt: &Prompt, text: &str, serial: u64, ending: En
                 "object": "chat.completion",
                 "created": 0,
                 "model": prompt.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
                 "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output},
             }),
             MockRoute::AnthropicMessages => json!({
@@ -306,13 +335,13 @@ fn answer(route: MockRoute, prompt: &Prompt, text: &str, serial: u64, ending: En
                 "role": "assistant",
                 "model": prompt.model,
                 "content": [{"type": "text", "text": text}],
-                "stop_reason": "end_turn",
+                "stop_reason": stop_reason,
                 "stop_sequence": null,
                 "usage": {"input_tokens": input, "output_tokens": output},
             }),
         };
         let mut body = body.to_string();
-        if ending != Ending::Complete {
+        if let Ending::Truncated { .. } = ending {
             body.truncate(body.len() / 2);
         }
         return Wire::Full {
@@ -322,13 +351,19 @@ fn answer(route: MockRoute, prompt: &Prompt, text: &str, serial: u64, ending: En
             body,
         };
     }
-    let words = split_words(text);
+    let words = if text.is_empty() {
+        Vec::new()
+    } else {
+        split_words(text)
+    };
     let mut chunks = match route {
-        MockRoute::OpenAiChat => openai_events(prompt, &words, input, output, serial),
-        MockRoute::AnthropicMessages => anthropic_events(prompt, &words, input, output, serial),
+        MockRoute::OpenAiChat => openai_events(prompt, &words, input, output, serial, finish),
+        MockRoute::AnthropicMessages => {
+            anthropic_events(prompt, &words, input, output, serial, stop_reason)
+        }
     };
     match ending {
-        Ending::Complete => Wire::Stream {
+        Ending::Complete | Ending::Length => Wire::Stream {
             chunks,
             abort: false,
         },
@@ -361,6 +396,7 @@ fn openai_events(
     input: u64,
     output: u64,
     serial: u64,
+    finish: &str,
 ) -> Vec<String> {
     let chunk = |choices: Value, usage: Value| {
         let event = json!({
@@ -384,7 +420,7 @@ fn openai_events(
         ));
     }
     events.push(chunk(
-        json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+        json!([{"index": 0, "delta": {}, "finish_reason": finish}]),
         Value::Null,
     ));
     if prompt.include_usage {
@@ -403,6 +439,7 @@ fn anthropic_events(
     input: u64,
     output: u64,
     serial: u64,
+    stop_reason: &str,
 ) -> Vec<String> {
     let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
     let mut events = vec![
@@ -432,7 +469,7 @@ fn anthropic_events(
         json!({"type": "content_block_stop", "index": 0}),
     ));
     events.push(event("message_delta", json!({"type": "message_delta",
-        "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": output}})));
+        "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": output}})));
     events.push(event("message_stop", json!({"type": "message_stop"})));
     events
 }
