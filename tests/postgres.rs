@@ -101,8 +101,34 @@ async fn runtimes_opening_a_new_database_at_once_migrate_it_once() {
     }
     assert_eq!(
         psql(&url, "SELECT count(*) FROM llmjobs.llmjobs_migrations"),
-        "2"
+        "3"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_whose_search_path_lacks_the_schema_can_write_jobs() {
+    let Some(url) = pg_url().await else { return };
+    let jobs = open(&format!("{url}?llmjobs_schema=queue")).await;
+    assert_eq!(jobs.run(pg_add(1, 1)).await.unwrap(), 2);
+    // psql's session has the server's default search_path ("$user", public): the counters'
+    // trigger, which runs in the writing session, must find its tables by itself.
+    let path = psql(&url, "SHOW search_path");
+    assert!(!path.contains("queue"), "{path}");
+    psql(
+        &url,
+        "INSERT INTO queue.llmjobs_jobs (id, name, status, args, run_at, created_at) VALUES \
+         ('01930000-0000-7000-8000-00000000d001', 'pg_add', 'pending', '{\"a\":2,\"b\":3}', 0, 0); \
+         UPDATE queue.llmjobs_jobs SET status = 'cancelled', completed_at = 0 \
+         WHERE id = '01930000-0000-7000-8000-00000000d001'",
+    );
+    let counts = jobs.counts().await.unwrap();
+    assert_eq!((counts.completed, counts.cancelled), (1, 1), "{counts:?}");
+    psql(
+        &url,
+        "DELETE FROM queue.llmjobs_jobs WHERE id = '01930000-0000-7000-8000-00000000d001'",
+    );
+    assert_eq!(jobs.counts().await.unwrap().cancelled, 0);
+    jobs.shutdown().await;
 }
 
 /// Session advisory locks held in the database at `url` (the liveness locks of its workers).
