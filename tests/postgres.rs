@@ -224,3 +224,65 @@ async fn an_owner_whose_liveness_lock_is_free_is_dead_at_once_whatever_its_lease
     assert_eq!((status.state, status.attempts), (JobState::Completed, 2));
     jobs.shutdown().await;
 }
+
+/// A runtime on `url` that polls only every 30 s: anything faster is a wake-up.
+async fn open_slow_polling(url: &str, run_jobs: bool) -> Jobs {
+    Jobs::builder()
+        .url(url)
+        .poll_interval(Duration::from_secs(30))
+        .run_jobs(run_jobs)
+        .open()
+        .await
+        .expect("open the PostgreSQL job database")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_worker_starts_a_job_spawned_by_another_process_at_once() {
+    let Some(url) = pg_url().await else { return };
+    let worker = open_slow_polling(&url, true).await;
+    let spawner = open_slow_polling(&url, false).await;
+    // The worker has claimed (nothing) and sleeps until its next poll, 30 s away.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let handle = spawner.spawn(pg_add(20, 22)).await.unwrap();
+    let sum = tokio::time::timeout(Duration::from_secs(20), handle.wait())
+        .await
+        .expect("the job ran long before the worker's next poll")
+        .unwrap();
+    assert_eq!(sum, 42);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "ran after {took:?}");
+    let status = spawner.status(handle.id()).await.unwrap();
+    assert_eq!(status.owner.as_deref(), Some(worker.owner()));
+    spawner.shutdown().await;
+    worker.shutdown().await;
+}
+
+static SLOW_ENDED_AT: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
+#[llm_job]
+async fn pg_three_seconds() -> Result<u32, JobError> {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    *SLOW_ENDED_AT.lock().unwrap() = Some(Instant::now());
+    Ok(3)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiter_in_another_process_is_woken_by_the_end_not_its_next_poll() {
+    let Some(url) = pg_url().await else { return };
+    let worker = open_slow_polling(&url, true).await;
+    let spawner = open_slow_polling(&url, false).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let handle = spawner.spawn(pg_three_seconds()).await.unwrap();
+    // By the job's end, 3 s in, the waiter's back-off reads the row every few seconds.
+    assert_eq!(handle.wait().await.unwrap(), 3);
+    let woken = Instant::now();
+    let ended = SLOW_ENDED_AT.lock().unwrap().expect("the body ended");
+    let late = woken - ended;
+    assert!(
+        late < Duration::from_millis(400),
+        "the waiter saw the end {late:?} after it"
+    );
+    spawner.shutdown().await;
+    worker.shutdown().await;
+}

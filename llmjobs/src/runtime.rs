@@ -18,6 +18,7 @@ use crate::store::{NameQuota, NewJob, Store};
 use crate::{Error, JobConfig, JobId, Progress, Result};
 
 mod dispatch;
+mod hints;
 mod maintain;
 mod panic;
 mod progress;
@@ -158,6 +159,8 @@ pub(crate) struct Shared {
     /// are handed back.
     dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     owner_lock: Mutex<Option<OwnerLock>>,
+    /// The store wakes this process when other processes change jobs (see `hints`).
+    hinted: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -198,11 +201,13 @@ impl Shared {
             workers: TaskTracker::new(),
             dispatcher: Mutex::new(None),
             owner_lock: Mutex::new(owner_lock),
+            hinted: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
     /// Starts the dispatcher and the maintenance loop.
     pub(crate) fn start(self: &Arc<Self>) {
+        self.listen_for_hints();
         if self.settings.run_jobs && !self.registry.is_empty() {
             let dispatcher = tokio::spawn(
                 dispatch::dispatch(self.clone())

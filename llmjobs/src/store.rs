@@ -341,6 +341,21 @@ impl Terminal {
     }
 }
 
+/// A hint, from another process, that jobs changed: a wake-up, never the truth (the rows are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Hint {
+    /// Jobs may be waiting to be claimed.
+    Available,
+    /// These jobs ended (or changed state): their waiters read their rows again.
+    Ended(Vec<JobId>),
+    /// Hints may have been missed (the listening connection was lost, or one commit ended more
+    /// jobs than a hint names): look at everything again.
+    Missed,
+}
+
+/// Where a store delivers [`Hint`]s.
+pub(crate) type HintSink = Arc<dyn Fn(Hint) + Send + Sync>;
+
 /// The job-level operations every backend implements. Every state change is conditional on the
 /// state it expects, so a late writer never overwrites a terminal row.
 #[async_trait::async_trait]
@@ -452,6 +467,13 @@ pub(crate) trait Store: Send + Sync + 'static {
     async fn hold_owner(&self, owner: &str) -> Result<()> {
         let _ = owner;
         Ok(())
+    }
+
+    /// Delivers hints of what other processes changed to `sink` until the store closes, if the
+    /// backend can (PostgreSQL: `LISTEN`); `false` when it cannot, and the runtime polls.
+    fn listen(&self, sink: HintSink) -> bool {
+        let _ = sink;
+        false
     }
 
     /// Waits until every write accepted so far is durable, then stops accepting writes.
