@@ -286,3 +286,73 @@ async fn a_waiter_in_another_process_is_woken_by_the_end_not_its_next_poll() {
     spawner.shutdown().await;
     worker.shutdown().await;
 }
+
+static UNPROVEN_STARTS: AtomicU32 = AtomicU32::new(0);
+static UNPROVEN_DROPPED: AtomicU32 = AtomicU32::new(0);
+
+/// Counts its body's futures dropped before they ended.
+struct DropProbe;
+
+impl Drop for DropProbe {
+    fn drop(&mut self) {
+        UNPROVEN_DROPPED.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[llm_job]
+async fn pg_hangs_until_restarted() -> Result<u32, JobError> {
+    let start = UNPROVEN_STARTS.fetch_add(1, Ordering::SeqCst);
+    if start == 0 {
+        let probe = DropProbe;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        std::mem::forget(probe);
+    }
+    Ok(start)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_loses_its_liveness_connection_stops_its_jobs_and_takes_the_lock_again() {
+    let Some(url) = pg_url().await else { return };
+    let jobs = open(&url).await;
+    let id = jobs.spawn(pg_hangs_until_restarted()).await.unwrap().id();
+    eventually(Duration::from_secs(10), "the job to start", || {
+        UNPROVEN_STARTS.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(
+        advisory_locks(&url),
+        1,
+        "the worker holds its liveness lock"
+    );
+    // The session holding it ends, as when a network cut or a server restart ends it: another
+    // worker could now find the lock free, judge this one dead and take its job.
+    let killed = psql(
+        &url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' \
+         AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    );
+    assert_eq!(killed, "1");
+    eventually(
+        Duration::from_secs(5),
+        "the job's future to be dropped",
+        || UNPROVEN_DROPPED.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    // The attempt went back to the queue, and ran again here once the lock was held again.
+    let attempt: u32 = tokio::time::timeout(Duration::from_secs(10), jobs.handle(id).wait())
+        .await
+        .expect("the job ran again")
+        .unwrap();
+    assert_eq!(attempt, 1, "the second start");
+    let status = jobs.status(id).await.unwrap();
+    assert_eq!((status.state, status.attempts), (JobState::Completed, 2));
+    assert!(
+        status.earlier_runs.is_empty(),
+        "an interrupted attempt is no run of its own"
+    );
+    eventually(Duration::from_secs(5), "the lock to be held again", || {
+        advisory_locks(&url) == 1
+    })
+    .await;
+    jobs.shutdown().await;
+}

@@ -130,6 +130,9 @@ struct RunningJob {
     /// Cancelling it drops the attempt's future.
     token: CancellationToken,
     attempt: u32,
+    /// Stopped because this worker lost its liveness lock: the attempt is handed back, not
+    /// recorded as cancelled.
+    unproven: bool,
 }
 
 /// Everything the background tasks and handles share.

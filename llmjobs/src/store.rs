@@ -463,10 +463,12 @@ pub(crate) trait Store: Send + Sync + 'static {
     }
 
     /// Holds `owner`'s liveness lock for as long as the store lives, if the backend keeps one
-    /// (PostgreSQL); taken again if it was lost. Cheap once it is held.
-    async fn hold_owner(&self, owner: &str) -> Result<()> {
+    /// (PostgreSQL); taken again if it was lost. Cheap once it is held. `Ok(false)` when it
+    /// had been lost (and is held again now): another worker may have taken this owner's jobs
+    /// meanwhile, so the attempts that started before cannot be proven this worker's.
+    async fn hold_owner(&self, owner: &str) -> Result<bool> {
         let _ = owner;
-        Ok(())
+        Ok(true)
     }
 
     /// Delivers hints of what other processes changed to `sink` until the store closes, if the

@@ -44,6 +44,7 @@ impl Shared {
             RunningJob {
                 token: token.clone(),
                 attempt: 1,
+                unproven: false,
             },
         );
         let claimed = ClaimedJob {
@@ -149,6 +150,7 @@ fn start_job(shared: &Arc<Shared>, job: ClaimedJob) {
         RunningJob {
             token: token.clone(),
             attempt: job.attempts,
+            unproven: false,
         },
     );
     if let Some(previous) = previous {
@@ -249,6 +251,22 @@ async fn attempt(
             if shared.abort.is_cancelled() {
                 tracing::info!("job handed back at shutdown");
                 return None;
+            }
+            if shared.is_unproven(job) {
+                // Its row goes back to the queue, fenced by this attempt: nothing changes if
+                // another worker took the job over meanwhile.
+                return Some((
+                    Finish::Retry {
+                        error: format!(
+                            "attempt {} was interrupted: its worker lost the database connection \
+                             that proves it alive, so it stopped the job rather than risk \
+                             running it twice",
+                            job.attempts
+                        ),
+                        run_at: now_ms(),
+                    },
+                    ctx.final_progress(),
+                ));
             }
             tracing::info!("job cancelled");
             return Some((Finish::Cancelled, ctx.final_progress()));

@@ -440,7 +440,7 @@ impl Store for PgStore {
         liveness::is_alive(self.pool()?, owner).await.map(Some)
     }
 
-    async fn hold_owner(&self, owner: &str) -> Result<()> {
+    async fn hold_owner(&self, owner: &str) -> Result<bool> {
         self.check_open()?;
         self.liveness.hold(owner).await
     }
