@@ -32,6 +32,8 @@ impl Shared {
                 for id in ids {
                     self.notify_changed(id);
                 }
+                // Their slots are free: jobs waiting for a limit may start.
+                self.wake_dispatcher();
             }
             Hint::Missed => {
                 self.wake_dispatcher();
