@@ -343,6 +343,7 @@ impl Terminal {
 
 /// A hint, from another process, that jobs changed: a wake-up, never the truth (the rows are).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) enum Hint {
     /// Jobs may be waiting to be claimed.
     Available,

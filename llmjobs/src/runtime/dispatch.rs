@@ -201,10 +201,13 @@ async fn run_job(shared: Arc<Shared>, mut job: ClaimedJob, token: CancellationTo
         }
         _ => shared.notify_changed(id),
     }
-    // The slot was freed before the outcome committed; a claim made meanwhile still counted
-    // the job against its limits (shared with other processes, they are counted in the
-    // database), so one more claim now may find room it did not.
-    shared.wake_dispatcher();
+    // The slot was freed before the outcome committed. On a networked store (the one that
+    // sends hints), a claim made meanwhile ran on another connection and still counted the
+    // job against its limits (counted in the database, across processes): one more claim now
+    // may find room it did not. (SQLite's claims queue behind the outcome in its writer.)
+    if shared.is_hinted() {
+        shared.wake_dispatcher();
+    }
 }
 
 /// Runs the body; `None` when the runtime is shutting down and the job is handed back.

@@ -149,14 +149,14 @@ async fn commit(pool: &PgPool, batch: Vec<Write>, channel: &str) {
 fn send(write: Write, result: Result<Reply>) {
     match write {
         Write::Enqueue { reply, .. } => {
-            let _ = reply.send(result.and_then(|r| match r {
-                Reply::Enqueued(enqueued) => Ok(enqueued),
+            let _ = reply.send(result.map(|r| match r {
+                Reply::Enqueued(enqueued) => enqueued,
                 Reply::Finished(_) => unreachable!("an enqueue's reply"),
             }));
         }
         Write::Finish { reply, .. } => {
-            let _ = reply.send(result.and_then(|r| match r {
-                Reply::Finished(state) => Ok(state),
+            let _ = reply.send(result.map(|r| match r {
+                Reply::Finished(state) => state,
                 Reply::Enqueued(_) => unreachable!("an outcome's reply"),
             }));
         }
