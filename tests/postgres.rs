@@ -101,8 +101,34 @@ async fn runtimes_opening_a_new_database_at_once_migrate_it_once() {
     }
     assert_eq!(
         psql(&url, "SELECT count(*) FROM llmjobs.llmjobs_migrations"),
-        "2"
+        "3"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_whose_search_path_lacks_the_schema_can_write_jobs() {
+    let Some(url) = pg_url().await else { return };
+    let jobs = open(&format!("{url}?llmjobs_schema=queue")).await;
+    assert_eq!(jobs.run(pg_add(1, 1)).await.unwrap(), 2);
+    // psql's session has the server's default search_path ("$user", public): the counters'
+    // trigger, which runs in the writing session, must find its tables by itself.
+    let path = psql(&url, "SHOW search_path");
+    assert!(!path.contains("queue"), "{path}");
+    psql(
+        &url,
+        "INSERT INTO queue.llmjobs_jobs (id, name, status, args, run_at, created_at) VALUES \
+         ('01930000-0000-7000-8000-00000000d001', 'pg_add', 'pending', '{\"a\":2,\"b\":3}', 0, 0); \
+         UPDATE queue.llmjobs_jobs SET status = 'cancelled', completed_at = 0 \
+         WHERE id = '01930000-0000-7000-8000-00000000d001'",
+    );
+    let counts = jobs.counts().await.unwrap();
+    assert_eq!((counts.completed, counts.cancelled), (1, 1), "{counts:?}");
+    psql(
+        &url,
+        "DELETE FROM queue.llmjobs_jobs WHERE id = '01930000-0000-7000-8000-00000000d001'",
+    );
+    assert_eq!(jobs.counts().await.unwrap().cancelled, 0);
+    jobs.shutdown().await;
 }
 
 /// Session advisory locks held in the database at `url` (the liveness locks of its workers).
@@ -196,5 +222,137 @@ async fn an_owner_whose_liveness_lock_is_free_is_dead_at_once_whatever_its_lease
     }
     let status = jobs.status(ghost).await.unwrap();
     assert_eq!((status.state, status.attempts), (JobState::Completed, 2));
+    jobs.shutdown().await;
+}
+
+/// A runtime on `url` that polls only every 30 s: anything faster is a wake-up.
+async fn open_slow_polling(url: &str, run_jobs: bool) -> Jobs {
+    Jobs::builder()
+        .url(url)
+        .poll_interval(Duration::from_secs(30))
+        .run_jobs(run_jobs)
+        .open()
+        .await
+        .expect("open the PostgreSQL job database")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_worker_starts_a_job_spawned_by_another_process_at_once() {
+    let Some(url) = pg_url().await else { return };
+    let worker = open_slow_polling(&url, true).await;
+    let spawner = open_slow_polling(&url, false).await;
+    // The worker has claimed (nothing) and sleeps until its next poll, 30 s away.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let handle = spawner.spawn(pg_add(20, 22)).await.unwrap();
+    let sum = tokio::time::timeout(Duration::from_secs(20), handle.wait())
+        .await
+        .expect("the job ran long before the worker's next poll")
+        .unwrap();
+    assert_eq!(sum, 42);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "ran after {took:?}");
+    let status = spawner.status(handle.id()).await.unwrap();
+    assert_eq!(status.owner.as_deref(), Some(worker.owner()));
+    spawner.shutdown().await;
+    worker.shutdown().await;
+}
+
+static SLOW_ENDED_AT: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
+#[llm_job]
+async fn pg_three_seconds() -> Result<u32, JobError> {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    *SLOW_ENDED_AT.lock().unwrap() = Some(Instant::now());
+    Ok(3)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiter_in_another_process_is_woken_by_the_end_not_its_next_poll() {
+    let Some(url) = pg_url().await else { return };
+    let worker = open_slow_polling(&url, true).await;
+    let spawner = open_slow_polling(&url, false).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let handle = spawner.spawn(pg_three_seconds()).await.unwrap();
+    // By the job's end, 3 s in, the waiter's back-off reads the row every few seconds.
+    assert_eq!(handle.wait().await.unwrap(), 3);
+    let woken = Instant::now();
+    let ended = SLOW_ENDED_AT.lock().unwrap().expect("the body ended");
+    let late = woken - ended;
+    assert!(
+        late < Duration::from_millis(400),
+        "the waiter saw the end {late:?} after it"
+    );
+    spawner.shutdown().await;
+    worker.shutdown().await;
+}
+
+static UNPROVEN_STARTS: AtomicU32 = AtomicU32::new(0);
+static UNPROVEN_DROPPED: AtomicU32 = AtomicU32::new(0);
+
+/// Counts its body's futures dropped before they ended.
+struct DropProbe;
+
+impl Drop for DropProbe {
+    fn drop(&mut self) {
+        UNPROVEN_DROPPED.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[llm_job]
+async fn pg_hangs_until_restarted() -> Result<u32, JobError> {
+    let start = UNPROVEN_STARTS.fetch_add(1, Ordering::SeqCst);
+    if start == 0 {
+        let probe = DropProbe;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        std::mem::forget(probe);
+    }
+    Ok(start)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_loses_its_liveness_connection_stops_its_jobs_and_takes_the_lock_again() {
+    let Some(url) = pg_url().await else { return };
+    let jobs = open(&url).await;
+    let id = jobs.spawn(pg_hangs_until_restarted()).await.unwrap().id();
+    eventually(Duration::from_secs(10), "the job to start", || {
+        UNPROVEN_STARTS.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(
+        advisory_locks(&url),
+        1,
+        "the worker holds its liveness lock"
+    );
+    // The session holding it ends, as when a network cut or a server restart ends it: another
+    // worker could now find the lock free, judge this one dead and take its job.
+    let killed = psql(
+        &url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' \
+         AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    );
+    assert_eq!(killed, "1");
+    eventually(
+        Duration::from_secs(5),
+        "the job's future to be dropped",
+        || UNPROVEN_DROPPED.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    // The attempt went back to the queue, and ran again here once the lock was held again.
+    let attempt: u32 = tokio::time::timeout(Duration::from_secs(10), jobs.handle(id).wait())
+        .await
+        .expect("the job ran again")
+        .unwrap();
+    assert_eq!(attempt, 1, "the second start");
+    let status = jobs.status(id).await.unwrap();
+    assert_eq!((status.state, status.attempts), (JobState::Completed, 2));
+    assert!(
+        status.earlier_runs.is_empty(),
+        "an interrupted attempt is no run of its own"
+    );
+    eventually(Duration::from_secs(5), "the lock to be held again", || {
+        advisory_locks(&url) == 1
+    })
+    .await;
     jobs.shutdown().await;
 }

@@ -229,6 +229,10 @@ impl<T: DeserializeOwned> JobHandle<T> {
     }
 }
 
+/// How often a waiter reads its job's row at most, when the store wakes it on changes made by
+/// other processes: the safety net for a wake-up that was lost.
+const HINTED_POLL_CAP: Duration = Duration::from_secs(5);
+
 /// Polls (and, for jobs of this process, listens) until the job has ended; how it ended.
 async fn wait_terminal(
     shared: &Arc<Shared>,
@@ -286,7 +290,13 @@ async fn wait_terminal(
                 }
             }
         }
-        delay = (delay * 2).min(Duration::from_millis(500));
+        // Woken by other processes' hints, a waiter's poll is only a safety net.
+        let cap = if shared.is_hinted() {
+            HINTED_POLL_CAP
+        } else {
+            Duration::from_millis(500)
+        };
+        delay = (delay * 2).min(cap);
     }
 }
 

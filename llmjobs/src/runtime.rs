@@ -18,6 +18,7 @@ use crate::store::{NameQuota, NewJob, Store};
 use crate::{Error, JobConfig, JobId, Progress, Result};
 
 mod dispatch;
+mod hints;
 mod maintain;
 mod panic;
 mod progress;
@@ -129,6 +130,9 @@ struct RunningJob {
     /// Cancelling it drops the attempt's future.
     token: CancellationToken,
     attempt: u32,
+    /// Stopped because this worker lost its liveness lock: the attempt is handed back, not
+    /// recorded as cancelled.
+    unproven: bool,
 }
 
 /// Everything the background tasks and handles share.
@@ -158,6 +162,8 @@ pub(crate) struct Shared {
     /// are handed back.
     dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     owner_lock: Mutex<Option<OwnerLock>>,
+    /// The store wakes this process when other processes change jobs (see `hints`).
+    hinted: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -198,11 +204,13 @@ impl Shared {
             workers: TaskTracker::new(),
             dispatcher: Mutex::new(None),
             owner_lock: Mutex::new(owner_lock),
+            hinted: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
     /// Starts the dispatcher and the maintenance loop.
     pub(crate) fn start(self: &Arc<Self>) {
+        self.listen_for_hints();
         if self.settings.run_jobs && !self.registry.is_empty() {
             let dispatcher = tokio::spawn(
                 dispatch::dispatch(self.clone())

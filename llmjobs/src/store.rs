@@ -341,6 +341,22 @@ impl Terminal {
     }
 }
 
+/// A hint, from another process, that jobs changed: a wake-up, never the truth (the rows are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) enum Hint {
+    /// Jobs may be waiting to be claimed.
+    Available,
+    /// These jobs ended (or changed state): their waiters read their rows again.
+    Ended(Vec<JobId>),
+    /// Hints may have been missed (the listening connection was lost, or one commit ended more
+    /// jobs than a hint names): look at everything again.
+    Missed,
+}
+
+/// Where a store delivers [`Hint`]s.
+pub(crate) type HintSink = Arc<dyn Fn(Hint) + Send + Sync>;
+
 /// The job-level operations every backend implements. Every state change is conditional on the
 /// state it expects, so a late writer never overwrites a terminal row.
 #[async_trait::async_trait]
@@ -448,10 +464,19 @@ pub(crate) trait Store: Send + Sync + 'static {
     }
 
     /// Holds `owner`'s liveness lock for as long as the store lives, if the backend keeps one
-    /// (PostgreSQL); taken again if it was lost. Cheap once it is held.
-    async fn hold_owner(&self, owner: &str) -> Result<()> {
+    /// (PostgreSQL); taken again if it was lost. Cheap once it is held. `Ok(false)` when it
+    /// had been lost (and is held again now): another worker may have taken this owner's jobs
+    /// meanwhile, so the attempts that started before cannot be proven this worker's.
+    async fn hold_owner(&self, owner: &str) -> Result<bool> {
         let _ = owner;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Delivers hints of what other processes changed to `sink` until the store closes, if the
+    /// backend can (PostgreSQL: `LISTEN`); `false` when it cannot, and the runtime polls.
+    fn listen(&self, sink: HintSink) -> bool {
+        let _ = sink;
+        false
     }
 
     /// Waits until every write accepted so far is durable, then stops accepting writes.

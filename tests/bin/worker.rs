@@ -96,6 +96,24 @@ pub async fn keyed_sleep(model: String, sleep_ms: u64, log: String) -> Result<()
     Ok(())
 }
 
+/// Logs `start PID ID MICROS` and `done PID ID MICROS` around a sleep; at most three run at
+/// once over every process sharing the database.
+#[llm_job(max_concurrency = 3)]
+pub async fn limited_sleep(ctx: JobContext, sleep_ms: u64, log: String) -> Result<(), JobError> {
+    let log = std::path::Path::new(&log);
+    let pid = std::process::id();
+    append_line(
+        log,
+        &format!("start {pid} {} {}", ctx.id(), llmjobs_testkit::micros_now()),
+    );
+    tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+    append_line(
+        log,
+        &format!("done {pid} {} {}", ctx.id(), llmjobs_testkit::micros_now()),
+    );
+    Ok(())
+}
+
 /// Three LLM calls in a row; logs `answered N` after each is journaled, and pauses after each
 /// so a test can kill the process between calls.
 #[llm_job]

@@ -100,6 +100,11 @@ impl WorkerProcess {
         WorkerProcess { child }
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process with SIGKILL, as a crash would, and reaps it.
     pub fn kill(mut self) {
         self.child.kill().expect("kill the worker");

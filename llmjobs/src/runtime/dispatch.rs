@@ -44,6 +44,7 @@ impl Shared {
             RunningJob {
                 token: token.clone(),
                 attempt: 1,
+                unproven: false,
             },
         );
         let claimed = ClaimedJob {
@@ -149,6 +150,7 @@ fn start_job(shared: &Arc<Shared>, job: ClaimedJob) {
         RunningJob {
             token: token.clone(),
             attempt: job.attempts,
+            unproven: false,
         },
     );
     if let Some(previous) = previous {
@@ -198,6 +200,13 @@ async fn run_job(shared: Arc<Shared>, mut job: ClaimedJob, token: CancellationTo
             shared.notify_finished(id, Some(end));
         }
         _ => shared.notify_changed(id),
+    }
+    // The slot was freed before the outcome committed. On a networked store (the one that
+    // sends hints), a claim made meanwhile ran on another connection and still counted the
+    // job against its limits (counted in the database, across processes): one more claim now
+    // may find room it did not. (SQLite's claims queue behind the outcome in its writer.)
+    if shared.is_hinted() {
+        shared.wake_dispatcher();
     }
 }
 
@@ -249,6 +258,22 @@ async fn attempt(
             if shared.abort.is_cancelled() {
                 tracing::info!("job handed back at shutdown");
                 return None;
+            }
+            if shared.is_unproven(job) {
+                // Its row goes back to the queue, fenced by this attempt: nothing changes if
+                // another worker took the job over meanwhile.
+                return Some((
+                    Finish::Retry {
+                        error: format!(
+                            "attempt {} was interrupted: its worker lost the database connection \
+                             that proves it alive, so it stopped the job rather than risk \
+                             running it twice",
+                            job.attempts
+                        ),
+                        run_at: now_ms(),
+                    },
+                    ctx.final_progress(),
+                ));
             }
             tracing::info!("job cancelled");
             return Some((Finish::Cancelled, ctx.final_progress()));

@@ -110,8 +110,17 @@ pub(super) async fn retain(shared: Weak<Shared>, stopped: CancellationToken, ret
 /// touched, nor this worker's own.
 pub(crate) async fn recover_orphans(shared: &Shared) -> Result<u64> {
     // This worker's own liveness lock, where the store keeps one: held before it runs anything,
-    // and taken again if its connection was lost.
-    shared.store.hold_owner(&shared.owner).await?;
+    // and taken again if its connection was lost. Without it, this worker cannot prove that
+    // the jobs it runs are still its own (another may have found the lock free and taken
+    // them): it stops them.
+    match shared.store.hold_owner(&shared.owner).await {
+        Ok(true) => {}
+        Ok(false) => shared.stop_unproven_jobs(),
+        Err(e) => {
+            shared.stop_unproven_jobs();
+            return Err(e);
+        }
+    }
     let owners = shared.store.running_owners(shared.owner.clone()).await?;
     let mut recovered = 0;
     let mut judged_by_lease = Vec::new();

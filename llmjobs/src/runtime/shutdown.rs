@@ -79,3 +79,34 @@ impl Shared {
         self.running.lock().expect("running lock").closed = true;
     }
 }
+
+impl Shared {
+    /// Drops every running attempt: this worker lost its liveness lock, so another may have
+    /// found it dead and taken its jobs. Each attempt's row goes back to the queue, fenced by
+    /// owner and attempt (a no-op where another worker took the job already).
+    pub(crate) fn stop_unproven_jobs(&self) {
+        let mut running = self.running.lock().expect("running lock");
+        if running.jobs.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            owner = %self.owner,
+            running = running.jobs.len(),
+            "this worker lost its liveness lock; stopping its jobs, which go back to the queue"
+        );
+        for job in running.jobs.values_mut() {
+            job.unproven = true;
+            job.token.cancel();
+        }
+    }
+
+    /// Whether `job`'s attempt was stopped by [`Shared::stop_unproven_jobs`].
+    pub(crate) fn is_unproven(&self, job: &crate::store::ClaimedJob) -> bool {
+        self.running
+            .lock()
+            .expect("running lock")
+            .jobs
+            .get(&job.id)
+            .is_some_and(|running| running.attempt == job.attempts && running.unproven)
+    }
+}

@@ -80,6 +80,20 @@ impl Shared {
         self.wake_waiters(id, None);
     }
 
+    /// Every waiter of this process reads its job's row again.
+    pub(crate) fn wake_all_waiters(&self) {
+        let slots: Vec<Arc<WaitSlot>> = self
+            .waiters
+            .lock()
+            .expect("waiters lock")
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for slot in slots {
+            slot.notify.notify_waiters();
+        }
+    }
+
     fn wake_waiters(&self, id: JobId, outcome: Option<Terminal>) {
         let slot = self
             .waiters

@@ -13,14 +13,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tokio_util::sync::CancellationToken;
 
 use super::{
-    CancelEffect, ClaimRequest, ClaimedJob, Enqueued, Finish, Fired, JobRow, NewJob, Release,
-    RetryEffect, ScheduleDef, ScheduleRow, StepRecord, Store, TickJobs,
+    CancelEffect, ClaimRequest, ClaimedJob, Enqueued, Finish, Fired, HintSink, JobRow, NewJob,
+    Release, RetryEffect, ScheduleDef, ScheduleRow, StepRecord, Store, TickJobs,
 };
 use crate::status::{JobFilter, JobState};
 use crate::{Durability, Error, JobId, Result};
 
+mod batch;
 mod cancel;
 mod claim;
 mod enqueue;
@@ -30,6 +32,7 @@ mod list;
 mod liveness;
 mod locks;
 mod migrate;
+mod notify;
 mod prune;
 mod read;
 mod release;
@@ -132,6 +135,14 @@ impl PgTarget {
 /// The PostgreSQL store.
 pub(crate) struct PgStore {
     pool: PgPool,
+    /// Spawns and outcomes, written in batches.
+    batcher: batch::Batcher,
+    /// The channel this schema's wake-ups go out on.
+    channel: String,
+    /// For the listening connection.
+    options: PgConnectOptions,
+    /// Ends the listener.
+    stop: CancellationToken,
     /// This worker's owner lock, on a connection of its own.
     liveness: liveness::OwnerHold,
     url: String,
@@ -208,9 +219,14 @@ impl PgStore {
             .connect_with(options.clone())
             .await
             .map_err(open_error)?;
+        let channel = notify::channel(target.schema());
         Ok(PgStore {
+            batcher: batch::Batcher::start(pool.clone(), channel.clone()),
+            channel,
+            stop: CancellationToken::new(),
             pool,
-            liveness: liveness::OwnerHold::new(options),
+            liveness: liveness::OwnerHold::new(options.clone()),
+            options,
             url: url.to_string(),
             closed: AtomicBool::new(false),
         })
@@ -228,6 +244,26 @@ impl PgStore {
         Ok(&self.pool)
     }
 
+    /// `Shutdown` for an error of a write that raced `close`.
+    fn after_close(&self, e: Error) -> Error {
+        if self.closed.load(Ordering::Acquire) {
+            Error::Shutdown
+        } else {
+            e
+        }
+    }
+
+    /// Tells the other processes, in a statement of its own (after the change committed).
+    async fn notify(&self, notice: notify::Notice) {
+        let sent = match self.pool.acquire().await {
+            Ok(mut conn) => notice.send(&mut conn, &self.channel).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "could not send a wake-up; the others poll");
+        }
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             Err(Error::Shutdown)
@@ -240,19 +276,31 @@ impl PgStore {
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
-        let jobs = [job];
-        let mut enqueued: Vec<Enqueued> =
-            transaction!(self, |conn| enqueue::insert_jobs(conn, &jobs))?;
+        self.check_open()?;
+        let mut enqueued =
+            (self.batcher.enqueue(vec![job]).await).map_err(|e| self.after_close(e))?;
         Ok(enqueued.pop().expect("one reply per job"))
     }
 
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        transaction!(self, |conn| enqueue::insert_jobs(conn, &jobs))
+        self.check_open()?;
+        self.batcher
+            .enqueue(jobs)
+            .await
+            .map_err(|e| self.after_close(e))
     }
 
     async fn retry(&self, id: JobId, clear_journal: bool) -> Result<RetryEffect> {
         let now = crate::status::now_ms();
-        transaction!(self, |conn| retry::retry(conn, id, clear_journal, now))
+        let effect = transaction!(self, |conn| retry::retry(conn, id, clear_journal, now))?;
+        if effect == RetryEffect::Retried {
+            self.notify(notify::Notice {
+                available: true,
+                ..Default::default()
+            })
+            .await;
+        }
+        Ok(effect)
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>> {
@@ -267,18 +315,31 @@ impl Store for PgStore {
         finish: Finish,
         progress: Option<String>,
     ) -> Result<Option<JobState>> {
-        let now = crate::status::now_ms();
-        let attempt = finish::Attempt {
+        self.check_open()?;
+        let outcome = finish::Outcome {
             id,
-            owner: &owner,
+            owner,
             attempt,
+            finish,
+            progress,
         };
-        finish::finish_job(self.pool()?, &attempt, &finish, progress.as_deref(), now).await
+        self.batcher
+            .finish(outcome)
+            .await
+            .map_err(|e| self.after_close(e))
     }
 
     async fn cancel(&self, id: JobId) -> Result<CancelEffect> {
         let now = crate::status::now_ms();
-        cancel::cancel(self.pool()?, id, now).await
+        let effect = cancel::cancel(self.pool()?, id, now).await?;
+        if effect == CancelEffect::Cancelled {
+            self.notify(notify::Notice {
+                ended: vec![id],
+                ..Default::default()
+            })
+            .await;
+        }
+        Ok(effect)
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRow>> {
@@ -303,11 +364,19 @@ impl Store for PgStore {
 
     async fn release_owner(&self, owner: String, why: Release) -> Result<u64> {
         let now = crate::status::now_ms();
-        release::release_owner(self.pool()?, &owner, why, now).await
+        let released = release::release_owner(self.pool()?, &owner, why, now).await?;
+        if released > 0 {
+            self.notify(notify::Notice::released()).await;
+        }
+        Ok(released)
     }
 
     async fn release_expired(&self, owners: Vec<String>, now: i64) -> Result<u64> {
-        release::release_expired(self.pool()?, &owners, now).await
+        let released = release::release_expired(self.pool()?, &owners, now).await?;
+        if released > 0 {
+            self.notify(notify::Notice::released()).await;
+        }
+        Ok(released)
     }
 
     async fn cancel_requests(&self, owner: Arc<str>) -> Result<Vec<JobId>> {
@@ -374,14 +443,25 @@ impl Store for PgStore {
         liveness::is_alive(self.pool()?, owner).await.map(Some)
     }
 
-    async fn hold_owner(&self, owner: &str) -> Result<()> {
+    async fn hold_owner(&self, owner: &str) -> Result<bool> {
         self.check_open()?;
         self.liveness.hold(owner).await
+    }
+
+    fn listen(&self, sink: HintSink) -> bool {
+        notify::spawn_listener(
+            self.options.clone(),
+            self.channel.clone(),
+            sink,
+            self.stop.clone(),
+        );
+        true
     }
 
     async fn close(&self) {
         // Every write was committed before it returned: nothing waits to be made durable.
         self.closed.store(true, Ordering::Release);
+        self.stop.cancel();
         self.pool.close().await;
         self.liveness.release().await;
     }
@@ -398,6 +478,12 @@ impl Store for PgStore {
         Err(Error::Database(
             format!("fault injection ({fault:?}) is not implemented for PostgreSQL").into(),
         ))
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

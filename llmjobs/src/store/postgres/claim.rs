@@ -96,10 +96,15 @@ pub(super) async fn claim(
         })
         .filter(|(_, room)| *room > 0)
         .collect();
+    // No more than the names' room together: a claim under a limit that has room for one
+    // job takes one and stops, instead of reading (and locking) every pending job behind it.
+    slots = slots.min(
+        room.values()
+            .fold(0i64, |sum, left| sum.saturating_add(*left)),
+    );
     if slots <= 0 || room.is_empty() {
         return Ok(Vec::new());
     }
-    let names: Vec<&str> = room.keys().copied().collect();
 
     // Walk the due jobs in order, a page at a time, until the slots are filled, passing over
     // those whose name or key is at its limit.
@@ -110,6 +115,15 @@ pub(super) async fn claim(
     let mut corrupt: Vec<(String, String)> = Vec::new();
     let mut cursor: Option<(i32, i64, String)> = None;
     'pages: while (chosen.len() as i64) < slots {
+        // Only the names that still have room.
+        let names: Vec<&str> = room
+            .iter()
+            .filter(|(_, left)| **left > 0)
+            .map(|(name, _)| *name)
+            .collect();
+        if names.is_empty() {
+            break;
+        }
         let rows = sqlx::query(
             "SELECT id::text, name, concurrency_key, key_limit, attempts, max_attempts, \
              started_at IS NULL, args, priority, run_at FROM llmjobs_jobs \

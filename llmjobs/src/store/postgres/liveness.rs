@@ -6,6 +6,8 @@
 //! server notices), so a worker that can take another owner's lock knows at once that the
 //! owner is gone, on any machine.
 
+use std::time::{Duration, Instant};
+
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Mutex;
@@ -16,39 +18,78 @@ use crate::{Error, Result};
 /// This worker's liveness lock: the owner it is for, and the connection that holds it.
 pub(super) struct OwnerHold {
     options: PgConnectOptions,
-    held: Mutex<Option<(String, PgConnection)>>,
+    held: Mutex<Hold>,
 }
+
+#[derive(Default)]
+struct Hold {
+    conn: Option<(String, PgConnection)>,
+    /// No new connection is tried before this (back-off after failures).
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// The longest wait between two tries to take the lock again.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long one try to connect and take the lock may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl OwnerHold {
     pub(super) fn new(options: PgConnectOptions) -> Self {
         OwnerHold {
             options,
-            held: Mutex::new(None),
+            held: Mutex::new(Hold::default()),
         }
     }
 
     /// Makes sure the lock of `owner` is held: checks that its connection still lives, and
-    /// takes it (again) on a new connection if not.
-    pub(super) async fn hold(&self, owner: &str) -> Result<()> {
+    /// takes it (again) on a new connection if not, with back-off after failures. `Ok(false)`
+    /// when a lock held before had been lost and is held again now; an error while it is not.
+    pub(super) async fn hold(&self, owner: &str) -> Result<bool> {
         let mut held = self.held.lock().await;
-        if let Some((holder, conn)) = held.as_mut()
+        let mut lost = false;
+        if let Some((holder, conn)) = held.conn.as_mut()
             && holder == owner
         {
             match conn.ping().await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(true),
                 Err(e) => {
                     tracing::warn!(
                         error = %e,
                         %owner,
-                        "the connection holding this worker's liveness lock was lost; taking \
-                         the lock again"
+                        "the connection holding this worker's liveness lock was lost"
                     );
+                    lost = true;
                 }
             }
         }
-        if let Some((_, conn)) = held.take() {
-            let _ = conn.close().await;
+        if let Some((_, conn)) = held.conn.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
         }
+        if held.retry_at.is_some_and(|at| Instant::now() < at) {
+            return Err(Error::Database(
+                format!("the liveness lock of worker `{owner}` is not held; reconnecting").into(),
+            ));
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.take(owner)).await {
+            Ok(Ok(conn)) => {
+                if held.retry_at.is_some() {
+                    tracing::info!(%owner, "this worker's liveness lock is held again");
+                }
+                held.conn = Some((owner.to_string(), conn));
+                held.retry_at = None;
+                held.backoff = Duration::ZERO;
+                Ok(!lost)
+            }
+            Ok(Err(e)) => Err(held.failed(e)),
+            Err(_) => Err(held.failed(Error::Database(
+                format!("taking the liveness lock took more than {CONNECT_TIMEOUT:?}").into(),
+            ))),
+        }
+    }
+
+    async fn take(&self, owner: &str) -> Result<PgConnection> {
         let mut conn = PgConnection::connect_with(&self.options).await?;
         let (taken,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
             .bind(locks::owner(owner))
@@ -59,15 +100,23 @@ impl OwnerHold {
                 format!("the liveness lock of worker `{owner}` is held by another session").into(),
             ));
         }
-        *held = Some((owner.to_string(), conn));
-        Ok(())
+        Ok(conn)
     }
 
     /// Lets the lock go (the worker stops).
     pub(super) async fn release(&self) {
-        if let Some((_, conn)) = self.held.lock().await.take() {
+        if let Some((_, conn)) = self.held.lock().await.conn.take() {
             let _ = conn.close().await;
         }
+    }
+}
+
+impl Hold {
+    /// Schedules the next try after a failed one.
+    fn failed(&mut self, e: Error) -> Error {
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(250), MAX_BACKOFF);
+        self.retry_at = Some(Instant::now() + self.backoff);
+        e
     }
 }
 

@@ -30,6 +30,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "schedules",
         sql: include_str!("../../../migrations/postgres/0002_schedules.sql"),
     },
+    Migration {
+        version: 3,
+        description: "functions find their schema",
+        sql: include_str!("../../../migrations/postgres/0003_functions_find_their_schema.sql"),
+    },
 ];
 
 /// The newest migration this build knows.

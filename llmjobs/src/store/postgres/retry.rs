@@ -2,6 +2,7 @@
 
 use sqlx::PgConnection;
 
+use crate::status::JobState;
 use crate::store::RetryEffect;
 use crate::{Error, JobId, Result};
 
@@ -15,7 +16,24 @@ pub(super) async fn retry(
     now: i64,
 ) -> Result<RetryEffect> {
     let id = id.to_string();
-    let changed = sqlx::query(
+    // The row is locked before it is judged: an outcome landing meanwhile waits for this
+    // transaction, so the state that decides is the state that is changed (or reported).
+    let found: Option<(String,)> =
+        sqlx::query_as("SELECT status FROM llmjobs_jobs WHERE id = $1::uuid FOR UPDATE")
+            .bind(&id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((status,)) = found else {
+        return Ok(RetryEffect::NotFound);
+    };
+    let state: JobState = status.parse().map_err(|reason| Error::CorruptRow {
+        id: id.clone(),
+        reason,
+    })?;
+    if !matches!(state, JobState::Failed | JobState::Cancelled) {
+        return Ok(RetryEffect::NotRetryable(state));
+    }
+    sqlx::query(
         "UPDATE llmjobs_jobs SET \
          earlier_runs = coalesce(earlier_runs, '[]'::jsonb) || jsonb_build_array( \
              jsonb_build_object('state', status, 'attempts', attempts, 'error', error, \
@@ -23,32 +41,17 @@ pub(super) async fn retry(
          status = 'pending', attempts = 0, error = NULL, result = NULL, needs_review = false, \
          cancel_requested = false, owner = NULL, lease_until = NULL, completed_at = NULL, \
          run_at = $2 \
-         WHERE id = $1::uuid AND (status = 'failed' OR status = 'cancelled')",
+         WHERE id = $1::uuid",
     )
     .bind(&id)
     .bind(now)
     .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if changed == 1 {
-        if clear_journal {
-            sqlx::query("DELETE FROM llmjobs_steps WHERE job_id = $1::uuid")
-                .bind(&id)
-                .execute(&mut *conn)
-                .await?;
-        }
-        return Ok(RetryEffect::Retried);
-    }
-    let status: Option<(String,)> =
-        sqlx::query_as("SELECT status FROM llmjobs_jobs WHERE id = $1::uuid")
+    .await?;
+    if clear_journal {
+        sqlx::query("DELETE FROM llmjobs_steps WHERE job_id = $1::uuid")
             .bind(&id)
-            .fetch_optional(&mut *conn)
+            .execute(&mut *conn)
             .await?;
-    match status {
-        None => Ok(RetryEffect::NotFound),
-        Some((status,)) => status
-            .parse()
-            .map(RetryEffect::NotRetryable)
-            .map_err(|reason| Error::CorruptRow { id, reason }),
     }
+    Ok(RetryEffect::Retried)
 }

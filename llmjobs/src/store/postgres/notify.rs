@@ -1,0 +1,207 @@
+//! Wake-ups between processes: `NOTIFY` at most once per commit, `LISTEN` on a connection of
+//! its own.
+//!
+//! A notification is a hint, never the truth: a worker woken claims as it would at its poll,
+//! and a waiter woken reads the row. A missed hint (the listening connection was lost) costs
+//! latency, not correctness: the listener then says so ([`Hint::Missed`]), and a slow safety
+//! poll remains in any case.
+//!
+//! One channel per schema, `llmjobs.<schema>`; the payload is `a` (due jobs may be waiting)
+//! and/or `e` followed by the ids of jobs that ended, or `e*` when more ended than a payload
+//! holds (PostgreSQL caps payloads below 8,000 bytes).
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Hint, HintSink};
+use crate::{JobId, Result};
+
+/// Ids past this many in one commit are sent as `e*` (about 7,400 bytes of ids).
+const MAX_IDS: usize = 200;
+
+/// The channel of llmjobs' tables in `schema`.
+pub(super) fn channel(schema: &str) -> String {
+    format!("llmjobs.{schema}")
+}
+
+/// What one commit tells the other processes.
+#[derive(Debug, Default)]
+pub(super) struct Notice {
+    /// Due jobs were made pending.
+    pub(super) available: bool,
+    /// Jobs that ended.
+    pub(super) ended: Vec<JobId>,
+    /// Jobs ended that the notice does not name.
+    pub(super) others_ended: bool,
+}
+
+impl Notice {
+    /// Running jobs went back to the queue, some perhaps to an end (cancelled, or out of
+    /// attempts): rare enough to let every waiter look.
+    pub(super) fn released() -> Notice {
+        Notice {
+            available: true,
+            ended: Vec::new(),
+            others_ended: true,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.available && self.ended.is_empty() && !self.others_ended
+    }
+
+    fn payload(&self) -> String {
+        let mut payload = String::new();
+        if self.available {
+            payload.push('a');
+        }
+        if self.others_ended || self.ended.len() > MAX_IDS {
+            payload.push_str("e*");
+        } else if !self.ended.is_empty() {
+            payload.push('e');
+            for (i, id) in self.ended.iter().enumerate() {
+                if i > 0 {
+                    payload.push(',');
+                }
+                payload.push_str(&id.to_string());
+            }
+        }
+        payload
+    }
+
+    /// Sends the notice in the transaction (or session) of `conn`; nothing when it is empty.
+    /// PostgreSQL delivers it when the transaction commits, and drops it if it rolls back.
+    pub(super) async fn send(&self, conn: &mut PgConnection, channel: &str) -> Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(channel)
+            .bind(self.payload())
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The hints a payload carries; a payload this build does not understand is a missed hint.
+fn parse(payload: &str) -> Vec<Hint> {
+    let mut hints = Vec::new();
+    let mut rest = payload;
+    if let Some(after) = rest.strip_prefix('a') {
+        hints.push(Hint::Available);
+        rest = after;
+    }
+    match rest.strip_prefix('e') {
+        None if rest.is_empty() => {}
+        Some("*") => hints.push(Hint::Missed),
+        Some(ids) => match ids.split(',').map(str::parse).collect() {
+            Ok(ids) => hints.push(Hint::Ended(ids)),
+            Err(_) => hints.push(Hint::Missed),
+        },
+        None => hints.push(Hint::Missed),
+    }
+    hints
+}
+
+/// Listens on `channel` until `stop`, delivering hints to `sink`; reconnects with back-off when
+/// the connection is lost, and says [`Hint::Missed`] once it is back.
+pub(super) fn spawn_listener(
+    options: PgConnectOptions,
+    channel: String,
+    sink: HintSink,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            () = listen(options, &channel, &sink) => {}
+            () = stop.cancelled() => {}
+        }
+    });
+}
+
+async fn listen(options: PgConnectOptions, channel: &str, sink: &HintSink) {
+    // A pool of one is how sqlx's listener reconnects.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_lazy_with(options);
+    let mut backoff = Duration::from_millis(100);
+    let mut listener = loop {
+        let listening = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.ignore_pool_close_event(true);
+            listener.listen(channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match listening.await {
+            Ok(listener) => break listener,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot listen for job wake-ups; polling meanwhile");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    // Whatever happened before the LISTEN took effect was not heard.
+    sink(Hint::Missed);
+    backoff = Duration::from_millis(100);
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                backoff = Duration::from_millis(100);
+                for hint in parse(notification.payload()) {
+                    sink(hint);
+                }
+            }
+            Ok(None) => {
+                tracing::info!("the connection listening for job wake-ups was lost; reconnected");
+                sink(Hint::Missed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "listening for job wake-ups failed; polling meanwhile");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                // The next call reconnects and listens again; what was sent meanwhile is lost.
+                sink(Hint::Missed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_names_what_changed_and_reads_back() {
+        let a: JobId = "01930000-0000-7000-8000-00000000a001".parse().unwrap();
+        let b: JobId = "01930000-0000-7000-8000-00000000a002".parse().unwrap();
+        let notice = Notice {
+            available: true,
+            ended: vec![a, b],
+            others_ended: false,
+        };
+        assert_eq!(
+            parse(&notice.payload()),
+            vec![Hint::Available, Hint::Ended(vec![a, b])]
+        );
+        let many = Notice {
+            ended: vec![a; MAX_IDS + 1],
+            ..Notice::default()
+        };
+        assert!(many.payload().len() < 8000);
+        assert_eq!(parse(&many.payload()), vec![Hint::Missed]);
+        let full = Notice {
+            ended: vec![a; MAX_IDS],
+            ..Notice::default()
+        };
+        assert!(full.payload().len() < 8000, "{}", full.payload().len());
+        assert_eq!(parse("a"), vec![Hint::Available]);
+        assert_eq!(parse("zz"), vec![Hint::Missed]);
+    }
+}
