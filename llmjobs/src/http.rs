@@ -17,13 +17,16 @@
 //!
 //! | Route | What it does |
 //! |---|---|
-//! | `POST /jobs/{name}?wait=30s` | spawns job `name` with the JSON body as its arguments; `200` with the job and its result if it ends within the wait, else `202` with the job and a `Location` to poll (the same attempt keeps running). `Idempotency-Key` header: the call's idempotency key. |
+//! | `POST /jobs/{name}?wait=30s` | spawns job `name` with the JSON body as its arguments; `200` with the job and its result if it ends within the wait, else `202` with the job and a `Location` to poll (the same attempt keeps running). Without `wait`, `202` at once. `Idempotency-Key` header: the call's idempotency key. |
 //! | `GET /jobs/{id}` | the job's status, with its result once completed |
-//! | `GET /jobs/{id}/wait?timeout=30s` | waits for the job: `200` once it has ended, `202` if it is still running at the timeout |
+//! | `GET /jobs/{id}/wait?timeout=30s` | waits for the job (without `timeout`, up to [`HttpApi::max_wait`]): `200` once it has ended, `202` if it is still running at the timeout |
 //! | `GET /jobs?state=&name=&cursor=&limit=` | jobs, newest first, a page at a time (`next_cursor`) |
 //! | `DELETE /jobs/{id}` | cancels the job |
 //! | `POST /jobs/{id}/retry` | puts a failed or cancelled job back to pending |
 //! | `GET /jobs/{id}/events` | Server-Sent Events: each progress report, then the job as it ended |
+//!
+//! A job that ended is shown the same way whether it completed, failed or was cancelled: `200`,
+//! its `state`, and its `result` or `error`. A wait never changes the job.
 //!
 //! Errors are JSON, `{"error": "..."}`, with the status code that fits: `404` for an unknown
 //! job id or name (naming the known names), `422` for arguments that do not deserialize (with
