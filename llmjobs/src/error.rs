@@ -150,6 +150,27 @@ pub enum Error {
         /// The name stored with the job.
         found: String,
     },
+    /// [`Jobs::spawn_json`](crate::Jobs::spawn_json) of a name no job registered in this
+    /// process has.
+    #[error("no job named `{name}` is registered here (known: {})", known_names(.known))]
+    UnknownJob {
+        /// The name that was asked for.
+        name: String,
+        /// The names this process knows, sorted.
+        known: Vec<String>,
+    },
+    /// JSON arguments that do not deserialize into the job's (see
+    /// [`Jobs::spawn_json`](crate::Jobs::spawn_json)).
+    #[error("arguments do not match job `{name}`: {}{message}", field_prefix(.path))]
+    InvalidArgs {
+        /// The job's name.
+        name: String,
+        /// The field path that failed (`words`, `items[2].text`); `None` for the arguments as
+        /// a whole (not an object, say).
+        path: Option<String>,
+        /// What the deserializer said.
+        message: String,
+    },
     /// A schedule's cron expression or time zone is not valid.
     #[error("invalid schedule `{name}`: {reason}")]
     InvalidSchedule {
@@ -158,6 +179,20 @@ pub enum Error {
         /// What is wrong, naming the expression or time zone.
         reason: String,
     },
+}
+
+fn known_names(known: &[String]) -> String {
+    if known.is_empty() {
+        "none".into()
+    } else {
+        known.join(", ")
+    }
+}
+
+fn field_prefix(path: &Option<String>) -> String {
+    path.as_ref()
+        .map(|path| format!("field `{path}`: "))
+        .unwrap_or_default()
 }
 
 #[cfg(feature = "sqlite")]

@@ -445,6 +445,9 @@ pub struct Registration {
     pub(crate) type_name: fn() -> &'static str,
     pub(crate) config: fn() -> JobConfig,
     pub(crate) run: fn(JobContext, &str) -> Result<BoxFuture<ErasedOutcome>, String>,
+    /// Checks JSON arguments against the job's and makes the typed call they stand for.
+    pub(crate) call_from_json:
+        fn(serde_json::Value) -> Result<JobCall<serde_json::Value>, ArgsError>,
 }
 
 impl Registration {
@@ -455,6 +458,7 @@ impl Registration {
             type_name: std::any::type_name::<J>,
             config: J::config,
             run: run_erased::<J>,
+            call_from_json: call_from_json::<J>,
         }
     }
 }
@@ -470,22 +474,73 @@ impl fmt::Debug for Registration {
 
 inventory::collect!(Registration);
 
+/// Why arguments do not deserialize into a job's: where, and what the deserializer said.
+#[derive(Debug)]
+pub(crate) struct ArgsError {
+    /// The field path that failed (`words`, `items[2].text`); `None` for the arguments as a
+    /// whole.
+    pub(crate) path: Option<String>,
+    pub(crate) message: String,
+}
+
+impl fmt::Display for ArgsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.path {
+            Some(path) => write!(f, "field `{path}`: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Deserializes a job's arguments, naming the field path of a failure.
+fn deserialize_args<'de, J: Job, D>(de: D) -> Result<J, ArgsError>
+where
+    D: serde::Deserializer<'de>,
+    D::Error: fmt::Display,
+{
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ArgsError {
+            path: (path != ".").then_some(path),
+            message: e.inner().to_string(),
+        }
+    })
+}
+
+/// The typed call that JSON arguments stand for, as [`JobCall::new`] makes it: with the job's
+/// own priority, keys and routing.
+fn call_from_json<J: Job>(
+    args: serde_json::Value,
+) -> Result<JobCall<serde_json::Value>, ArgsError> {
+    let args: J = deserialize_args(args)?;
+    Ok(JobCall::new::<J>(&args).with_output())
+}
+
+impl<T> JobCall<T> {
+    /// The same call, its output read as another type (JSON, for calls made from JSON).
+    fn with_output<U>(self) -> JobCall<U> {
+        JobCall {
+            name: self.name,
+            args: self.args,
+            config: self.config,
+            priority: self.priority,
+            key: self.key,
+            idempotency_key: self.idempotency_key,
+            run_at: self.run_at,
+            long_running: self.long_running,
+            long_running_forced: self.long_running_forced,
+            wait_limit: self.wait_limit,
+            _output: PhantomData,
+        }
+    }
+}
+
 /// Deserializes the stored arguments and starts the body. A deserialization error names the
 /// field path that failed (`words: invalid type: string "x", expected u32`).
 fn run_erased<J: Job>(ctx: JobContext, args: &str) -> Result<BoxFuture<ErasedOutcome>, String> {
     let de = &mut serde_json::Deserializer::from_str(args);
-    let args: J = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            format!("arguments do not match job `{}`: {}", J::NAME, e.inner())
-        } else {
-            format!(
-                "arguments do not match job `{}`: field `{path}`: {}",
-                J::NAME,
-                e.inner()
-            )
-        }
-    })?;
+    let args: J = deserialize_args(de)
+        .map_err(|e| format!("arguments do not match job `{}`: {e}", J::NAME))?;
     Ok(Box::pin(async move {
         let output = J::run(ctx, args).await?;
         serde_json::to_string(&output).map_err(|e| {

@@ -154,6 +154,72 @@ impl Jobs {
         }
     }
 
+    /// The names of the jobs registered in this process (the ones it can spawn by name with
+    /// [`Jobs::spawn_json`]), sorted.
+    pub fn job_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self.shared.registry.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The call of the job registered as `name` with JSON arguments, checked: the arguments are
+    /// deserialized into the job's, so the call has the job's own priority, concurrency and
+    /// idempotency keys and routing, as [`JobCall::new`] would give it. Its output is read as
+    /// JSON.
+    ///
+    /// A name not registered in this process is [`Error::UnknownJob`] (listing the known ones);
+    /// arguments that do not fit are [`Error::InvalidArgs`], naming the field path that failed.
+    /// (For a job this process does not know, [`JobCall::from_json`] makes an unchecked call.)
+    pub fn call_json(
+        &self,
+        name: &str,
+        args: serde_json::Value,
+    ) -> Result<JobCall<serde_json::Value>> {
+        let Some(entry) = self.shared.registry.get(name) else {
+            return Err(Error::UnknownJob {
+                name: name.to_string(),
+                known: self.job_names().into_iter().map(String::from).collect(),
+            });
+        };
+        (entry.registration.call_from_json)(args).map_err(|e| Error::InvalidArgs {
+            name: name.to_string(),
+            path: e.path,
+            message: e.message,
+        })
+    }
+
+    /// Spawns the job registered as `name` with JSON arguments: for callers that know a job by
+    /// name only (an HTTP request, a message from another service). Checked as
+    /// [`Jobs::call_json`] says, before anything is recorded; the handle reads the output as
+    /// JSON.
+    ///
+    /// ```
+    /// # use llmjobs::{llm_job, JobError, Jobs};
+    /// #[llm_job]
+    /// async fn add(a: i64, b: i64) -> Result<i64, JobError> {
+    ///     Ok(a + b)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> llmjobs::Result<()> {
+    /// let jobs = Jobs::open("sqlite::memory:").await?;
+    /// let handle = jobs.spawn_json("add", serde_json::json!({"a": 2, "b": 3})).await?;
+    /// assert_eq!(handle.wait().await?, serde_json::json!(5));
+    ///
+    /// let err = jobs.spawn_json("add", serde_json::json!({"a": 2, "b": "x"})).await.unwrap_err();
+    /// assert!(matches!(err, llmjobs::Error::InvalidArgs { path: Some(p), .. } if p == "b"));
+    /// # jobs.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn spawn_json(
+        &self,
+        name: &str,
+        args: serde_json::Value,
+    ) -> Result<JobHandle<serde_json::Value>> {
+        self.spawn(self.call_json(name, args)?).await
+    }
+
     /// Spawns the job and waits for its output.
     pub async fn run<T: DeserializeOwned>(&self, call: JobCall<T>) -> Result<T> {
         self.spawn(call).await?.wait().await
@@ -180,10 +246,11 @@ impl Jobs {
         handle.wait_timeout(timeout).await
     }
 
-    /// Whether `call` goes straight to the background: the caller's own say
-    /// ([`JobCall::long_running`]), else the first classifier with an opinion, else the job's
+    /// Whether `call` goes straight to the background, as [`Jobs::run_with_timeout`] decides
+    /// it: the caller's own say ([`JobCall::long_running`]), else the first classifier with an
+    /// opinion ([`JobsBuilder::classify_long_running`]), else the job's
     /// ([`Job::is_long_running`]).
-    fn is_long_running<T>(&self, call: &JobCall<T>) -> bool {
+    pub fn is_long_running<T>(&self, call: &JobCall<T>) -> bool {
         if call.is_long_running_forced() {
             return call.is_long_running();
         }

@@ -45,6 +45,8 @@
 mod context;
 mod error;
 mod handle;
+#[cfg(feature = "http")]
+pub mod http;
 mod id;
 mod inspect;
 mod job;
