@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::status::{JobCounts, JobFilter, JobState, JobStatus, from_ms};
+use crate::status::{JobCounts, JobFilter, JobStatus, from_ms};
 use crate::store::JobRow;
 use crate::{Error, JobId, Result};
 
@@ -258,26 +258,12 @@ impl Inspector {
 
     /// How many jobs are in each state.
     pub async fn counts(&self) -> Result<JobCounts> {
-        let mut total = JobCounts::default();
-        for counts in self.counts_by_name().await?.values() {
-            total.add(counts);
-        }
-        Ok(total)
+        Ok(JobCounts::sum(self.counts_by_name().await?.values()))
     }
 
     /// How many jobs of each name are in each state.
     pub async fn counts_by_name(&self) -> Result<BTreeMap<String, JobCounts>> {
-        let mut by_name: BTreeMap<String, JobCounts> = BTreeMap::new();
-        for (name, status, n) in self.reader.counts().await? {
-            let state = status
-                .parse::<JobState>()
-                .map_err(|reason| Error::CorruptRow {
-                    id: format!("({n} jobs named `{name}`)"),
-                    reason,
-                })?;
-            by_name.entry(name).or_default().add_state(state, n);
-        }
-        Ok(by_name)
+        JobCounts::by_name(self.reader.counts().await?)
     }
 
     /// How many jobs [`Jobs::prune`](crate::Jobs::prune) with `older_than` would delete now:

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::handle::CancelOutcome;
 use crate::job::Registration;
 use crate::runtime::{self, Backoff, CallInfo, Entry, ProgressEvent, Settings, Shared};
-use crate::status::{JobCounts, JobFilter, JobState, JobStatus, now_ms};
+use crate::status::{JobCounts, JobFilter, JobStatus, now_ms};
 use crate::store::{CancelEffect, Enqueued, LocalClaim, NewJob, RetryEffect, Store};
 use crate::{Error, Job, JobCall, JobHandle, JobId, Outcome, Result};
 
@@ -302,26 +302,12 @@ impl Jobs {
     /// How many jobs are in each state. Reads maintained counters: costs the same whatever
     /// the history.
     pub async fn counts(&self) -> Result<JobCounts> {
-        let mut total = JobCounts::default();
-        for counts in self.counts_by_name().await?.values() {
-            total.add(counts);
-        }
-        Ok(total)
+        Ok(JobCounts::sum(self.counts_by_name().await?.values()))
     }
 
     /// How many jobs of each name are in each state.
     pub async fn counts_by_name(&self) -> Result<BTreeMap<String, JobCounts>> {
-        let mut by_name: BTreeMap<String, JobCounts> = BTreeMap::new();
-        for (name, status, n) in self.shared.store.counts().await? {
-            let state = status
-                .parse::<JobState>()
-                .map_err(|reason| Error::CorruptRow {
-                    id: format!("({n} jobs named `{name}`)"),
-                    reason,
-                })?;
-            by_name.entry(name).or_default().add_state(state, n);
-        }
-        Ok(by_name)
+        JobCounts::by_name(self.shared.store.counts().await?)
     }
 
     /// Cancels a job: at once if it is pending; if it is running, in whichever process runs it

@@ -187,6 +187,32 @@ impl JobCounts {
         self.failed += other.failed;
         self.cancelled += other.cancelled;
     }
+
+    /// The counts per name from a store's counter rows `(name, state, n)`.
+    pub(crate) fn by_name(
+        rows: Vec<(String, String, u64)>,
+    ) -> crate::Result<std::collections::BTreeMap<String, JobCounts>> {
+        let mut by_name = std::collections::BTreeMap::<String, JobCounts>::new();
+        for (name, status, n) in rows {
+            let state = status
+                .parse::<JobState>()
+                .map_err(|reason| crate::Error::CorruptRow {
+                    id: format!("({n} jobs named `{name}`)"),
+                    reason,
+                })?;
+            by_name.entry(name).or_default().add_state(state, n);
+        }
+        Ok(by_name)
+    }
+
+    /// The counts of all names together.
+    pub(crate) fn sum<'a>(counts: impl IntoIterator<Item = &'a JobCounts>) -> JobCounts {
+        let mut total = JobCounts::default();
+        for counts in counts {
+            total.add(counts);
+        }
+        total
+    }
 }
 
 /// Which jobs [`Jobs::list`](crate::Jobs::list) returns: newest first, optionally only one

@@ -371,6 +371,22 @@ fn job_row(row: &rusqlite::Row<'_>) -> Result<JobRow> {
 }
 
 /// Runs `sql` with `params` and reads every row with `map`.
+/// The maintained counters: `(name, state, n)` for every name and state with jobs.
+fn counter_rows(conn: &Connection) -> Result<Vec<(String, String, u64)>> {
+    query_all(
+        conn,
+        "SELECT name, status, n FROM llmjobs_counts WHERE n <> 0",
+        [],
+        |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get::<_, i64>(2)?.unsigned_abs(),
+            ))
+        },
+    )
+}
+
 fn query_all<T>(
     conn: &Connection,
     sql: &str,
@@ -466,21 +482,7 @@ impl Store for SqliteStore {
     }
 
     async fn counts(&self) -> Result<Vec<(String, String, u64)>> {
-        self.read(|conn| {
-            query_all(
-                conn,
-                "SELECT name, status, n FROM llmjobs_counts WHERE n <> 0",
-                [],
-                |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get::<_, i64>(2)?.unsigned_abs(),
-                    ))
-                },
-            )
-        })
-        .await
+        self.read(counter_rows).await
     }
 
     async fn heartbeat(&self, owner: Arc<str>, lease_until: i64) -> Result<()> {

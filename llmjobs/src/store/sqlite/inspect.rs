@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::{BUSY_TIMEOUT, SqliteTarget, job_row, list, query_all};
+use super::{BUSY_TIMEOUT, SqliteTarget, counter_rows, job_row, list, query_all};
 use crate::inspect::{Reader, RowWithArgs, SchemaRow, StepRow};
 use crate::status::JobFilter;
 use crate::store::JOB_ROW_COLUMNS;
@@ -146,21 +146,7 @@ impl Reader for SqliteReader {
     }
 
     async fn counts(&self) -> Result<Vec<(String, String, u64)>> {
-        self.read(|conn| {
-            query_all(
-                conn,
-                "SELECT name, status, n FROM llmjobs_counts WHERE n <> 0",
-                [],
-                |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get::<_, i64>(2)?.unsigned_abs(),
-                    ))
-                },
-            )
-        })
-        .await
+        self.read(counter_rows).await
     }
 
     async fn steps(&self, id: JobId) -> Result<Vec<StepRow>> {

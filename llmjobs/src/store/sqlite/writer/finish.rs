@@ -119,16 +119,9 @@ pub(super) fn complete_jobs(
     let now = crate::status::now_ms();
     jobs.iter()
         .map(|job| {
-            let finish = Finished {
-                now,
-                progress: job.progress,
-            };
-            Ok(Reply::Finished(finish.complete(
-                conn,
-                &job.attempt,
-                job.result,
-                tally,
-            )?))
+            let finish = Outcome::Completed(job.result);
+            let state = finish_row(conn, &job.attempt, finish, job.progress, now, tally)?;
+            Ok(Reply::Finished(state))
         })
         .collect()
 }
@@ -143,37 +136,68 @@ pub(super) fn finish_job(
     now: i64,
     tally: &mut Tally,
 ) -> Result<Option<JobState>> {
-    let finished = Finished { now, progress };
-    if let Finish::Completed { result } = finish {
-        return finished.complete(conn, a, result, tally);
-    }
+    let outcome = match finish {
+        Finish::Completed { result } => Outcome::Completed(result),
+        Finish::Failed {
+            error,
+            needs_review,
+        } => Outcome::Failed(error, *needs_review),
+        Finish::Retry { error, run_at } => Outcome::Retry(error, *run_at),
+        Finish::Cancelled => Outcome::Cancelled,
+    };
+    finish_row(conn, a, outcome, progress, now, tally)
+}
+
+/// A [`Finish`] by reference.
+enum Outcome<'a> {
+    Completed(&'a str),
+    Failed(&'a str, bool),
+    Retry(&'a str, i64),
+    Cancelled,
+}
+
+/// Finds the attempt's running row and records `outcome` in it (cancelled instead, if a cancel
+/// was requested), counting the change.
+fn finish_row(
+    conn: &Connection,
+    a: &Attempt<'_>,
+    outcome: Outcome<'_>,
+    progress: Option<&str>,
+    now: i64,
+    tally: &mut Tally,
+) -> Result<Option<JobState>> {
     let Some(row) = fenced(conn, a)? else {
         return Ok(None);
     };
     let (rowid, cancelled) = (row.rowid, row.cancel_requested);
-    let state = match finish {
-        Finish::Completed { .. } => unreachable!("handled above"),
-        Finish::Failed {
-            error,
-            needs_review,
-        } => {
+    let state = match outcome {
+        Outcome::Completed(result) => {
+            let (sql, state) = if cancelled {
+                (COMPLETE_CANCELLED_SQL, JobState::Cancelled)
+            } else {
+                (COMPLETE_SQL, JobState::Completed)
+            };
+            conn.prepare_cached(sql)?
+                .execute(rusqlite::params![result, now, progress, rowid])?;
+            state
+        }
+        Outcome::Failed(error, needs_review) => {
             let state = if cancelled {
                 JobState::Cancelled
             } else {
                 JobState::Failed
             };
-            let needs_review = *needs_review && !cancelled;
             conn.prepare_cached(FAIL_SQL)?.execute(rusqlite::params![
                 error,
                 now,
                 progress,
                 rowid,
                 state.as_str(),
-                needs_review
+                needs_review && !cancelled
             ])?;
             state
         }
-        Finish::Retry { error, run_at } => {
+        Outcome::Retry(error, run_at) => {
             let (state, completed_at) = if cancelled {
                 (JobState::Cancelled, Some(now))
             } else {
@@ -190,7 +214,7 @@ pub(super) fn finish_job(
             ])?;
             state
         }
-        Finish::Cancelled => {
+        Outcome::Cancelled => {
             conn.prepare_cached(CANCEL_SQL)?.execute(rusqlite::params![
                 None::<String>,
                 now,
@@ -207,43 +231,4 @@ pub(super) fn finish_job(
         Some(state),
     );
     Ok(Some(state))
-}
-
-/// When an attempt ended, and its last progress report.
-struct Finished<'a> {
-    now: i64,
-    progress: Option<&'a str>,
-}
-
-impl Finished<'_> {
-    /// Records a completion: the job ends completed, or cancelled if a cancel was requested.
-    fn complete(
-        &self,
-        conn: &Connection,
-        a: &Attempt<'_>,
-        result: &str,
-        tally: &mut Tally,
-    ) -> Result<Option<JobState>> {
-        let Some(row) = fenced(conn, a)? else {
-            return Ok(None);
-        };
-        let (sql, state) = if row.cancel_requested {
-            (COMPLETE_CANCELLED_SQL, JobState::Cancelled)
-        } else {
-            (COMPLETE_SQL, JobState::Completed)
-        };
-        conn.prepare_cached(sql)?.execute(rusqlite::params![
-            result,
-            self.now,
-            self.progress,
-            row.rowid
-        ])?;
-        tally.moved(
-            &row.name,
-            row.key.as_deref(),
-            Some(JobState::Running),
-            Some(state),
-        );
-        Ok(Some(state))
-    }
 }
