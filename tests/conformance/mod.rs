@@ -240,10 +240,17 @@ impl Lab {
         }
     }
 
-    /// Counts a body running for `millis`, keeping the peak.
-    async fn hold(&self, millis: u64) {
+    /// Counts a body running for `millis` once `limit` bodies have run at once, keeping the peak.
+    async fn hold(&self, limit: u32, millis: u64) {
         let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
+        // Until the limit has been reached once, a body keeps its slot (for at most 10 s), so
+        // a slow machine cannot start the bodies one after another and leave the limit
+        // untested; a runtime that never reaches it shows as a peak under the limit.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.peak.load(Ordering::SeqCst) < limit && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(Duration::from_millis(millis)).await;
         self.now.fetch_sub(1, Ordering::SeqCst);
     }
@@ -458,13 +465,14 @@ async fn cf_fails_when_released(lab: String) -> Result<(), JobError> {
 
 #[llm_job(max_concurrency = 2)]
 async fn cf_limited(lab: String, n: u32) -> Result<u32, JobError> {
-    self::lab(&lab).hold(60).await;
+    self::lab(&lab).hold(2, 60).await;
     Ok(n)
 }
 
+/// Holds its slot until three bodies run at once: the global limit of the test that spawns it.
 #[llm_job]
 async fn cf_counted(lab: String, n: u32) -> Result<u32, JobError> {
-    self::lab(&lab).hold(50).await;
+    self::lab(&lab).hold(3, 50).await;
     Ok(n)
 }
 
