@@ -231,7 +231,13 @@ async fn show_prints_arguments_timings_usage_steps_and_result() {
         assert!(out.contains(part), "{part:?} missing:\n{out}");
     }
     let failed = ok(llmjobs(&f.url, &["show", &f.failed.to_string()]));
-    assert!(failed.contains("error         quota exhausted"), "{failed}");
+    // Each attempt's error, with when it ended.
+    assert!(
+        failed
+            .lines()
+            .any(|l| l.starts_with("  attempt 1     2") && l.ends_with(" UTC  quota exhausted")),
+        "{failed}"
+    );
 }
 
 #[tokio::test]

@@ -35,6 +35,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "functions find their schema",
         sql: include_str!("../../../migrations/postgres/0003_functions_find_their_schema.sql"),
     },
+    Migration {
+        version: 4,
+        description: "attempt errors",
+        sql: include_str!("../../../migrations/postgres/0004_attempt_errors.sql"),
+    },
 ];
 
 /// The newest migration this build knows.

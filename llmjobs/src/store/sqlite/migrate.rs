@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "counters kept by the writer",
         sql: include_str!("../../../migrations/sqlite/0005_counters_kept_by_the_writer.sql"),
     },
+    Migration {
+        version: 6,
+        description: "attempt errors",
+        sql: include_str!("../../../migrations/sqlite/0006_attempt_errors.sql"),
+    },
 ];
 
 /// The newest migration this build knows.
