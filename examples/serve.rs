@@ -15,8 +15,8 @@
 //! the README's "HTTP and dashboard" section shows:
 //!
 //! ```sh
-//! curl -si 'localhost:8787/jobs/llm_call?wait=5s' \
-//!   -d '{"request": {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}}'
+//! curl -si 'localhost:8787/jobs/llmjobs.llm_call?wait=5s' \
+//!   -d '{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}'
 //! ```
 
 use std::time::Duration;
@@ -30,7 +30,8 @@ use llmjobs_testkit::acceptance;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
         )
         .init();
     let mock = MockLlmServer::start().await?;

@@ -734,3 +734,74 @@ async fn the_dashboard_in_headless_chromium() {
     browser.screenshot("phone.png").await;
     browser.client.clone().close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_the_page_asks_for_it_once_and_sends_it() {
+    use fantoccini::Locator;
+
+    let server = Server::start(Some("s3cret")).await;
+    let browser = Browser::start().await;
+    let ids = &server.ids;
+    let press = async |selector: &str| {
+        let button = eventually(selector, async || {
+            browser.client.find(Locator::Css(selector)).await.ok()
+        })
+        .await;
+        button.click().await.unwrap();
+    };
+    let confirm_open = async || {
+        let open = browser
+            .eval("return document.getElementById('confirm').open;")
+            .await;
+        (open == json!(true)).then_some(())
+    };
+
+    // Reads need no token on loopback: the table fills without asking.
+    browser
+        .client
+        .goto(&format!("{}/#/jobs/{}", server.base, ids.pending))
+        .await
+        .unwrap();
+    press("#cancel-job").await;
+    eventually("the confirmation", confirm_open).await;
+    press("#confirm-ok").await;
+    // The cancel was refused (401): the page asks for the token, then sends it.
+    let input = eventually("the token dialog", async || {
+        let open = browser
+            .eval("return document.getElementById('token-dialog').open;")
+            .await;
+        if open != json!(true) {
+            return None;
+        }
+        browser.client.find(Locator::Css("#token-input")).await.ok()
+    })
+    .await;
+    browser.screenshot("token.png").await;
+    assert_eq!(server.state(ids.pending).await, JobState::Pending);
+    input.send_keys("s3cret").await.unwrap();
+    press("#token-form button[value='ok']").await;
+    eventually("the pending crawl to be cancelled", async || {
+        (server.state(ids.pending).await == JobState::Cancelled).then_some(())
+    })
+    .await;
+
+    // Asked once: the next change goes through with the kept token.
+    browser
+        .client
+        .goto(&format!("{}/#/jobs/{}", server.base, ids.failed))
+        .await
+        .unwrap();
+    press("#retry-job").await;
+    eventually("the confirmation", confirm_open).await;
+    press("#confirm-ok").await;
+    eventually("the failed job to be retried", async || {
+        let status = server.jobs.status(ids.failed).await.unwrap();
+        (status.earlier_runs.len() == 1).then_some(())
+    })
+    .await;
+    let asked_again = browser
+        .eval("return document.getElementById('token-dialog').open;")
+        .await;
+    assert_eq!(asked_again, json!(false));
+    browser.client.clone().close().await.unwrap();
+}

@@ -118,7 +118,7 @@ function matches(job) {
 function row(job) {
   const tr = el('tr', { 'data-id': job.id, 'data-state': job.state, 'data-created': job.created_at },
     el('td', {}, el('a', { href: '#/jobs/' + job.id, class: 'mono', title: job.id,
-      text: job.id.slice(0, 13) + '…' })),
+      text: '…' + job.id.slice(-8) })),
     el('td', { text: job.name }),
     el('td', {}, stateBadge(job)),
     el('td', {}, progressCell(job)),
@@ -303,7 +303,7 @@ function drawJob(detail) {
     run.ended_at_ms ? when(new Date(run.ended_at_ms).toISOString()) : '—']);
   runs.push(['this run', stateBadge(job), job.attempts + ' of ' + job.max_attempts,
     job.error || '—', when(job.completed_at)]);
-  parts.push(section('Attempts', table(['Run', 'Ended as', 'Attempts', 'Last error', 'Ended'], runs)));
+  parts.push(section('Attempts', table(['Run', 'State', 'Attempts', 'Last error', 'Ended'], runs)));
   parts.push(section('Step journal', detail.steps.length
     ? table(['#', 'Step', 'Output', 'Recorded'], detail.steps.map((s) => [
       String(s.position), s.name, s.size + ' B', when(s.recorded_at)]))
