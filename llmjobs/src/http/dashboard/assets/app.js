@@ -32,8 +32,15 @@ async function api(path, method = 'GET') {
   return body;
 }
 
-// Asks for the token (once: it is kept for this tab); true if one was given.
-async function askToken() {
+// Asks for the token (once: it is kept for this tab); true if one was given. Requests refused
+// at the same moment share one question.
+let asking = null;
+function askToken() {
+  if (!asking) asking = promptToken().finally(() => { asking = null; });
+  return asking;
+}
+
+async function promptToken() {
   sessionStorage.removeItem(TOKEN_KEY);
   const dialog = $('token-dialog');
   $('token-input').value = '';
