@@ -40,10 +40,46 @@
 //! without one. Request bodies are bounded ([`HttpApi::body_limit`], 1 MiB by default) and so
 //! are waits ([`HttpApi::max_wait`], 5 minutes by default).
 //!
-//! The API uses only the public API of [`Jobs`]: it serves what any process sharing the
-//! database could.
+//! **Cross-site requests.** A browser's request to a mutating route is refused with `403`
+//! unless it comes from the API's own origin (`Sec-Fetch-Site: same-origin`, or an `Origin`
+//! equal to the `Host`) and carries the `X-Llmjobs-Request` header, which no cross-site form
+//! can send: a page on another site cannot submit, cancel or retry jobs through a visitor's
+//! browser. Requests without `Origin` or `Sec-Fetch-Site` (curl, SDKs, other servers) are not
+//! concerned.
+//!
+//! ## The dashboard
+//!
+//! With [`HttpApi::dashboard`], `/` serves a web page over the same routes: the jobs, filtered
+//! by state and name or found by id, updated live; counts by state and a chart of the last
+//! hour's completions and failures; a page per job with its arguments, result or error, its
+//! attempts and earlier runs, its progress and stage, its step journal, tokens and cost; and
+//! buttons to cancel and retry, each confirmed first. The page is plain HTML, CSS and
+//! JavaScript compiled into the binary: it fetches nothing from elsewhere. With a token in
+//! force it asks for it once and keeps it for the browser tab (`sessionStorage`).
+//!
+//! ```no_run
+//! # async fn demo(jobs: llmjobs::Jobs) -> llmjobs::Result<()> {
+//! use llmjobs::{Inspector, http::HttpApi};
+//! let inspector = Inspector::open("sqlite://jobs.db").await?;
+//! HttpApi::new(jobs).dashboard(inspector).serve().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! | Dashboard route | What it is |
+//! |---|---|
+//! | `GET /` | the page |
+//! | `GET /dashboard/app.js`, `GET /dashboard/app.css` | its script and style |
+//! | `GET /dashboard/overview` | counts by state, by name, and per-minute completions, failures and cancellations over the last hour |
+//! | `GET /dashboard/jobs/{id}` | a job with its arguments, result, earlier runs, step journal, tokens and cost |
+//! | `GET /dashboard/events?job={id}` | Server-Sent Events for every job: `counts` when they change, `job` when a recent or running job (or `job`) changes |
+//!
+//! The API uses only the public API of [`Jobs`] (and the dashboard that of [`Inspector`]): it
+//! serves what any process sharing the database could.
 
 mod auth;
+mod csrf;
+mod dashboard;
 mod error;
 mod routes;
 mod sse;
@@ -53,7 +89,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Error, Jobs, Result};
+use crate::{Error, Inspector, Jobs, Result};
 
 /// The environment variable that holds the bearer token, when [`HttpApi::token`] does not set
 /// one.
@@ -72,6 +108,7 @@ pub struct HttpApi {
     body_limit: usize,
     max_wait: Duration,
     addr: SocketAddr,
+    dashboard: Option<Inspector>,
 }
 
 impl std::fmt::Debug for HttpApi {
@@ -81,6 +118,7 @@ impl std::fmt::Debug for HttpApi {
             .field("body_limit", &self.body_limit)
             .field("max_wait", &self.max_wait)
             .field("addr", &self.addr)
+            .field("dashboard", &self.dashboard.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -105,6 +143,7 @@ impl HttpApi {
             body_limit: 1024 * 1024,
             max_wait: Duration::from_secs(300),
             addr: DEFAULT_ADDR,
+            dashboard: None,
         }
     }
 
@@ -141,6 +180,14 @@ impl HttpApi {
         self
     }
 
+    /// Serves the web dashboard at `/` too, reading arguments, results, step journals and the
+    /// last hour's throughput through `inspector` (opened on the same database as the
+    /// [`Jobs`]). See [the module documentation](self#the-dashboard).
+    pub fn dashboard(mut self, inspector: Inspector) -> Self {
+        self.dashboard = Some(inspector);
+        self
+    }
+
     /// The routes, to mount (`nest`) in an axum application. The token applies to mutating
     /// routes; the application decides who reaches the rest.
     pub fn router(self) -> axum::Router {
@@ -154,7 +201,11 @@ impl HttpApi {
             token: self.token,
             token_for_reads,
         });
-        routes::routes(state, self.body_limit)
+        let mut router = routes::routes(state.clone(), self.body_limit);
+        if let Some(inspector) = self.dashboard {
+            router = router.merge(dashboard::routes(state, inspector));
+        }
+        router.layer(axum::middleware::from_fn(csrf::refuse_cross_site))
     }
 
     /// Binds [`HttpApi::addr`] and serves the API until the task is dropped or the listener
