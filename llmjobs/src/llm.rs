@@ -55,6 +55,7 @@
 //! With the `mock` feature, [`mock::MockLlmServer`] serves both APIs on loopback for tests and
 //! demos.
 
+mod batch;
 mod breaker;
 mod client;
 mod error;
@@ -72,13 +73,19 @@ mod router;
 mod stream;
 mod validate;
 
+pub use batch::{
+    BatchInfo, BatchItemError, BatchItemErrorKind, BatchItemResult, BatchRequest, BatchState,
+};
 pub use breaker::CircuitBreaker;
 pub use client::{LlmClient, LlmClientBuilder};
 pub use error::LlmError;
 pub use escalation::Stage;
-pub use job::{JobLlm, LlmCall, UsageTotals, llm_call};
+pub use job::{
+    BatchOptions, BatchOutput, JobLlm, LlmBatch, LlmCall, UsageTotals, llm_batch, llm_batch_with,
+    llm_call,
+};
 pub use limits::RateLimit;
-pub use pricing::Price;
+pub use pricing::{BATCH_PRICE_FACTOR, Price};
 pub use request::{
     ChatRequest, Content, ContentPart, DEFAULT_LONG_RUNNING_PATTERNS, ImageUrl, Message,
     ResponseFormat, RetryConfig, Role, WaitFor,
