@@ -69,7 +69,10 @@ impl BatchState {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            BatchState::Completed | BatchState::Expired | BatchState::Failed | BatchState::Cancelled
+            BatchState::Completed
+                | BatchState::Expired
+                | BatchState::Failed
+                | BatchState::Cancelled
         )
     }
 
@@ -157,9 +160,9 @@ impl BatchItemError {
     /// missing, or failed with a rate limit or a server error.
     pub fn is_retryable(&self) -> bool {
         match self.kind {
-            BatchItemErrorKind::Failed => self
-                .status
-                .is_some_and(super::error::is_retryable_status),
+            BatchItemErrorKind::Failed => {
+                self.status.is_some_and(super::error::is_retryable_status)
+            }
             _ => true,
         }
     }
@@ -215,7 +218,10 @@ impl LlmClient {
             if !seen.insert(item.custom_id.as_str()) {
                 return Err(invalid(
                     model,
-                    format!("the custom id `{}` is used twice in the batch", item.custom_id),
+                    format!(
+                        "the custom id `{}` is used twice in the batch",
+                        item.custom_id
+                    ),
                 ));
             }
             let resolved = self.resolve(model)?;
@@ -450,10 +456,7 @@ impl LlmClient {
         Ok(response)
     }
 
-    fn batch_provider_named(
-        &self,
-        name: &str,
-    ) -> Result<std::sync::Arc<ProviderConfig>, LlmError> {
+    fn batch_provider_named(&self, name: &str) -> Result<std::sync::Arc<ProviderConfig>, LlmError> {
         self.provider_named(name).ok_or_else(|| {
             LlmError::Config(format!(
                 "the batch's provider `{name}` is not configured in this client"

@@ -49,8 +49,15 @@ pub(super) async fn upload(
         .map_err(|e| LlmError::Config(format!("cannot build the upload: {e}")))?;
     let form = Form::new().text("purpose", "batch").part("file", file);
     let url = format!("{}/files", provider.base_url);
-    let value = wire::send_json(client, provider, Method::POST, url, Body::Form(form), "file upload")
-        .await?;
+    let value = wire::send_json(
+        client,
+        provider,
+        Method::POST,
+        url,
+        Body::Form(form),
+        "file upload",
+    )
+    .await?;
     wire::str_at(&value, "id").ok_or_else(|| missing(provider, "id", &value))
 }
 
@@ -77,7 +84,9 @@ async fn find_file(
                 return Ok(wire::str_at(file, "id"));
             }
         }
-        after = data.and_then(|d| d.last()).and_then(|f| wire::str_at(f, "id"));
+        after = data
+            .and_then(|d| d.last())
+            .and_then(|f| wire::str_at(f, "id"));
         if page.get("has_more").and_then(Value::as_bool) != Some(true) || after.is_none() {
             break;
         }
@@ -104,7 +113,9 @@ pub(super) async fn find(
                 return parse(provider, batch).map(Some);
             }
         }
-        after = data.and_then(|d| d.last()).and_then(|b| wire::str_at(b, "id"));
+        after = data
+            .and_then(|d| d.last())
+            .and_then(|b| wire::str_at(b, "id"));
         if page.get("has_more").and_then(Value::as_bool) != Some(true) || after.is_none() {
             break;
         }

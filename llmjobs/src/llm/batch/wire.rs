@@ -149,4 +149,3 @@ fn transport(ctx: CallCtx<'_>, error: reqwest::Error) -> LlmError {
         source: error,
     }
 }
-

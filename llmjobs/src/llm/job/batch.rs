@@ -231,7 +231,11 @@ impl Runner {
             if again.is_empty() {
                 break;
             }
-            tracing::info!(round, requests = again.len(), "resubmitting requests as a new batch");
+            tracing::info!(
+                round,
+                requests = again.len(),
+                "resubmitting requests as a new batch"
+            );
             pending = again;
             round += 1;
         }
@@ -368,12 +372,14 @@ impl Runner {
             }
         }
         output.results = results;
-        let mut report = Progress::stage("batch").with_fraction(1.0).with_message(format!(
-            "batch over: {} done, {} failed, of {}",
-            output.succeeded,
-            output.failed,
-            output.results.len()
-        ));
+        let mut report = Progress::stage("batch")
+            .with_fraction(1.0)
+            .with_message(format!(
+                "batch over: {} done, {} failed, of {}",
+                output.succeeded,
+                output.failed,
+                output.results.len()
+            ));
         if let Some(totals) = totals {
             report = report
                 .with_tokens(totals.input_tokens, totals.output_tokens)
@@ -430,8 +436,7 @@ impl CancelWatch {
             if !watched.cancel_was_requested().await {
                 return;
             }
-            match tokio::time::timeout(CANCEL_TIMEOUT, client.batch_cancel(&provider, &id)).await
-            {
+            match tokio::time::timeout(CANCEL_TIMEOUT, client.batch_cancel(&provider, &id)).await {
                 Ok(Ok(info)) => {
                     tracing::info!(batch = %id, state = %info.state, "job cancelled: provider batch cancelled")
                 }
