@@ -168,11 +168,24 @@ impl BatchItemError {
     }
 }
 
+impl BatchItemErrorKind {
+    /// The kind's name: `failed`, `expired`, `cancelled`, `missing`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BatchItemErrorKind::Failed => "failed",
+            BatchItemErrorKind::Expired => "expired",
+            BatchItemErrorKind::Cancelled => "cancelled",
+            BatchItemErrorKind::Missing => "missing",
+        }
+    }
+}
+
 impl std::fmt::Display for BatchItemError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = self.kind.as_str();
         match self.status {
-            Some(status) => write!(f, "{:?} (HTTP {status}): {}", self.kind, self.message),
-            None => write!(f, "{:?}: {}", self.kind, self.message),
+            Some(status) => write!(f, "{kind} (HTTP {status}): {}", self.message),
+            None => write!(f, "{kind}: {}", self.message),
         }
     }
 }
@@ -185,6 +198,19 @@ pub struct BatchItemResult {
     pub custom_id: String,
     /// The answer (its cost at the batch price), or why there is none.
     pub outcome: Result<ChatResponse, BatchItemError>,
+}
+
+/// Why a request has no result: the batch's own errors, when it failed as a whole.
+fn missing_message(batch: &BatchInfo) -> String {
+    let mut message = format!(
+        "batch {} ({}) has no result for this request",
+        batch.id, batch.state
+    );
+    if !batch.errors.is_empty() {
+        message.push_str(": ");
+        message.push_str(&batch.errors.join("; "));
+    }
+    message
 }
 
 /// The provider a batch goes to, and the wire model of each request.
@@ -399,10 +425,7 @@ impl LlmClient {
                     None => Err(BatchItemError {
                         kind: BatchItemErrorKind::Missing,
                         status: None,
-                        message: format!(
-                            "batch {} ({}) has no result for this request",
-                            batch.id, batch.state
-                        ),
+                        message: missing_message(batch),
                     }),
                 };
                 BatchItemResult {
