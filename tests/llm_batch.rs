@@ -478,3 +478,39 @@ async fn a_batch_that_cannot_be_sent_fails_at_once_naming_the_problem() {
     assert_eq!(mock.request_count(), 0);
     jobs.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_a_restart_resumes_the_batch_without_resubmitting() {
+    let Some(url) = llmjobs_testkit::pg::pg_url().await else {
+        return;
+    };
+    let mock = MockLlmServer::start().await.unwrap();
+    mock.set_batch_clock(MockBatchClock::Polls(1_000));
+    let open = || async {
+        Jobs::builder()
+            .url(url.as_str())
+            .llm(client(&mock))
+            .shutdown_grace(Duration::from_millis(100))
+            .open()
+            .await
+            .unwrap()
+    };
+    let first = open().await;
+    let handle = first
+        .spawn(llm_batch_with(requests(ANTHROPIC, &["one", "two"]), fast()))
+        .await
+        .unwrap();
+    eventually("the batch to be polled", || {
+        mock.batches().first().is_some_and(|b| b.polls >= 2)
+    })
+    .await;
+    first.shutdown().await;
+    mock.set_batch_clock(MockBatchClock::Polls(1));
+
+    let second = open().await;
+    let output: BatchOutput = second.handle(handle.id()).wait().await.unwrap();
+    assert_eq!(output.succeeded, 2);
+    assert_eq!(output.answer("req-1").unwrap().text, "Mock answer to: two");
+    assert_eq!(mock.batches().len(), 1, "the batch was submitted once");
+    second.shutdown().await;
+}
