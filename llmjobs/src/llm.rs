@@ -12,6 +12,10 @@
 //! - [`LlmClient::call_with`] runs every HTTP attempt through an [`AttemptRunner`], so a job
 //!   can journal each one.
 //!
+//! Provider batches (OpenAI's Batch API, Anthropic's Message Batches; half the price, answered
+//! within hours) run as the durable job [`llm_batch`]; the provider calls underneath are
+//! [`LlmClient::batch_create`] and its siblings.
+//!
 //! Rate limits ([`RateLimit`]), prices ([`Price`]) and providers ([`ProviderConfig`]) are set on
 //! the [`LlmClientBuilder`], or from the environment with [`LlmClient::from_env`].
 //!
