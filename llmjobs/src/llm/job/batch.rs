@@ -24,8 +24,10 @@ use crate::{Job, JobCall, JobContext, JobError, Progress};
 /// How long a cancelled job tries to cancel its provider batch.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How an [`llm_batch_with`] job polls and resubmits.
+/// How an [`llm_batch_with`] job polls and resubmits. Fields left out of its JSON form take
+/// their defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct BatchOptions {
     /// The first wait between two polls of the provider (default 10 s).
