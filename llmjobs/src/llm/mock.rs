@@ -6,6 +6,10 @@
 //! request or per model, to simulate rate limits, server errors, malformed bodies, truncated
 //! streams and dropped connections. It records every request it receives.
 //!
+//! It also serves both batch APIs (OpenAI's `/v1/files` and `/v1/batches`, Anthropic's
+//! `/v1/messages/batches`) on a fast clock ([`MockBatchClock`]), with per-request errors and
+//! expiry, for `llm_batch`.
+//!
 //! ```
 //! use llmjobs::llm::mock::{MockLlmServer, MockReply, MockRoute};
 //! use llmjobs::llm::{ChatRequest, RetryPolicy};
@@ -26,6 +30,7 @@
 //! # }
 //! ```
 
+mod batch;
 mod reply;
 
 use std::collections::{HashMap, VecDeque};
@@ -50,6 +55,7 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{LlmClientBuilder, ProviderConfig};
+pub use batch::{MockBatch, MockBatchApi, MockBatchClock};
 pub use reply::MockReply;
 use reply::{Prompt, Wire};
 
@@ -108,6 +114,7 @@ struct State {
     model_defaults: Mutex<HashMap<String, MockReply>>,
     requests: Mutex<Vec<ReceivedRequest>>,
     serial: AtomicU64,
+    batches: batch::Batches,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -331,6 +338,9 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 struct Dropped;
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<MockBody>, Dropped> {
+    if batch::serves(req.uri().path()) {
+        return Ok(batch::handle(req, &state).await);
+    }
     let route = match (req.method(), req.uri().path()) {
         (&Method::POST, "/v1/chat/completions" | "/chat/completions") => MockRoute::OpenAiChat,
         (&Method::POST, "/v1/messages") => MockRoute::AnthropicMessages,
