@@ -45,9 +45,16 @@
 
 mod auth;
 mod error;
+mod limits;
+#[cfg(feature = "llm")]
+mod openai;
+mod openapi;
+mod redact;
 mod routes;
 mod sse;
 mod view;
+
+pub use redact::DEFAULT_REDACTED_FIELDS;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,8 +76,11 @@ pub const DEFAULT_ADDR: SocketAddr =
 pub struct HttpApi {
     jobs: Jobs,
     token: Option<String>,
+    open_changes: bool,
+    redacted: Vec<String>,
     body_limit: usize,
     max_wait: Duration,
+    sse: limits::SseLimits,
     addr: SocketAddr,
 }
 
@@ -78,6 +88,9 @@ impl std::fmt::Debug for HttpApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpApi")
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("open_changes", &self.open_changes)
+            .field("redacted", &self.redacted)
+            .field("sse", &self.sse)
             .field("body_limit", &self.body_limit)
             .field("max_wait", &self.max_wait)
             .field("addr", &self.addr)
@@ -93,17 +106,36 @@ pub(crate) struct State {
     pub(crate) token: Option<String>,
     /// Whether reads need the token too (served beyond loopback).
     pub(crate) token_for_reads: bool,
+    /// Whether, without a token, mutating routes are open to anyone
+    /// ([`HttpApi::allow_unauthenticated_changes`]).
+    pub(crate) open_changes: bool,
+    /// Hides secrets in every argument, result and progress report shown.
+    pub(crate) redact: redact::Redactor,
+    /// How many event streams may be open, and how long one may sit idle.
+    pub(crate) sse: limits::SseGate,
 }
 
 impl HttpApi {
     /// The API over `jobs`, with the token from `LLMJOBS_HTTP_TOKEN` if it is set (and not
-    /// empty), a body limit of 1 MiB, waits of at most 5 minutes, and [`DEFAULT_ADDR`].
+    /// empty), a body limit of 1 MiB, waits of at most 5 minutes, at most 64 event streams
+    /// idle for at most 5 minutes each, [`DEFAULT_REDACTED_FIELDS`] hidden, and
+    /// [`DEFAULT_ADDR`].
+    ///
+    /// Without a token, the mutating routes (submit, cancel, retry, chat completions) answer
+    /// `401` until [`HttpApi::token`] sets one or [`HttpApi::allow_unauthenticated_changes`]
+    /// opens them.
     pub fn new(jobs: Jobs) -> Self {
         HttpApi {
             jobs,
             token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+            open_changes: false,
+            redacted: DEFAULT_REDACTED_FIELDS
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
             body_limit: 1024 * 1024,
             max_wait: Duration::from_secs(300),
+            sse: limits::SseLimits::default(),
             addr: DEFAULT_ADDR,
         }
     }
@@ -115,10 +147,47 @@ impl HttpApi {
         self
     }
 
-    /// No token, even if `LLMJOBS_HTTP_TOKEN` is set: anyone who reaches the port may submit,
-    /// cancel and retry. Serving beyond loopback still refuses to start without one.
+    /// No token, even if `LLMJOBS_HTTP_TOKEN` is set. The mutating routes then answer `401`
+    /// unless [`HttpApi::allow_unauthenticated_changes`] opens them; serving beyond loopback
+    /// refuses to start.
     pub fn no_token(mut self) -> Self {
         self.token = None;
+        self
+    }
+
+    /// Without a token, lets anyone who reaches the API submit, cancel and retry jobs, instead
+    /// of answering `401`. For loopback and for applications that authenticate requests
+    /// before they reach the router. A token, when set, is still required; served beyond
+    /// loopback, every route needs one whatever this says.
+    pub fn allow_unauthenticated_changes(mut self) -> Self {
+        self.open_changes = true;
+        self
+    }
+
+    /// The field names whose values are hidden (`"[redacted]"`) in every argument, result and
+    /// progress report the API shows, at any depth; replaces [`DEFAULT_REDACTED_FIELDS`].
+    /// Names match without regard to case, `-` or `_`, and also as a suffix: `api_key` hides
+    /// `openai_api_key` and `X-Api-Key` too.
+    pub fn redact_fields<I, S>(mut self, fields: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.redacted = fields.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How many event streams (`GET /jobs/{id}/events`) may be open at once (default 64);
+    /// one more is answered `503` with `Retry-After`.
+    pub fn max_event_streams(mut self, streams: usize) -> Self {
+        self.sse.max_streams = streams;
+        self
+    }
+
+    /// How long an event stream may go without an event before it is closed (default 5
+    /// minutes; keep-alive comments do not count). A client reconnects with `Last-Event-ID`.
+    pub fn event_stream_idle(mut self, idle: Duration) -> Self {
+        self.sse.idle = idle;
         self
     }
 
@@ -153,6 +222,9 @@ impl HttpApi {
             max_wait: self.max_wait,
             token: self.token,
             token_for_reads,
+            open_changes: self.open_changes,
+            redact: redact::Redactor::new(&self.redacted),
+            sse: limits::SseGate::new(self.sse),
         });
         routes::routes(state, self.body_limit)
     }
@@ -181,6 +253,16 @@ impl HttpApi {
         axum::serve(listener, self.router_for(exposed)).await?;
         Ok(())
     }
+}
+
+/// Every route the API serves, as a method and a path relative to where it is mounted
+/// (`/jobs/{job}`, with the OpenAI-compatible endpoint when the `llm` feature is on). The
+/// router is built from this list, and `GET /openapi.json` documents each entry.
+pub fn served_routes() -> Vec<(axum::http::Method, &'static str)> {
+    routes::table()
+        .into_iter()
+        .map(|route| (route.method, route.path))
+        .collect()
 }
 
 /// The HTTP job API over `jobs`, to mount in an axum application (see the [module](self)
