@@ -34,7 +34,7 @@ async fn held(ctx: JobContext, gate: String, report: bool) -> Result<String, Job
     if report {
         ctx.progress(0.5, "halfway").await;
     }
-    while !OPEN_GATES.lock().unwrap().iter().any(|g| *g == gate) {
+    while !OPEN_GATES.lock().unwrap().contains(&gate) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(format!("{gate} done"))

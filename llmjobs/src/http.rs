@@ -7,9 +7,12 @@
 //!
 //! ```no_run
 //! # async fn demo(jobs: llmjobs::Jobs) -> llmjobs::Result<()> {
-//! // In an axum application of your own:
-//! let app = axum::Router::new().nest("/api", llmjobs::http::router(jobs.clone()));
-//! // Or alone, on loopback:
+//! use llmjobs::http::HttpApi;
+//!
+//! // In an axum application of your own, which authenticates requests itself:
+//! let api = HttpApi::new(jobs.clone()).allow_unauthenticated_changes().router();
+//! let app = axum::Router::new().nest("/api", api);
+//! // Or alone, on loopback, with the token from LLMJOBS_HTTP_TOKEN:
 //! jobs.serve("127.0.0.1:8787").await?;
 //! # Ok(())
 //! # }
@@ -23,7 +26,11 @@
 //! | `GET /jobs?state=&name=&cursor=&limit=` | jobs, newest first, a page at a time (`next_cursor`) |
 //! | `DELETE /jobs/{id}` | cancels the job |
 //! | `POST /jobs/{id}/retry` | puts a failed or cancelled job back to pending |
-//! | `GET /jobs/{id}/events` | Server-Sent Events: each progress report, then the job as it ended |
+//! | `GET /jobs/{id}/events` | Server-Sent Events: the job's status, each progress report, then the job as it ended; numbered, resumable with `Last-Event-ID` |
+//! | `GET /openapi.json` | this API as an OpenAPI 3.1 document |
+//! | `POST /v1/chat/completions` | (feature `llm`) an OpenAI-compatible endpoint whose calls are durable `llm_call` jobs: the completion if it arrives within `X-Llmjobs-Wait` (30 s by default), streaming included; else `202` with the job to poll at `/jobs/{id}`. A long-running model (`max/*`) answers `202` at once. |
+//!
+//! [`served_routes`] lists them; the router is built from that list.
 //!
 //! A job that ended is shown the same way whether it completed, failed or was cancelled: `200`,
 //! its `state`, and its `result` or `error`. A wait never changes the job.
@@ -32,13 +39,22 @@
 //! job id or name (naming the known names), `422` for arguments that do not deserialize (with
 //! `"path"`, the field that failed), `413` for a body over the limit, `409` for a conflict
 //! (an idempotency key held by other work, retrying a job that has not failed), `401` without
-//! the token.
+//! the token, `503` past the limit of open event streams. `/v1/chat/completions` answers in
+//! OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`.
 //!
-//! **Security.** With a token ([`HttpApi::token`], or the `LLMJOBS_HTTP_TOKEN` environment
-//! variable), the mutating routes (submit, cancel, retry) need `Authorization: Bearer <token>`.
-//! Served on an address other than loopback, every route needs it, and serving refuses to start
-//! without one. Request bodies are bounded ([`HttpApi::body_limit`], 1 MiB by default) and so
-//! are waits ([`HttpApi::max_wait`], 5 minutes by default).
+//! **Security.**
+//! - It listens on loopback ([`DEFAULT_ADDR`]) unless told otherwise.
+//! - The mutating routes (submit, cancel, retry, chat completions) need `Authorization: Bearer
+//!   <token>` with the token of [`HttpApi::token`] or `LLMJOBS_HTTP_TOKEN`. Without a token they
+//!   answer `401`, saying how to set one, unless [`HttpApi::allow_unauthenticated_changes`]
+//!   opens them. Served on an address other than loopback, every route needs the token, and
+//!   serving refuses to start without one.
+//! - Results and progress reports are shown with secret-named fields (`api_key`, `password`,
+//!   `token`, … at any depth: [`DEFAULT_REDACTED_FIELDS`], [`HttpApi::redact_fields`]) replaced
+//!   by `"[redacted]"`.
+//! - Request bodies are bounded ([`HttpApi::body_limit`], 1 MiB by default), and so are waits
+//!   ([`HttpApi::max_wait`], 5 minutes), open event streams ([`HttpApi::max_event_streams`],
+//!   64) and their idle time ([`HttpApi::event_stream_idle`], 5 minutes).
 //!
 //! The API uses only the public API of [`Jobs`]: it serves what any process sharing the
 //! database could.
@@ -211,7 +227,9 @@ impl HttpApi {
     }
 
     /// The routes, to mount (`nest`) in an axum application. The token applies to mutating
-    /// routes; the application decides who reaches the rest.
+    /// routes (or, without one, they are refused unless
+    /// [`HttpApi::allow_unauthenticated_changes`]); the application decides who reaches the
+    /// rest.
     pub fn router(self) -> axum::Router {
         self.router_for(false)
     }
@@ -266,7 +284,8 @@ pub fn served_routes() -> Vec<(axum::http::Method, &'static str)> {
 }
 
 /// The HTTP job API over `jobs`, to mount in an axum application (see the [module](self)
-/// documentation). `HttpApi::new(jobs).router()`.
+/// documentation). `HttpApi::new(jobs).router()`: without `LLMJOBS_HTTP_TOKEN`, its mutating
+/// routes answer `401`; use [`HttpApi`] to set a token or open them.
 pub fn router(jobs: Jobs) -> axum::Router {
     HttpApi::new(jobs).router()
 }
@@ -274,7 +293,8 @@ pub fn router(jobs: Jobs) -> axum::Router {
 impl Jobs {
     /// Serves the HTTP job API on `addr` (`"127.0.0.1:8787"`) until the task is dropped: for
     /// programs without a web server of their own. See [`llmjobs::http`](crate::http) for the
-    /// routes and [`HttpApi`] for the settings.
+    /// routes and [`HttpApi`] for the settings. Changing jobs needs the token from
+    /// `LLMJOBS_HTTP_TOKEN`; without one, use [`HttpApi::allow_unauthenticated_changes`].
     pub async fn serve(&self, addr: impl tokio::net::ToSocketAddrs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         HttpApi::new(self.clone()).serve_on(listener).await

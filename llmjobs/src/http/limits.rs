@@ -40,19 +40,21 @@ impl SseGate {
         }
     }
 
-    /// A permit held for as long as the stream is open; `503` with `Retry-After` if every
-    /// one is taken.
-    pub(crate) fn admit(&self) -> Result<OwnedSemaphorePermit, Response> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            let mut response = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many event streams are open; try again shortly",
-            )
-            .into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            response
-        })
+    /// A permit held for as long as the stream is open; `None` if every one is taken.
+    pub(crate) fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
     }
+}
+
+/// The answer when every stream is taken: `503` with `Retry-After`.
+pub(crate) fn busy() -> Response {
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many event streams are open; try again shortly",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
 }

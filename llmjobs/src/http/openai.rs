@@ -93,20 +93,18 @@ pub(crate) async fn chat_completions(
     let background = state.jobs.is_long_running(&call);
     let wait = call.wait_limit().map_or(wait, |limit| limit.min(wait));
     // A stream holds its place among the open streams; take it before starting the call.
-    let permit = match (request.stream && !background)
-        .then(|| state.sse.admit())
-        .transpose()
-    {
-        Ok(permit) => permit,
-        Err(busy) => {
-            let status = busy.status();
+    let permit = if request.stream && !background {
+        let Some(permit) = state.sse.admit() else {
             return Err(OpenAiError::new(
-                status,
-                kind_of(status),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rate_limit_error",
                 None,
                 "too many streams are open; try again shortly",
             ));
-        }
+        };
+        Some(permit)
+    } else {
+        None
     };
     let handle = state.jobs.spawn(call).await?;
     let id = handle.id();

@@ -72,9 +72,9 @@ impl Modify for BearerScheme {
 /// The whole document: the job routes, and the OpenAI-compatible endpoint when the `llm`
 /// feature is on.
 pub(crate) fn document() -> Document {
-    let mut doc = JobsApi::openapi();
+    let doc = JobsApi::openapi();
     #[cfg(feature = "llm")]
-    doc.merge(super::openai::OpenAiApi::openapi());
+    let doc = doc.merge_from(super::openai::OpenAiApi::openapi());
     doc
 }
 

@@ -49,9 +49,8 @@ pub(crate) async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
-    let permit = match state.sse.admit() {
-        Ok(permit) => permit,
-        Err(busy) => return Ok(busy),
+    let Some(permit) = state.sse.admit() else {
+        return Ok(super::limits::busy());
     };
     let first = view(&state, id).await?;
     let resumed_from: Option<u64> = headers
