@@ -276,3 +276,32 @@ async fn a_call_that_fails_within_the_wait_is_an_error_naming_its_job() {
     assert!(body["error"]["job_id"].is_string(), "{body}");
     assert!(!headers.contains_key("location"));
 }
+
+#[tokio::test]
+async fn a_chat_stream_with_no_output_for_the_idle_time_closes_naming_its_job() {
+    let server = Server::with(|api| api.event_stream_idle(Duration::from_millis(300))).await;
+    let body = json!({
+        "model": "openai/gpt-4o-mini",
+        "stream": true,
+        "messages": [{"role": "user", "content": "slow question"}],
+    });
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = response.headers()["x-llmjobs-job-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let text = tokio::time::timeout(Duration::from_secs(30), response.text())
+        .await
+        .expect("the idle stream closed")
+        .unwrap();
+    assert!(text.contains(r#""code":"stream_idle""#), "{text}");
+    assert!(text.contains(&id), "the error names the job: {text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+}
