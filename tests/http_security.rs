@@ -356,3 +356,11 @@ async fn a_reconnect_after_the_job_ended_gets_the_outcome() {
     );
     assert!(events[2].2.contains(r#""result":"after done""#), "{text}");
 }
+
+#[tokio::test]
+async fn it_listens_on_loopback_unless_told_otherwise() {
+    assert!(llmjobs::http::DEFAULT_ADDR.ip().is_loopback());
+    let jobs = Jobs::open("sqlite::memory:").await.unwrap();
+    let api = format!("{:?}", HttpApi::new(jobs));
+    assert!(api.contains("addr: 127.0.0.1:8787"), "{api}");
+}
