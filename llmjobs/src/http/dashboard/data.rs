@@ -96,8 +96,8 @@ pub(crate) async fn job(
     let owner = record.status.owner.clone();
     let earlier_runs = record.status.earlier_runs.clone();
     Ok(Json(json!({
-        "job": JobView::new(record.status, record.result),
-        "args": record.args,
+        "job": JobView::new(record.status, record.result, &dash.api.redact),
+        "args": dash.api.redact.applied(record.args),
         "owner": owner,
         "earlier_runs": earlier_runs,
         "steps": steps,
