@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use llmjobs::http::HttpApi;
-use llmjobs::{Inspector, JobContext, JobError, JobId, JobState, Jobs, Progress, llm_job};
+use llmjobs::{JobContext, JobError, JobId, JobState, Jobs, Progress, llm_job};
 use llmjobs_testkit::TempDb;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -98,11 +98,11 @@ impl Server {
             .open()
             .await
             .unwrap();
-        let inspector = Inspector::open(&db.url()).await.unwrap();
-        let api = HttpApi::new(jobs.clone()).dashboard(inspector);
+        // The dashboard is on by default, reading through an inspector it opens itself.
+        let api = HttpApi::new(jobs.clone());
         let api = match token {
             Some(token) => api.token(token),
-            None => api.no_token(),
+            None => api.no_token().allow_unauthenticated_changes(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -190,6 +190,48 @@ async fn the_page_and_its_assets_come_from_the_binary_and_fetch_nothing_elsewher
     let page = page.text().await.unwrap();
     assert!(page.contains(r#"src="dashboard/app.js""#));
     assert!(page.contains(r#"name="viewport""#), "laid out for phones");
+}
+
+#[tokio::test]
+async fn without_a_dashboard_only_the_job_api_is_served() {
+    let db = TempDb::new();
+    let jobs = Jobs::open(&db.url()).await.unwrap();
+    let app = HttpApi::new(jobs.clone()).no_dashboard().router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::new();
+    for path in ["/", "/dashboard/overview"] {
+        let response = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let jobs_page = client.get(format!("{base}/jobs")).send().await.unwrap();
+    assert_eq!(jobs_page.status(), StatusCode::OK);
+    jobs.shutdown().await;
+}
+
+#[tokio::test]
+async fn on_an_in_memory_database_the_dashboard_says_why_it_cannot_read() {
+    let jobs = Jobs::open("sqlite::memory:").await.unwrap();
+    let error = jobs.inspector().await.unwrap_err().to_string();
+    assert!(error.contains("in-memory database"), "{error}");
+    let app = HttpApi::new(jobs.clone()).router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let response = reqwest::get(format!("{base}/dashboard/overview"))
+        .await
+        .unwrap();
+    assert!(!response.status().is_success());
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("in-memory database"),
+        "{body}"
+    );
+    jobs.shutdown().await;
 }
 
 #[tokio::test]

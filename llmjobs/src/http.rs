@@ -65,19 +65,22 @@
 //!
 //! ## The dashboard
 //!
-//! With [`HttpApi::dashboard`], `/` serves a web page over the same routes: the jobs, filtered
+//! `/` serves a web page over the same routes (unless [`HttpApi::no_dashboard`]): the jobs, filtered
 //! by state and name or found by id, updated live; counts by state and a chart of the last
 //! hour's completions and failures; a page per job with its arguments, result or error, its
 //! attempts and earlier runs, its progress and stage, its step journal, tokens and cost; and
 //! buttons to cancel and retry, each confirmed first. The page is plain HTML, CSS and
 //! JavaScript compiled into the binary: it fetches nothing from elsewhere. With a token in
-//! force it asks for it once and keeps it for the browser tab (`sessionStorage`).
+//! force it asks for it once and keeps it for the browser tab (`sessionStorage`). It reads
+//! arguments, results, journals and the chart through an [`Inspector`] of the jobs' database
+//! ([`Jobs::inspector`], opened at the first page load; [`HttpApi::dashboard`] gives one of
+//! your own). An in-memory SQLite database cannot be opened twice: there, the dashboard's data
+//! routes answer with the error that says so.
 //!
 //! ```no_run
 //! # async fn demo(jobs: llmjobs::Jobs) -> llmjobs::Result<()> {
-//! use llmjobs::{Inspector, http::HttpApi};
-//! let inspector = Inspector::open("sqlite://jobs.db").await?;
-//! HttpApi::new(jobs).dashboard(inspector).serve().await?;
+//! use llmjobs::http::HttpApi;
+//! HttpApi::new(jobs).serve().await?; // the API, and the dashboard at http://127.0.0.1:8787/
 //! # Ok(())
 //! # }
 //! ```
@@ -134,7 +137,18 @@ pub struct HttpApi {
     max_wait: Duration,
     sse: limits::SseLimits,
     addr: SocketAddr,
-    dashboard: Option<Inspector>,
+    dashboard: Dashboard,
+}
+
+/// Whether and how the dashboard is served.
+#[derive(Clone)]
+enum Dashboard {
+    /// At `/`, reading through an inspector opened on the jobs' database when first needed.
+    Opened,
+    /// At `/`, reading through this inspector.
+    Given(Inspector),
+    /// Not served.
+    Off,
 }
 
 impl std::fmt::Debug for HttpApi {
@@ -147,7 +161,7 @@ impl std::fmt::Debug for HttpApi {
             .field("body_limit", &self.body_limit)
             .field("max_wait", &self.max_wait)
             .field("addr", &self.addr)
-            .field("dashboard", &self.dashboard.is_some())
+            .field("dashboard", &!matches!(self.dashboard, Dashboard::Off))
             .finish_non_exhaustive()
     }
 }
@@ -191,7 +205,7 @@ impl HttpApi {
             max_wait: Duration::from_secs(300),
             sse: limits::SseLimits::default(),
             addr: DEFAULT_ADDR,
-            dashboard: None,
+            dashboard: Dashboard::Opened,
         }
     }
 
@@ -265,11 +279,18 @@ impl HttpApi {
         self
     }
 
-    /// Serves the web dashboard at `/` too, reading arguments, results, step journals and the
-    /// last hour's throughput through `inspector` (opened on the same database as the
-    /// [`Jobs`]). See [the module documentation](self#the-dashboard).
+    /// The dashboard reads arguments, results, step journals and the last hour's throughput
+    /// through `inspector` (opened on the same database as the [`Jobs`]) instead of one it
+    /// opens itself with [`Jobs::inspector`]. See [the module documentation](self#the-dashboard).
     pub fn dashboard(mut self, inspector: Inspector) -> Self {
-        self.dashboard = Some(inspector);
+        self.dashboard = Dashboard::Given(inspector);
+        self
+    }
+
+    /// Serves no dashboard: only the job API's routes (for an application with a page of its
+    /// own at `/`).
+    pub fn no_dashboard(mut self) -> Self {
+        self.dashboard = Dashboard::Off;
         self
     }
 
@@ -292,8 +313,12 @@ impl HttpApi {
             sse: limits::SseGate::new(self.sse),
         });
         let mut router = routes::routes(state.clone(), self.body_limit);
-        if let Some(inspector) = self.dashboard {
-            router = router.merge(dashboard::routes(state, inspector));
+        match self.dashboard {
+            Dashboard::Opened => router = router.merge(dashboard::routes(state, None)),
+            Dashboard::Given(inspector) => {
+                router = router.merge(dashboard::routes(state, Some(inspector)));
+            }
+            Dashboard::Off => {}
         }
         router.layer(axum::middleware::from_fn(csrf::refuse_cross_site))
     }

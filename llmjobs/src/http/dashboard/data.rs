@@ -27,7 +27,11 @@ pub(crate) async fn overview(State(dash): State<Arc<Dashboard>>) -> Result<Json<
     let counts = dash.api.jobs.counts().await?;
     let now = SystemTime::now();
     let since = now - SPAN;
-    let finished = dash.inspector.finished_since(since, CHART_LIMIT).await?;
+    let finished = dash
+        .inspector()
+        .await?
+        .finished_since(since, CHART_LIMIT)
+        .await?;
     let buckets = (SPAN.as_secs() / BUCKET.as_secs()) as usize;
     let mut chart = [
         vec![0u64; buckets],
@@ -77,9 +81,10 @@ pub(crate) async fn job(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = job_id(&id)?;
-    let record = dash.inspector.job(id).await?;
+    let record = dash.inspector().await?.job(id).await?;
     let steps: Vec<Value> = dash
-        .inspector
+        .inspector()
+        .await?
         .steps(id)
         .await?
         .into_iter()
