@@ -293,6 +293,11 @@ async fn a_job_shows_its_arguments_result_journal_tokens_and_errors() {
     );
     assert_eq!(failed["usage"], Value::Null);
     assert_eq!(failed["steps"], json!([]));
+    // Each attempt's error, for the page's table of them.
+    let attempts = failed["attempt_errors"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{failed}");
+    assert_eq!(attempts[0]["attempt"], 1);
+    assert!(attempts[0]["error"].as_str().unwrap().contains("no, never"));
 
     // Retried, it keeps how it ended before.
     server.jobs.retry(server.ids.cancelled).await.unwrap();

@@ -100,11 +100,13 @@ pub(crate) async fn job(
     let usage = usage_of(record.result.as_ref(), record.status.progress.as_ref());
     let owner = record.status.owner.clone();
     let earlier_runs = record.status.earlier_runs.clone();
+    let attempt_errors = record.status.attempt_errors.clone();
     Ok(Json(json!({
         "job": JobView::new(record.status, record.result, &dash.api.redact),
         "args": dash.api.redact.applied(record.args),
         "owner": owner,
         "earlier_runs": earlier_runs,
+        "attempt_errors": attempt_errors,
         "steps": steps,
         "usage": usage,
     })))
