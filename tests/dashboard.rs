@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use llmjobs::http::HttpApi;
 use llmjobs::{JobContext, JobError, JobId, JobState, Jobs, Progress, llm_job};
 use llmjobs_testkit::TempDb;
+use llmjobs_testkit::http::TestServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -81,50 +82,30 @@ struct Fixture {
 }
 
 /// The API and dashboard on a free loopback port, over a database of its own.
+/// The API and dashboard over the fixture's jobs.
 struct Server {
-    base: String,
-    jobs: Jobs,
-    client: reqwest::Client,
+    api: TestServer,
     ids: Fixture,
-    _db: TempDb,
+}
+
+impl std::ops::Deref for Server {
+    type Target = TestServer;
+
+    fn deref(&self) -> &TestServer {
+        &self.api
+    }
 }
 
 impl Server {
     async fn start(token: Option<&str>) -> Server {
-        let db = TempDb::new();
-        let jobs = Jobs::builder()
-            .url(db.url())
-            .poll_interval(Duration::from_millis(20))
-            .open()
-            .await
-            .unwrap();
         // The dashboard is on by default, reading through an inspector it opens itself.
-        let api = HttpApi::new(jobs.clone());
-        let api = match token {
+        let api = TestServer::with(|api| match token {
             Some(token) => api.token(token),
             None => api.no_token().allow_unauthenticated_changes(),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { api.serve_on(listener).await.unwrap() });
-        let ids = populate(&jobs).await;
-        Server {
-            base,
-            jobs,
-            client: reqwest::Client::new(),
-            ids,
-            _db: db,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.client.get(self.url(path)).send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        })
+        .await;
+        let ids = populate(&api.jobs).await;
+        Server { api, ids }
     }
 
     async fn state(&self, id: JobId) -> JobState {

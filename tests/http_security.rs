@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use llmjobs::http::HttpApi;
 use llmjobs::{JobContext, JobError, Jobs, llm_job};
+use llmjobs_testkit::http::{TestServer, id_of};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -40,49 +41,14 @@ async fn held(ctx: JobContext, gate: String, report: bool) -> Result<String, Job
     Ok(format!("{gate} done"))
 }
 
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    _db: llmjobs_testkit::TempDb,
+/// What these tests ask of a server beyond the test kit's.
+trait Streams {
+    async fn events(&self, id: &str, last_event_id: Option<&str>) -> reqwest::Response;
+    /// Polls the job until `ready` holds of it.
+    async fn job_until(&self, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value;
 }
 
-impl Server {
-    async fn with(configure: impl FnOnce(HttpApi) -> HttpApi) -> Server {
-        let db = llmjobs_testkit::TempDb::new();
-        let jobs = Jobs::builder()
-            .url(db.url())
-            .poll_interval(Duration::from_millis(20))
-            .open()
-            .await
-            .unwrap();
-        let api = configure(HttpApi::new(jobs));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { api.serve_on(listener).await.unwrap() });
-        Server {
-            base,
-            client: reqwest::Client::new(),
-            _db: db,
-        }
-    }
-
-    /// Open to changes without a token, as on a developer's machine.
-    async fn open() -> Server {
-        Server::with(|api| api.no_token().allow_unauthenticated_changes()).await
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        send(self.client.post(self.url(path)).json(&body)).await
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        send(self.client.get(self.url(path))).await
-    }
-
+impl Streams for TestServer {
     async fn events(&self, id: &str, last_event_id: Option<&str>) -> reqwest::Response {
         let mut request = self.client.get(self.url(&format!("/jobs/{id}/events")));
         if let Some(last) = last_event_id {
@@ -106,19 +72,6 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("the body is not JSON ({e}): {text:?}"));
-    (status, body)
-}
-
-fn id_of(body: &Value) -> String {
-    body["id"].as_str().expect("a job id").to_string()
 }
 
 /// The events of a stream's text: (id, event, data).
@@ -155,7 +108,7 @@ async fn read_until(response: &mut reqwest::Response, seen: &mut String, what: &
 
 #[tokio::test]
 async fn without_a_token_changes_are_refused_with_how_to_configure_one() {
-    let server = Server::with(|api| api.no_token()).await;
+    let server = TestServer::with(|api| api.no_token()).await;
     let (status, body) = server.post("/jobs/leaky", json!({"user": "ann"})).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let message = body["error"].as_str().unwrap();
@@ -172,20 +125,20 @@ async fn without_a_token_changes_are_refused_with_how_to_configure_one() {
 
 #[tokio::test]
 async fn allow_unauthenticated_changes_opens_them_but_a_token_still_wins() {
-    let open = Server::open().await;
+    let open = TestServer::open().await;
     let (status, _) = open
         .post("/jobs/leaky?wait=10s", json!({"user": "ann"}))
         .await;
     assert_eq!(status, StatusCode::OK);
 
-    let guarded = Server::with(|api| api.token("s3cret").allow_unauthenticated_changes()).await;
+    let guarded = TestServer::with(|api| api.token("s3cret").allow_unauthenticated_changes()).await;
     let (status, _) = guarded.post("/jobs/leaky", json!({"user": "ann"})).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
 async fn secret_fields_are_redacted_in_every_response() {
-    let server = Server::open().await;
+    let server = TestServer::open().await;
     let (status, done) = server
         .post("/jobs/leaky?wait=10s", json!({"user": "ann"}))
         .await;
@@ -218,7 +171,7 @@ async fn secret_fields_are_redacted_in_every_response() {
 
 #[tokio::test]
 async fn the_redacted_fields_are_configurable() {
-    let server = Server::with(|api| {
+    let server = TestServer::with(|api| {
         api.no_token()
             .allow_unauthenticated_changes()
             .redact_fields(["user"])
@@ -236,7 +189,7 @@ async fn the_redacted_fields_are_configurable() {
 
 #[tokio::test]
 async fn event_streams_past_the_limit_are_503_until_one_closes() {
-    let server = Server::with(|api| {
+    let server = TestServer::with(|api| {
         api.no_token()
             .allow_unauthenticated_changes()
             .max_event_streams(1)
@@ -275,7 +228,7 @@ async fn event_streams_past_the_limit_are_503_until_one_closes() {
 
 #[tokio::test]
 async fn an_idle_event_stream_closes() {
-    let server = Server::with(|api| {
+    let server = TestServer::with(|api| {
         api.no_token()
             .allow_unauthenticated_changes()
             .event_stream_idle(Duration::from_millis(300))
@@ -303,7 +256,7 @@ async fn an_idle_event_stream_closes() {
 
 #[tokio::test]
 async fn a_reconnect_with_last_event_id_gets_the_latest_progress_and_the_end() {
-    let server = Server::open().await;
+    let server = TestServer::open().await;
     let (_, job) = server
         .post("/jobs/held", json!({"gate": "resume", "report": true}))
         .await;
@@ -332,7 +285,7 @@ async fn a_reconnect_with_last_event_id_gets_the_latest_progress_and_the_end() {
 
 #[tokio::test]
 async fn a_reconnect_after_the_job_ended_gets_the_outcome() {
-    let server = Server::open().await;
+    let server = TestServer::open().await;
     let (_, job) = server
         .post("/jobs/held", json!({"gate": "after", "report": true}))
         .await;
