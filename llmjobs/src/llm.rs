@@ -69,6 +69,7 @@ mod request;
 mod response;
 mod retry;
 mod router;
+mod shared;
 mod stream;
 mod validate;
 
@@ -77,6 +78,7 @@ pub use client::{LlmClient, LlmClientBuilder};
 pub use error::LlmError;
 pub use escalation::Stage;
 pub use job::{JobLlm, LlmCall, UsageTotals, llm_call};
+pub(crate) use job::share_through;
 pub use limits::RateLimit;
 pub use pricing::Price;
 pub use request::{
@@ -87,5 +89,6 @@ pub use response::{ChatResponse, FinishReason, StreamEvent, Usage};
 pub use retry::{
     Attempt, AttemptInfo, AttemptPurpose, AttemptRunner, BoxFuture, DirectRunner, RetryPolicy,
 };
+pub use shared::{Admission, DEFAULT_LEASE, LimitScope, Reservation, SharedLimiter, Spent};
 pub use router::{ApiKey, Capability, ProviderConfig, ProviderKind, Route};
 pub use validate::{AgentCheck, ContradictionCheck, SuccessCriteria, Validator, render_template};

@@ -1,6 +1,10 @@
 //! LLM calls inside jobs: `ctx.llm()` with journaled answers, and the built-in durable
 //! [`llm_call`] job.
 
+mod shared_limits;
+
+pub(crate) use shared_limits::share_through;
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

@@ -34,6 +34,7 @@ mod locks;
 mod migrate;
 mod notify;
 mod prune;
+mod rate;
 mod read;
 mod release;
 mod retry;
@@ -464,6 +465,10 @@ impl Store for PgStore {
         self.stop.cancel();
         self.pool.close().await;
         self.liveness.release().await;
+    }
+
+    fn rate_store(&self) -> Option<Arc<dyn super::rate::RateStore>> {
+        Some(Arc::new(rate::PgRates::new(self.pool.clone())))
     }
 
     fn failure(&self) -> Option<String> {

@@ -35,6 +35,12 @@ const MIGRATIONS: &[Migration] = &[
         description: "functions find their schema",
         sql: include_str!("../../../migrations/postgres/0003_functions_find_their_schema.sql"),
     },
+    // 4 is left to another change in flight; the runner applies versions in order, gaps allowed.
+    Migration {
+        version: 5,
+        description: "shared rate limits",
+        sql: include_str!("../../../migrations/postgres/0005_shared_rate_limits.sql"),
+    },
 ];
 
 /// The newest migration this build knows.

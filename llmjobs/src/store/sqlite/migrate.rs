@@ -43,6 +43,12 @@ const MIGRATIONS: &[Migration] = &[
         description: "counters kept by the writer",
         sql: include_str!("../../../migrations/sqlite/0005_counters_kept_by_the_writer.sql"),
     },
+    // 6 is left to another change in flight; the runner applies versions in order, gaps allowed.
+    Migration {
+        version: 7,
+        description: "shared rate limits",
+        sql: include_str!("../../../migrations/sqlite/0007_shared_rate_limits.sql"),
+    },
 ];
 
 /// The newest migration this build knows.
