@@ -89,7 +89,11 @@ async fn two_runtimes_stay_under_the_limit(url: &str, per_runtime: usize) {
             .expect("every call finishes")
             .unwrap();
     }
-    assert_eq!(mock.rate_limited_count(), 0, "no request went past the limit");
+    assert_eq!(
+        mock.rate_limited_count(),
+        0,
+        "no request went past the limit"
+    );
     let arrivals: Vec<Instant> = mock.requests().iter().map(|r| r.received_at).collect();
     assert_eq!(arrivals.len(), 2 * per_runtime);
     let most = most_in_window(&arrivals, Duration::from_secs(1));
@@ -137,10 +141,37 @@ async fn a_429_pauses_the_model_for_every_runtime() {
     assert_eq!(requests.len(), 13, "twelve answers after the one 429");
     for later in &requests[1..] {
         let after = later.received_at.duration_since(refused_at);
-        assert!(after >= Duration::from_millis(1_950), "a request came {after:?} after the 429");
+        assert!(
+            after >= Duration::from_millis(1_950),
+            "a request came {after:?} after the 429"
+        );
     }
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_mock_refuses_past_its_limit_with_retry_after_and_reset_headers() {
+    let mock = MockLlmServer::start().await.unwrap();
+    // Two a minute, one at a time: the second request within the minute is refused.
+    mock.set_rate_limit(MODEL, MockRateLimit::requests_per_minute(2));
+    let client = mock
+        .client_builder()
+        .retry(RetryPolicy::no_retries())
+        .build()
+        .unwrap();
+    let req = ChatRequest::new(format!("openai/{MODEL}")).user("hi");
+    client.chat(&req).await.unwrap();
+    let error = client.chat(&req).await.unwrap_err();
+    assert!(error.is_rate_limited(), "{error}");
+    let wait = error.retry_after().expect("the 429 says when to come back");
+    assert!(
+        wait > Duration::from_secs(20) && wait <= Duration::from_secs(30),
+        "{wait:?}"
+    );
+    assert_eq!(mock.rate_limited_count(), 1);
+    let refused = &mock.requests()[1];
+    assert!(refused.rate_limited);
 }
 
 #[tokio::test]
@@ -166,7 +197,11 @@ async fn server_errors_back_off_and_ignore_rate_limit_reset_headers() {
     let error = client.chat(&req).await.unwrap_err();
     assert_eq!(error.status(), Some(500));
     assert!(error.is_retryable());
-    assert_eq!(error.retry_after(), None, "a 500 is not told when to come back");
+    assert_eq!(
+        error.retry_after(),
+        None,
+        "a 500 is not told when to come back"
+    );
     // The 529 is retried with back-off (milliseconds here), not after the hour its headers name.
     let answer = tokio::time::timeout(Duration::from_secs(60), client.call(&req))
         .await

@@ -146,7 +146,10 @@ fn stop_workers(children: Vec<Child>) {
 async fn run(db_url: &str, shared: bool) -> Run {
     let mock = MockLlmServer::start().await.expect("start the mock");
     mock.set_delay(LATENCY);
-    mock.set_rate_limit(MODEL, MockRateLimit::per_minute(REQUESTS_PER_MIN, TOKENS_PER_MIN));
+    mock.set_rate_limit(
+        MODEL,
+        MockRateLimit::per_minute(REQUESTS_PER_MIN, TOKENS_PER_MIN),
+    );
     let watcher = Jobs::builder()
         .url(db_url)
         .run_jobs(false)

@@ -77,8 +77,8 @@ pub use breaker::CircuitBreaker;
 pub use client::{LlmClient, LlmClientBuilder};
 pub use error::LlmError;
 pub use escalation::Stage;
-pub use job::{JobLlm, LlmCall, UsageTotals, llm_call};
 pub(crate) use job::share_through;
+pub use job::{JobLlm, LlmCall, UsageTotals, llm_call};
 pub use limits::RateLimit;
 pub use pricing::Price;
 pub use request::{
@@ -89,6 +89,6 @@ pub use response::{ChatResponse, FinishReason, StreamEvent, Usage};
 pub use retry::{
     Attempt, AttemptInfo, AttemptPurpose, AttemptRunner, BoxFuture, DirectRunner, RetryPolicy,
 };
-pub use shared::{Admission, DEFAULT_LEASE, LimitScope, Reservation, SharedLimiter, Spent};
 pub use router::{ApiKey, Capability, ProviderConfig, ProviderKind, Route};
+pub use shared::{Admission, DEFAULT_LEASE, LimitScope, Reservation, SharedLimiter, Spent};
 pub use validate::{AgentCheck, ContradictionCheck, SuccessCriteria, Validator, render_template};

@@ -14,8 +14,8 @@
 
 use std::time::Duration;
 
-use llmjobs::llm::{ChatRequest, RateLimit, llm_call};
 use llmjobs::llm::mock::MockLlmServer;
+use llmjobs::llm::{ChatRequest, RateLimit, llm_call};
 use llmjobs::{JobContext, JobError, JobFilter, JobState, Jobs, llm_job};
 use llmjobs_testkit::append_line;
 

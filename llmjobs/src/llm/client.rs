@@ -9,12 +9,12 @@ mod permit;
 
 use super::breaker::{Admission, Breakers};
 use super::limits::{Limiter, Tokens};
-use super::shared::{DEFAULT_LEASE, SharedLimiter};
 use super::pricing::PriceTable;
 use super::provider::{self, CallCtx, Parsed, StreamState};
 use super::request::estimate_tokens;
 use super::retry::retry_after_from_headers;
 use super::router::{Capability, ProviderConfig, ProviderKind, Route, Router};
+use super::shared::{DEFAULT_LEASE, SharedLimiter};
 use super::stream::SseParser;
 use super::{
     ApiKey, ChatRequest, ChatResponse, CircuitBreaker, LlmError, Price, RateLimit, RetryPolicy,

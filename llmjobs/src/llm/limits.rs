@@ -184,7 +184,11 @@ impl Window {
             }
         }
         let budgets: [(Option<u64>, u64, fn(&Entry) -> u64); 3] = [
-            (self.limit.tokens, tokens.input + tokens.output, Entry::tokens),
+            (
+                self.limit.tokens,
+                tokens.input + tokens.output,
+                Entry::tokens,
+            ),
             (self.limit.input_tokens, tokens.input, |e| e.input),
             (self.limit.output_tokens, tokens.output, |e| e.output),
         ];
@@ -499,7 +503,8 @@ mod tests {
         let mut limiter = Limiter::default();
         limiter.add_model_rule("*".into(), RateLimit::new().max_concurrency(1));
         let first = limiter.acquire("p", "m", t(1)).await;
-        let second = tokio::time::timeout(Duration::from_millis(50), limiter.acquire("p", "m", t(1)));
+        let second =
+            tokio::time::timeout(Duration::from_millis(50), limiter.acquire("p", "m", t(1)));
         assert!(second.await.is_err());
         drop(first);
         let third = tokio::time::timeout(Duration::from_secs(5), limiter.acquire("p", "m", t(1)));
@@ -511,7 +516,10 @@ mod tests {
         let mut limiter = Limiter::default();
         limiter.add_model_rule("*".into(), RateLimit::new().output_tokens_per_minute(100));
         let start = Instant::now();
-        let big_input = Tokens { input: 1_000, output: 60 };
+        let big_input = Tokens {
+            input: 1_000,
+            output: 60,
+        };
         let _first = limiter.acquire("p", "m", big_input).await;
         assert_eq!(start.elapsed(), Duration::ZERO);
         let _second = limiter.acquire("p", "m", big_input).await;

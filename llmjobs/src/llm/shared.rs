@@ -126,8 +126,11 @@ pub trait SharedLimiter: Send + Sync + std::fmt::Debug {
 
     /// Stops every call counted against `scope` from starting for `duration` (a later pause
     /// wins over an earlier one).
-    fn pause<'a>(&'a self, scope: &'a str, duration: Duration)
-    -> BoxFuture<'a, Result<(), LlmError>>;
+    fn pause<'a>(
+        &'a self,
+        scope: &'a str,
+        duration: Duration,
+    ) -> BoxFuture<'a, Result<(), LlmError>>;
 }
 
 /// A granted reservation held by a call. Settled with [`SharedPermit::settle`]; dropped

@@ -227,6 +227,25 @@ mod tests {
     }
 
     #[test]
+    fn tokens_pace_calls_and_a_correction_moves_the_budget_back() {
+        let mut d = demand(1_000, 0.0);
+        // 100 tokens a second: a call of 20 estimated tokens takes 200 ms of budget.
+        d.scopes[0].intervals.token = Intervals::of(Duration::from_secs(1), Some(100));
+        let mut buckets = [Bucket::default()];
+        assert_eq!(decide(&d, &mut buckets, 0.0), Ok(0.0));
+        assert_eq!(decide(&d, &mut buckets, 0.0), Ok(200.0));
+        // The second call used 5 tokens, not 20: 150 ms of budget come back.
+        let used = RateSpent {
+            sent: true,
+            input_tokens: 5,
+            output_tokens: 0,
+        };
+        let back = correction((10, 10), used)[1] * d.scopes[0].intervals.token;
+        buckets[0].tats[1] += back;
+        assert_eq!(decide(&d, &mut buckets, 0.0), Ok(250.0));
+    }
+
+    #[test]
     fn nothing_is_handed_out_past_the_horizon() {
         let d = demand(1, 0.0);
         let mut buckets = [Bucket::default()];

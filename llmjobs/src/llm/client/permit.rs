@@ -77,7 +77,13 @@ impl Limits {
     }
 
     /// After a 429: no call to `model` (in-process: to `provider`) starts for `pause`.
-    pub(super) async fn pause(&self, local: &Limiter, provider: &str, model: &str, pause: Duration) {
+    pub(super) async fn pause(
+        &self,
+        local: &Limiter,
+        provider: &str,
+        model: &str,
+        pause: Duration,
+    ) {
         match self {
             Limits::Local => local.pause(provider, tokio::time::Instant::now() + pause),
             Limits::Shared { limiter, .. } => {

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use crate::llm::{Admission, LlmClient, LlmError, Reservation, SharedLimiter, Spent};
 use crate::store::Store;
-use crate::store::rate::{
-    Intervals, RateDecision, RateDemand, RateSpent, RateStore, ScopeDemand,
-};
+use crate::store::rate::{Intervals, RateDecision, RateDemand, RateSpent, RateStore, ScopeDemand};
 
 /// Shared limits kept in the job database.
 pub(crate) struct StoreLimiter {

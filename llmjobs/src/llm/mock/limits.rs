@@ -172,7 +172,10 @@ fn refusal(budgets: &ModelBudgets, wait: f64) -> MockReply {
     let reset_at = chrono::Utc::now() + chrono::Duration::milliseconds(wait_ms as i64);
     let reset_at = reset_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut headers = vec![
-        ("retry-after".to_string(), wait_ms.div_ceil(1000).to_string()),
+        (
+            "retry-after".to_string(),
+            wait_ms.div_ceil(1000).to_string(),
+        ),
         ("retry-after-ms".to_string(), wait_ms.to_string()),
     ];
     for (name, budget) in [("requests", &budgets.requests), ("tokens", &budgets.tokens)] {
@@ -181,14 +184,23 @@ fn refusal(budgets: &ModelBudgets, wait: f64) -> MockReply {
         let reset_ms = ((b.capacity - b.level) / b.rate * 1000.0).ceil().max(0.0) as u64;
         headers.extend([
             (format!("x-ratelimit-limit-{name}"), b.limit.to_string()),
-            (format!("x-ratelimit-remaining-{name}"), remaining.to_string()),
+            (
+                format!("x-ratelimit-remaining-{name}"),
+                remaining.to_string(),
+            ),
             (format!("x-ratelimit-reset-{name}"), format!("{reset_ms}ms")),
-            (format!("anthropic-ratelimit-{name}-limit"), b.limit.to_string()),
+            (
+                format!("anthropic-ratelimit-{name}-limit"),
+                b.limit.to_string(),
+            ),
             (
                 format!("anthropic-ratelimit-{name}-remaining"),
                 remaining.to_string(),
             ),
-            (format!("anthropic-ratelimit-{name}-reset"), reset_at.clone()),
+            (
+                format!("anthropic-ratelimit-{name}-reset"),
+                reset_at.clone(),
+            ),
         ]);
     }
     MockReply::Status {

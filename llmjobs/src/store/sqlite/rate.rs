@@ -81,7 +81,11 @@ fn reserve(tx: &rusqlite::Transaction<'_>, demand: &RateDemand) -> rusqlite::Res
     }
     let start = match decide(demand, &mut buckets, now as f64) {
         Ok(start) => start,
-        Err(wait) => return Ok(RateDecision::Wait { ms: wait.ceil() as i64 }),
+        Err(wait) => {
+            return Ok(RateDecision::Wait {
+                ms: wait.ceil() as i64,
+            });
+        }
     };
     let lease = uuid::Uuid::new_v4().to_string();
     for (scope, bucket) in demand.scopes.iter().zip(&buckets) {
