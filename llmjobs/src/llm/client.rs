@@ -85,12 +85,12 @@ impl LlmClient {
 
     /// Whether the client asked for its rate limits to be shared by every process of the job
     /// database ([`LlmClientBuilder::shared_limits`]).
-    pub fn wants_shared_limits(&self) -> bool {
+    pub(crate) fn wants_shared_limits(&self) -> bool {
         self.inner.share_limits
     }
 
     /// Whether the client's rate limits are shared ([`LlmClient::with_shared_limiter`]).
-    pub fn has_shared_limits(&self) -> bool {
+    pub(crate) fn has_shared_limits(&self) -> bool {
         matches!(self.limits, permit::Limits::Shared { .. })
     }
 

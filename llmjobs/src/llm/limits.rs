@@ -275,8 +275,18 @@ impl Limiter {
             .map(|(_, limit)| *limit)
     }
 
+    /// The limit on all of `provider`'s calls, if one is set.
+    pub(crate) fn provider_limit(&self, provider: &str) -> Option<RateLimit> {
+        self.provider_rules.get(provider).copied()
+    }
+
+    /// The limit on each model matching `model`'s rule, if one is set.
+    pub(crate) fn model_limit(&self, model: &str) -> Option<RateLimit> {
+        self.model_rule(model)
+    }
+
     /// The scopes that apply to a call, provider first: `(key, limit)`.
-    pub(crate) fn scopes(&self, provider: &str, model: &str) -> Vec<(String, RateLimit)> {
+    fn scopes(&self, provider: &str, model: &str) -> Vec<(String, RateLimit)> {
         let mut scopes = Vec::with_capacity(2);
         if let Some(limit) = self.provider_rules.get(provider) {
             scopes.push((format!("provider:{provider}"), *limit));

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::super::limits::{Limiter, Permit, Tokens};
-use super::super::shared::{self, LimitScope, Reservation, SharedLimiter, SharedPermit, Spent};
-use super::super::{LlmError, RateLimit};
+use crate::llm::LlmError;
+use crate::llm::limits::{Limiter, Permit, Tokens};
+use crate::llm::shared::{self, LimitScope, Reservation, SharedLimiter, SharedPermit, Spent};
 
 /// The name every process gives a provider's shared budget.
 pub(super) fn provider_scope(provider: &str) -> String {
@@ -50,18 +50,12 @@ impl Limits {
                 local.acquire(provider, model, tokens).await,
             )),
             Limits::Shared { limiter, lease } => {
-                let mut scopes: Vec<LimitScope> = local
-                    .scopes(provider, model)
-                    .into_iter()
-                    .filter(|(key, _)| key.starts_with("provider:"))
-                    .map(|(_, limit)| LimitScope::new(provider_scope(provider), limit))
-                    .collect();
-                let model_limit = local
-                    .scopes(provider, model)
-                    .into_iter()
-                    .find(|(key, _)| key.starts_with("model:"))
-                    .map_or_else(RateLimit::new, |(_, limit)| limit);
+                let mut scopes = Vec::with_capacity(2);
+                if let Some(limit) = local.provider_limit(provider) {
+                    scopes.push(LimitScope::new(provider_scope(provider), limit));
+                }
                 // Always present, limited or not, so that a 429 on the model pauses it.
+                let model_limit = local.model_limit(model).unwrap_or_default();
                 scopes.push(LimitScope::new(model_scope(model), model_limit));
                 let reservation = Reservation {
                     scopes,

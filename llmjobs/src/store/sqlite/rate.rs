@@ -6,11 +6,11 @@
 //! cut costs nothing (leases expire, budgets refill), so these commits are not synced.
 
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::SqliteTarget;
+use crate::status::now_ms;
 use crate::store::rate::{
     Bucket, RateDecision, RateDemand, RateSpent, RateStore, correction, decide,
 };
@@ -19,12 +19,6 @@ use crate::{Durability, Error, Result};
 /// The rate-limit connection of one process.
 pub(crate) struct SqliteRates {
     conn: Arc<Mutex<Connection>>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl SqliteRates {
