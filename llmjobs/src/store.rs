@@ -7,6 +7,8 @@ use crate::{Error, JobId, Result};
 
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+// Shared LLM rate limits: only the LLM client uses them.
+#[cfg(feature = "llm")]
 pub(crate) mod rate;
 mod schedule;
 #[cfg(feature = "sqlite")]
@@ -485,6 +487,7 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// The rate limits this store shares between processes; `None` when no other process can
     /// open the database (in-memory SQLite).
+    #[cfg(feature = "llm")]
     fn rate_store(&self) -> Option<Arc<dyn rate::RateStore>> {
         None
     }

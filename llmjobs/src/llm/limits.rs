@@ -148,6 +148,9 @@ impl Entry {
     }
 }
 
+/// What one token budget counts of an entry.
+type Count = fn(&Entry) -> u64;
+
 /// A call's estimated or reported tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Tokens {
@@ -183,7 +186,7 @@ impl Window {
                 wait = wait.max(expiry(&entries[entries.len() - max]));
             }
         }
-        let budgets: [(Option<u64>, u64, fn(&Entry) -> u64); 3] = [
+        let budgets: [(Option<u64>, u64, Count); 3] = [
             (
                 self.limit.tokens,
                 tokens.input + tokens.output,

@@ -34,6 +34,7 @@ mod locks;
 mod migrate;
 mod notify;
 mod prune;
+#[cfg(feature = "llm")]
 mod rate;
 mod read;
 mod release;
@@ -467,6 +468,7 @@ impl Store for PgStore {
         self.liveness.release().await;
     }
 
+    #[cfg(feature = "llm")]
     fn rate_store(&self) -> Option<Arc<dyn super::rate::RateStore>> {
         Some(Arc::new(rate::PgRates::new(self.pool.clone())))
     }

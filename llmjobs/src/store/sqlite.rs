@@ -24,6 +24,7 @@ mod columns;
 mod inspect;
 mod list;
 mod migrate;
+#[cfg(feature = "llm")]
 mod rate;
 mod writer;
 
@@ -196,7 +197,9 @@ pub(crate) struct SqliteStore {
     /// Set by `close`: later reads and writes fail with [`Error::Shutdown`].
     closed: AtomicBool,
     /// The shared rate limits' connection, opened when first asked for (file databases only).
+    #[cfg(feature = "llm")]
     target: SqliteTarget,
+    #[cfg(feature = "llm")]
     rates: OnceLock<Option<Arc<rate::SqliteRates>>>,
 }
 
@@ -257,7 +260,9 @@ impl SqliteStore {
             readers,
             url: url.to_string(),
             closed: AtomicBool::new(false),
+            #[cfg(feature = "llm")]
             target: target.clone(),
+            #[cfg(feature = "llm")]
             rates: OnceLock::new(),
         })
     }
@@ -668,6 +673,7 @@ impl Store for SqliteStore {
         }
     }
 
+    #[cfg(feature = "llm")]
     fn rate_store(&self) -> Option<Arc<dyn super::rate::RateStore>> {
         let rates = self.rates.get_or_init(|| {
             self.target.path()?;
