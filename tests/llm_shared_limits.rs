@@ -119,9 +119,9 @@ async fn a_429_pauses_the_model_for_every_runtime() {
     let db = TempDb::new();
     let mock = MockLlmServer::start().await.unwrap();
     mock.push_reply_for(MODEL, MockReply::rate_limited(2));
-    let limit = RateLimit::new()
-        .requests_per_minute(20)
-        .window(Duration::from_secs(1));
+    // One call at a time over both runtimes, so no call is on its way when the 429 comes
+    // back: whatever arrives later was sent after the pause was shared.
+    let limit = RateLimit::new().max_concurrency(1);
     let a = runtime(&db.url(), shared_client(&mock, limit)).await;
     let b = runtime(&db.url(), shared_client(&mock, limit)).await;
     let mut handles = Vec::new();

@@ -213,7 +213,8 @@ pub(crate) async fn acquire(
                 if start_in.is_zero() {
                     return Ok(permit);
                 }
-                tokio::time::sleep(start_in).await;
+                // The lease is renewed meanwhile, however short it is.
+                permit.hold(tokio::time::sleep(start_in)).await;
                 // A 429 met by another call while this one waited for its place pauses it too.
                 let lease = permit.lease.as_deref().unwrap_or_default();
                 let paused = limiter.check_in(lease, reservation.lease).await?;

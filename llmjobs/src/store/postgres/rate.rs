@@ -1,7 +1,8 @@
 //! Shared rate limits on PostgreSQL: exact across machines. A reservation is one short
 //! transaction that locks its scopes' rows (in key order, so two reservations never deadlock)
 //! and reads the database's clock, so workers whose clocks disagree still share one timeline.
-//! Four round trips per reservation, one per check-in, settle or pause.
+//! Five round trips per reservation (`BEGIN` and `COMMIT` included), one per check-in, settle
+//! or pause.
 
 use std::time::Duration;
 
