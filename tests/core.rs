@@ -1,7 +1,7 @@
 //! The core contract: spawn, wait, status, limits, and what bad input gets.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use llmjobs::{Error, JobCall, JobContext, JobError, JobState, Jobs, Outcome, llm_job};
 use llmjobs_testkit::TempDb;
@@ -151,9 +151,16 @@ impl Gauge {
         }
     }
 
-    async fn hold(&self, millis: u64) {
+    async fn hold(&self, limit: u32, millis: u64) {
         let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
+        // Until the limit has been reached once, a body keeps its slot (for at most 10 s), so
+        // a slow machine cannot start the bodies one after another and leave the limit
+        // untested; a runtime that never reaches it shows as a peak under the limit.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.peak.load(Ordering::SeqCst) < limit && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(Duration::from_millis(millis)).await;
         self.now.fetch_sub(1, Ordering::SeqCst);
     }
@@ -167,7 +174,7 @@ static LIMITED: Gauge = Gauge::new();
 
 #[llm_job(max_concurrency = 2)]
 async fn limited() -> Result<(), JobError> {
-    LIMITED.hold(50).await;
+    LIMITED.hold(2, 50).await;
     Ok(())
 }
 
@@ -194,7 +201,7 @@ static UNLIMITED: Gauge = Gauge::new();
 
 #[llm_job]
 async fn unlimited() -> Result<(), JobError> {
-    UNLIMITED.hold(50).await;
+    UNLIMITED.hold(3, 50).await;
     Ok(())
 }
 
@@ -231,7 +238,7 @@ static PER_PROCESS: Gauge = Gauge::new();
 
 #[llm_job]
 async fn per_process() -> Result<(), JobError> {
-    PER_PROCESS.hold(50).await;
+    PER_PROCESS.hold(3, 50).await;
     Ok(())
 }
 

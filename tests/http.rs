@@ -77,7 +77,7 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
-        Server::with(|api| api.no_token()).await
+        Server::with(|api| api.no_token().allow_unauthenticated_changes()).await
     }
 
     async fn with(configure: impl FnOnce(HttpApi) -> HttpApi) -> Server {
@@ -249,7 +249,12 @@ async fn a_body_that_is_not_json_is_400() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_413() {
-    let server = Server::with(|api| api.no_token().body_limit(1024)).await;
+    let server = Server::with(|api| {
+        api.no_token()
+            .allow_unauthenticated_changes()
+            .body_limit(1024)
+    })
+    .await;
     let big = json!({"gate": "x".repeat(2000)});
     let (status, body) = server.post("/jobs/gated", big).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -460,7 +465,13 @@ async fn beyond_loopback_serving_needs_a_token_and_so_does_every_route() {
 #[tokio::test]
 async fn the_router_mounts_under_a_prefix_and_locations_follow_it() {
     let jobs = Jobs::open("sqlite::memory:").await.unwrap();
-    let app = axum::Router::new().nest("/api", HttpApi::new(jobs).no_token().router());
+    let app = axum::Router::new().nest(
+        "/api",
+        HttpApi::new(jobs)
+            .no_token()
+            .allow_unauthenticated_changes()
+            .router(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

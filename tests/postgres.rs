@@ -287,7 +287,9 @@ async fn a_waiter_in_another_process_is_woken_by_the_end_not_its_next_poll() {
     let ended = SLOW_ENDED_AT.lock().unwrap().expect("the body ended");
     let late = woken - ended;
     assert!(
-        late < Duration::from_millis(400),
+        // The waiter's next poll of the row is about 2 s after the end; 1 s leaves a loaded
+        // machine room while still telling a wake-up from a poll.
+        late < Duration::from_millis(1000),
         "the waiter saw the end {late:?} after it"
     );
     spawner.shutdown().await;

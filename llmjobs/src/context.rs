@@ -434,6 +434,18 @@ impl JobContext {
         crate::llm::JobLlm::new(self.clone(), self.inner.shared.settings.llm.clone())
     }
 
+    /// Whether someone asked for this job to be cancelled (rather than its worker stopping or
+    /// losing it), as the database tells: for clean-up that runs after the body is dropped,
+    /// such as cancelling a provider batch.
+    pub(crate) async fn cancel_was_requested(&self) -> bool {
+        match self.inner.shared.store.get(self.inner.id).await {
+            Ok(Some(row)) => {
+                row.cancel_requested != 0 || row.status == crate::JobState::Cancelled.as_str()
+            }
+            _ => false,
+        }
+    }
+
     /// Adds an LLM answer's usage to the job's totals; the new totals.
     pub(crate) fn add_llm_usage(
         &self,

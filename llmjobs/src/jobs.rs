@@ -32,6 +32,8 @@ pub enum Durability {
 #[derive(Clone)]
 pub struct Jobs {
     shared: Arc<Shared>,
+    /// The database's URL, as given: [`Jobs::inspector`] opens it again.
+    url: Arc<str>,
     _guard: Arc<DropGuard>,
 }
 
@@ -378,6 +380,21 @@ impl Jobs {
         self.shared.store.prune(before).await
     }
 
+    /// A read-only [`Inspector`](crate::Inspector) of this runtime's database (arguments,
+    /// results, step journals, finished jobs over time), on a connection of its own. An
+    /// in-memory SQLite database (`sqlite::memory:`) cannot be opened twice: that is
+    /// [`Error::Config`].
+    pub async fn inspector(&self) -> Result<crate::Inspector> {
+        if self.url.contains(":memory:") || self.url.contains("mode=memory") {
+            return Err(Error::Config(format!(
+                "an inspector cannot open `{}`: an in-memory database is private to the \
+                 connection that made it; use a file",
+                self.url
+            )));
+        }
+        crate::Inspector::open(&self.url).await
+    }
+
     /// This worker's owner name, as shown in job statuses.
     pub fn owner(&self) -> &str {
         &self.shared.owner
@@ -628,6 +645,7 @@ impl JobsBuilder {
         shared.start();
         Ok(Jobs {
             _guard: Arc::new(DropGuard(shared.clone())),
+            url: url.into(),
             shared,
         })
     }

@@ -74,4 +74,4 @@ pub use jobs::{Durability, Jobs, JobsBuilder};
 pub use llmjobs_macros::llm_job;
 pub use runtime::{Backoff, CallInfo, ProgressEvent};
 pub use schedule::{CatchUp, Schedule, ScheduleInfo};
-pub use status::{EarlierRun, JobCounts, JobFilter, JobState, JobStatus};
+pub use status::{AttemptError, EarlierRun, JobCounts, JobFilter, JobState, JobStatus};

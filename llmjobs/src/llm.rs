@@ -12,6 +12,10 @@
 //! - [`LlmClient::call_with`] runs every HTTP attempt through an [`AttemptRunner`], so a job
 //!   can journal each one.
 //!
+//! Provider batches (OpenAI's Batch API, Anthropic's Message Batches; half the price, answered
+//! within hours) run as the durable job [`llm_batch`]; the provider calls underneath are
+//! [`LlmClient::batch_create`] and its siblings.
+//!
 //! Rate limits ([`RateLimit`]), prices ([`Price`]) and providers ([`ProviderConfig`]) are set on
 //! the [`LlmClientBuilder`], or from the environment with [`LlmClient::from_env`].
 //!
@@ -55,6 +59,7 @@
 //! With the `mock` feature, [`mock::MockLlmServer`] serves both APIs on loopback for tests and
 //! demos.
 
+mod batch;
 mod breaker;
 mod client;
 mod error;
@@ -73,14 +78,20 @@ mod shared;
 mod stream;
 mod validate;
 
+pub use batch::{
+    BatchInfo, BatchItemError, BatchItemErrorKind, BatchItemResult, BatchRequest, BatchState,
+};
 pub use breaker::CircuitBreaker;
 pub use client::{LlmClient, LlmClientBuilder};
 pub use error::LlmError;
 pub use escalation::Stage;
 pub(crate) use job::share_through;
-pub use job::{JobLlm, LlmCall, UsageTotals, llm_call};
+pub use job::{
+    BatchOptions, BatchOutput, JobLlm, LlmBatch, LlmCall, UsageTotals, llm_batch, llm_batch_with,
+    llm_call,
+};
 pub use limits::RateLimit;
-pub use pricing::Price;
+pub use pricing::{BATCH_PRICE_FACTOR, Price};
 pub use request::{
     ChatRequest, Content, ContentPart, DEFAULT_LONG_RUNNING_PATTERNS, ImageUrl, Message,
     ResponseFormat, RetryConfig, Role, WaitFor,

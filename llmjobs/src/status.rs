@@ -112,6 +112,29 @@ pub struct JobStatus {
     pub idempotency_key: Option<String>,
     /// How the job ended before each [`Jobs::retry`](crate::Jobs::retry), oldest first.
     pub earlier_runs: Vec<EarlierRun>,
+    /// The error of each attempt of this run that ended in one (it failed, was retried, or its
+    /// worker died), oldest first; [`error`](Self::error) is the newest. A
+    /// [`Jobs::retry`](crate::Jobs::retry) moves them into the [`EarlierRun`] it records.
+    pub attempt_errors: Vec<AttemptError>,
+}
+
+/// How one attempt ended in an error: kept in [`JobStatus::attempt_errors`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AttemptError {
+    /// Which attempt (1 for the first).
+    pub attempt: u32,
+    /// What it failed with, cut to [`AttemptError::MAX_CHARS`] characters.
+    pub error: String,
+    /// When it ended (Unix milliseconds).
+    pub ended_at_ms: i64,
+}
+
+impl AttemptError {
+    /// The longest error text kept per attempt, in characters, so that a job with many
+    /// attempts keeps a row of bounded size; the last attempt's error is also kept whole in
+    /// [`JobStatus::error`].
+    pub const MAX_CHARS: usize = 2000;
 }
 
 /// How a job ended before it was retried: kept in its [`JobStatus::earlier_runs`].
@@ -129,6 +152,9 @@ pub struct EarlierRun {
     pub needs_review: bool,
     /// When it ended (Unix milliseconds).
     pub ended_at_ms: Option<i64>,
+    /// The error of each of its attempts that ended in one, oldest first.
+    #[serde(default)]
+    pub attempt_errors: Vec<AttemptError>,
 }
 
 /// How many jobs are in each state.

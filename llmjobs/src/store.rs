@@ -213,6 +213,7 @@ pub(crate) struct JobRow {
     pub(crate) completed_at: Option<i64>,
     pub(crate) idempotency_key: Option<String>,
     pub(crate) earlier_runs: Option<String>,
+    pub(crate) attempt_errors: Option<String>,
     /// Columns that held a value of the wrong type (read as their default), described.
     pub(crate) problems: Vec<String>,
 }
@@ -220,7 +221,7 @@ pub(crate) struct JobRow {
 /// The columns [`JobRow`] reads, for `SELECT`s.
 pub(crate) const JOB_ROW_COLUMNS: &str = "id, name, status, result, error, progress, priority, \
      concurrency_key, attempts, max_attempts, owner, cancel_requested, needs_review, run_at, created_at, started_at, completed_at, \
-     idempotency_key, earlier_runs";
+     idempotency_key, earlier_runs, attempt_errors";
 
 impl JobRow {
     pub(crate) fn state(&self) -> Result<JobState> {
@@ -256,6 +257,15 @@ impl JobRow {
                 Vec::new()
             }),
         };
+        let attempt_errors = match &self.attempt_errors {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str(text).unwrap_or_else(|e| {
+                problems.push(format!(
+                    "column `attempt_errors` is not a list of attempt errors: {e}"
+                ));
+                Vec::new()
+            }),
+        };
         let corrupt = format!("corrupt row: {}", problems.join("; "));
         let error = match &self.error {
             _ if problems.is_empty() => self.error.clone(),
@@ -282,6 +292,7 @@ impl JobRow {
             needs_review: self.needs_review != 0,
             idempotency_key: self.idempotency_key.clone(),
             earlier_runs,
+            attempt_errors,
         })
     }
 }

@@ -231,7 +231,13 @@ async fn show_prints_arguments_timings_usage_steps_and_result() {
         assert!(out.contains(part), "{part:?} missing:\n{out}");
     }
     let failed = ok(llmjobs(&f.url, &["show", &f.failed.to_string()]));
-    assert!(failed.contains("error         quota exhausted"), "{failed}");
+    // Each attempt's error, with when it ended.
+    assert!(
+        failed
+            .lines()
+            .any(|l| l.starts_with("  attempt 1     2") && l.ends_with(" UTC  quota exhausted")),
+        "{failed}"
+    );
 }
 
 #[tokio::test]
@@ -710,4 +716,119 @@ async fn a_reader_that_goes_away_ends_the_command_quietly() {
         "",
         "no panic, no error: the reader chose to stop"
     );
+}
+
+/// One HTTP/1.1 request over loopback, the plain way: the status code and the body.
+async fn http(addr: &str, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn request(method: &str, path: &str, extra: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: cli.test\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\n{extra}\r\n{{}}"
+    )
+}
+
+#[tokio::test]
+async fn serve_shows_the_dashboard_cancels_and_retries_but_runs_nothing() {
+    let f = fixture().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llmjobs"))
+        .args([
+            "--db",
+            &f.url,
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--allow-unauthenticated-changes",
+        ])
+        .env_remove("LLMJOBS_DATABASE_URL")
+        .env_remove("LLMJOBS_HTTP_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+
+    let (status, page) = http(&addr, &request("GET", "/", "")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>llmjobs</title>"));
+    let (status, list) = http(&addr, &request("GET", "/jobs", "")).await;
+    assert_eq!(status, 200);
+    assert_eq!(json(&list)["jobs"].as_array().unwrap().len(), 3);
+    let (status, done) = http(
+        &addr,
+        &request("GET", &format!("/dashboard/jobs/{}", f.done), ""),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let done = json(&done);
+    assert_eq!(done["args"]["text"], "hello world");
+    assert_eq!(done["steps"][0]["name"], "draft");
+    assert_eq!(done["usage"]["input_tokens"], 100);
+
+    // It registers no job: a submission says so, and nothing is recorded.
+    let (status, refusal) = http(&addr, &request("POST", "/jobs/cli_echo", "")).await;
+    assert_eq!(status, 404);
+    let refusal = json(&refusal);
+    assert!(
+        refusal["error"]
+            .as_str()
+            .unwrap()
+            .contains("no job named `cli_echo`"),
+        "{refusal}"
+    );
+    assert_eq!(refusal["known"], serde_json::json!([]));
+
+    // Cancel and retry work, from programs; a cross-site request is refused.
+    let cancel = format!("/jobs/{}", f.pending);
+    let evil = "Origin: http://evil.example\r\nSec-Fetch-Site: cross-site\r\n";
+    let (status, _) = http(&addr, &request("DELETE", &cancel, evil)).await;
+    assert_eq!(status, 403);
+    let (status, _) = http(&addr, &request("DELETE", &cancel, "")).await;
+    assert_eq!(status, 200);
+    let retry = format!("/jobs/{}/retry", f.failed);
+    let (status, _) = http(&addr, &request("POST", &retry, "")).await;
+    assert_eq!(status, 200);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let db = llmjobs::Inspector::open(&f.url).await.unwrap();
+    assert_eq!(
+        db.status(f.pending).await.unwrap().state,
+        llmjobs::JobState::Cancelled
+    );
+    let failed = db.status(f.failed).await.unwrap();
+    assert_eq!(
+        failed.state,
+        llmjobs::JobState::Pending,
+        "retried, and not run here"
+    );
+    assert_eq!(failed.earlier_runs.len(), 1);
 }

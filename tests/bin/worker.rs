@@ -6,6 +6,7 @@
 //!   llmjobs-test-worker steps DB LOG                    spawn one five-step job, then run jobs forever
 //!   llmjobs-test-worker long DB LOG                     spawn one job that sleeps a minute, then run jobs forever
 //!   llmjobs-test-worker llm3 DB LOG MOCK_URL            spawn one job of three LLM calls, then run jobs forever
+//!   llmjobs-test-worker batch DB MOCK_URL COUNT         spawn one OpenAI batch of COUNT requests, then run jobs forever
 //!   llmjobs-test-worker torture DB LOG COUNT            spawn COUNT two-step jobs, then run jobs forever
 //!   llmjobs-test-worker run DB [MOCK_URL]               run jobs until none is left unfinished
 //!   llmjobs-test-worker hold DB MOCK_URL                spawn one `llm_call` to `openai/held` under a
@@ -15,7 +16,7 @@
 use std::time::Duration;
 
 use llmjobs::llm::mock::MockLlmServer;
-use llmjobs::llm::{ChatRequest, RateLimit, llm_call};
+use llmjobs::llm::{BatchOptions, BatchRequest, ChatRequest, RateLimit, llm_batch_with, llm_call};
 use llmjobs::{JobContext, JobError, JobFilter, JobState, Jobs, llm_job};
 use llmjobs_testkit::append_line;
 
@@ -177,12 +178,13 @@ async fn self_destruct_twice(ctx: JobContext, log: String) -> Result<(), JobErro
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: llmjobs-test-worker (spawn DB LOG COUNT SLEEP_MS | steps DB LOG | long DB LOG | llm3 DB LOG MOCK_URL | torture DB LOG COUNT | run DB [MOCK_URL] | hold DB MOCK_URL)";
+    let usage = "usage: llmjobs-test-worker (spawn DB LOG COUNT SLEEP_MS | steps DB LOG | long DB LOG | llm3 DB LOG MOCK_URL | batch DB MOCK_URL COUNT | torture DB LOG COUNT | run DB [MOCK_URL] | hold DB MOCK_URL)";
     let mode = args.get(1).ok_or(usage)?;
     let db = args.get(2).ok_or(usage)?;
     let mut builder = Jobs::builder().url(db.as_str()).concurrency(8);
     let mock_url = match mode.as_str() {
         "llm3" => args.get(4),
+        "batch" => args.get(3),
         "run" => args.get(3),
         _ => None,
     };
@@ -223,6 +225,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "llm3" => {
             let log = args.get(3).ok_or(usage)?;
             jobs.spawn(three_calls(log.clone())).await?;
+            std::future::pending::<()>().await;
+        }
+        "batch" => {
+            let count: u32 = args.get(4).ok_or(usage)?.parse()?;
+            let requests = (0..count)
+                .map(|n| {
+                    let request = ChatRequest::new("openai/gpt-4o-mini").user(format!("item {n}"));
+                    BatchRequest::new(format!("item-{n}"), request)
+                })
+                .collect();
+            let fast = Duration::from_millis(50);
+            jobs.spawn(llm_batch_with(
+                requests,
+                BatchOptions::new().poll_interval(fast, fast),
+            ))
+            .await?;
             std::future::pending::<()>().await;
         }
         "hold" => {

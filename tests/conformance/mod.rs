@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use llmjobs::{
-    Backoff, CancelOutcome, Error, JobCall, JobContext, JobCounts, JobError, JobFilter, JobId,
-    JobState, JobStatus, Jobs, JobsBuilder, Outcome, Progress, Schedule, llm_job,
+    AttemptError, Backoff, CancelOutcome, Error, JobCall, JobContext, JobCounts, JobError,
+    JobFilter, JobId, JobState, JobStatus, Jobs, JobsBuilder, Outcome, Progress, Schedule, llm_job,
 };
 use llmjobs_testkit::TempDb;
 use serde_json::json;
@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             concurrent_spawns_of_one_idempotency_key_from_two_runtimes_make_one_job,
             an_idempotency_key_reused_with_other_arguments_is_a_conflict,
             retry_of_a_failed_job_keeps_its_earlier_runs_and_replays_paid_steps,
+            each_attempts_error_is_kept_and_a_retry_files_them_under_its_run,
             spawn_many_is_all_or_none,
             counts_and_counts_by_name_match_the_jobs,
             list_filters_and_keyset_paging_visit_every_job_once,
@@ -240,10 +241,17 @@ impl Lab {
         }
     }
 
-    /// Counts a body running for `millis`, keeping the peak.
-    async fn hold(&self, millis: u64) {
+    /// Counts a body running for `millis` once `limit` bodies have run at once, keeping the peak.
+    async fn hold(&self, limit: u32, millis: u64) {
         let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
+        // Until the limit has been reached once, a body keeps its slot (for at most 10 s), so
+        // a slow machine cannot start the bodies one after another and leave the limit
+        // untested; a runtime that never reaches it shows as a peak under the limit.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.peak.load(Ordering::SeqCst) < limit && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(Duration::from_millis(millis)).await;
         self.now.fetch_sub(1, Ordering::SeqCst);
     }
@@ -458,13 +466,14 @@ async fn cf_fails_when_released(lab: String) -> Result<(), JobError> {
 
 #[llm_job(max_concurrency = 2)]
 async fn cf_limited(lab: String, n: u32) -> Result<u32, JobError> {
-    self::lab(&lab).hold(60).await;
+    self::lab(&lab).hold(2, 60).await;
     Ok(n)
 }
 
+/// Holds its slot until three bodies run at once: the global limit of the test that spawns it.
 #[llm_job]
 async fn cf_counted(lab: String, n: u32) -> Result<u32, JobError> {
-    self::lab(&lab).hold(50).await;
+    self::lab(&lab).hold(3, 50).await;
     Ok(n)
 }
 
@@ -540,6 +549,19 @@ async fn cf_fails_until_fixed(ctx: JobContext, lab: String) -> Result<u32, JobEr
         return Err(JobError::permanent(JobError::msg("the upstream was down")));
     }
     Ok(paid)
+}
+
+/// Fails each attempt, retryably, with an error naming the attempt, until the lab is released;
+/// the last error is long.
+#[llm_job(retries = 2)]
+async fn cf_fails_each_attempt(ctx: JobContext, lab: String) -> Result<u32, JobError> {
+    if self::lab(&lab).released() {
+        return Ok(ctx.attempt());
+    }
+    match ctx.attempt() {
+        3 => Err(JobError::msg(format!("attempt 3: {}", "x".repeat(5000)))),
+        n => Err(JobError::msg(format!("attempt {n}: 503 from the provider"))),
+    }
 }
 
 /// Runs until the lab is released.
@@ -909,6 +931,13 @@ pub(crate) async fn a_live_workers_jobs_are_never_taken_and_a_dead_owners_are_re
     }
     let ghost_status = other.status(ghost).await.unwrap();
     assert_eq!(ghost_status.attempts, 2, "the interrupted attempt counts");
+    let interrupted = &ghost_status.attempt_errors;
+    assert_eq!(interrupted.len(), 1, "{ghost_status:?}");
+    assert_eq!(interrupted[0].attempt, 1);
+    assert_eq!(
+        interrupted[0].error,
+        "interrupted: its worker pid1-0a0b0c0d0e0f died or lost its lease"
+    );
     // Several recovery rounds later, the live worker still runs its own job, once.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let status = mine.status().await.unwrap();
@@ -1151,6 +1180,56 @@ pub(crate) async fn retry_of_a_failed_job_keeps_its_earlier_runs_and_replays_pai
     assert_eq!(status.earlier_runs.len(), 1);
     assert_eq!(status.earlier_runs[0].state, JobState::Cancelled);
     shutdown_all(&[&jobs, &front]).await;
+}
+
+pub(crate) async fn each_attempts_error_is_kept_and_a_retry_files_them_under_its_run(
+    backend: Backend,
+) {
+    let probe = Probe::new();
+    let jobs = backend.open().await;
+    let spawned = SystemTime::now();
+    let handle = jobs
+        .spawn(cf_fails_each_attempt(probe.token()))
+        .await
+        .unwrap();
+    assert!(handle.wait().await.is_err());
+    let status = handle.status().await.unwrap();
+    assert_eq!(status.state, JobState::Failed, "{status:?}");
+    let errors = &status.attempt_errors;
+    let attempts: Vec<u32> = errors.iter().map(|e| e.attempt).collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    assert_eq!(errors[0].error, "attempt 1: 503 from the provider");
+    assert_eq!(errors[1].error, "attempt 2: 503 from the provider");
+    // The history keeps a bounded text; the job's error keeps it whole.
+    assert_eq!(errors[2].error.chars().count(), AttemptError::MAX_CHARS);
+    assert!(
+        status
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with(&errors[2].error)
+    );
+    assert_eq!(
+        status.error.as_deref().unwrap().len(),
+        "attempt 3: ".len() + 5000
+    );
+    let spawned_ms = spawned.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!(errors[0].ended_at_ms >= spawned_ms - 1000, "{errors:?}");
+    assert!(
+        errors
+            .windows(2)
+            .all(|w| w[0].ended_at_ms <= w[1].ended_at_ms),
+        "oldest first: {errors:?}"
+    );
+    // A retry starts a run with no errors, and files the old ones under the run it records.
+    probe.release.store(true, Ordering::SeqCst);
+    jobs.retry(handle.id()).await.unwrap();
+    assert_eq!(handle.wait().await.unwrap(), 1);
+    let status = handle.status().await.unwrap();
+    assert!(status.attempt_errors.is_empty(), "{status:?}");
+    assert_eq!(status.earlier_runs.len(), 1);
+    assert_eq!(&status.earlier_runs[0].attempt_errors, errors);
+    shutdown_all(&[&jobs]).await;
 }
 
 pub(crate) async fn spawn_many_is_all_or_none(backend: Backend) {

@@ -407,6 +407,33 @@ impl LlmClient {
     }
 }
 
+/// What the provider batch calls ([`super::batch`]) need of the client.
+impl LlmClient {
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    pub(crate) fn resolve(&self, model: &str) -> Result<super::router::Resolved, LlmError> {
+        self.inner.router.resolve(model)
+    }
+
+    pub(crate) fn provider_named(&self, name: &str) -> Option<Arc<ProviderConfig>> {
+        self.inner.router.providers.get(name).cloned()
+    }
+
+    pub(crate) fn price_of(&self, model: &str) -> Option<Price> {
+        self.inner.prices.get(model)
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    pub(crate) fn max_tokens_default(&self) -> u32 {
+        self.inner.default_max_tokens
+    }
+}
+
 /// The answer of a [`ProviderKind::Given`] provider: the last assistant message.
 fn given_answer(ctx: CallCtx<'_>, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
     let text = req.last_assistant_text().ok_or_else(|| {

@@ -1,5 +1,7 @@
 //! LLM calls inside jobs: `ctx.llm()` with journaled answers, and the built-in durable
-//! [`llm_call`] job.
+//! [`llm_call`] job; the built-in [`llm_batch`] job is in `job/batch.rs`.
+
+mod batch;
 
 mod shared_limits;
 
@@ -15,6 +17,8 @@ use super::{
     DEFAULT_LONG_RUNNING_PATTERNS, LlmClient, LlmError, Stage, StreamEvent,
 };
 use crate::{Job, JobCall, JobContext, JobError, Progress};
+
+pub use batch::{BatchOptions, BatchOutput, LlmBatch, llm_batch, llm_batch_with};
 
 /// How often, at most, streamed output is reported as progress.
 const STREAM_REPORT_INTERVAL: Duration = Duration::from_millis(50);

@@ -6,6 +6,10 @@
 //! request or per model, to simulate rate limits, server errors, malformed bodies, truncated
 //! streams and dropped connections. It records every request it receives.
 //!
+//! It also serves both batch APIs (OpenAI's `/v1/files` and `/v1/batches`, Anthropic's
+//! `/v1/messages/batches`) on a fast clock ([`MockBatchClock`]), with per-request errors and
+//! expiry, for `llm_batch`.
+//!
 //! ```
 //! use llmjobs::llm::mock::{MockLlmServer, MockReply, MockRoute};
 //! use llmjobs::llm::{ChatRequest, RetryPolicy};
@@ -26,6 +30,7 @@
 //! # }
 //! ```
 
+mod batch;
 mod limits;
 mod reply;
 
@@ -51,6 +56,7 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{LlmClientBuilder, ProviderConfig};
+pub use batch::{MockBatch, MockBatchApi, MockBatchClock};
 pub use limits::MockRateLimit;
 pub use reply::MockReply;
 use reply::{Prompt, Wire};
@@ -113,6 +119,7 @@ struct State {
     requests: Mutex<Vec<ReceivedRequest>>,
     limits: Mutex<limits::Limits>,
     serial: AtomicU64,
+    batches: batch::Batches,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -349,6 +356,9 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 struct Dropped;
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<MockBody>, Dropped> {
+    if batch::serves(req.uri().path()) {
+        return Ok(batch::handle(req, &state).await);
+    }
     let route = match (req.method(), req.uri().path()) {
         (&Method::POST, "/v1/chat/completions" | "/chat/completions") => MockRoute::OpenAiChat,
         (&Method::POST, "/v1/messages") => MockRoute::AnthropicMessages,

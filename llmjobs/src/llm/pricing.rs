@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 use super::Usage;
 use super::router::matches_pattern;
 
+/// What a provider batch costs, as a fraction of the list price: OpenAI's Batch API and
+/// Anthropic's Message Batches both charge half.
+pub const BATCH_PRICE_FACTOR: f64 = 0.5;
+
 /// What a model costs, in US dollars per million tokens.
 ///
 /// The client ships no prices (they change too often to hard-code); set the ones you use with
@@ -24,6 +28,14 @@ impl Price {
         Price {
             input_per_million: input,
             output_per_million: output,
+        }
+    }
+
+    /// The price of the same model in a provider batch: [`BATCH_PRICE_FACTOR`] of this one.
+    pub fn batch(&self) -> Price {
+        Price {
+            input_per_million: self.input_per_million * BATCH_PRICE_FACTOR,
+            output_per_million: self.output_per_million * BATCH_PRICE_FACTOR,
         }
     }
 
@@ -63,6 +75,13 @@ mod tests {
         let price = Price::per_million_tokens(0.15, 0.60);
         let cost = price.cost(&Usage::new(1_000_000, 500_000));
         assert!((cost - 0.45).abs() < 1e-9);
+    }
+
+    #[test]
+    fn batches_cost_half_the_list_price() {
+        let price = Price::per_million_tokens(0.15, 0.60).batch();
+        let cost = price.cost(&Usage::new(1_000_000, 500_000));
+        assert!((cost - 0.225).abs() < 1e-9);
     }
 
     #[test]

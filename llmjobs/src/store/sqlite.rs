@@ -376,6 +376,7 @@ fn job_row(row: &rusqlite::Row<'_>) -> Result<JobRow> {
         completed_at: lenient(row, 16, int, p),
         idempotency_key: lenient(row, 17, text, p),
         earlier_runs: lenient(row, 18, text, p),
+        attempt_errors: lenient(row, 19, text, p),
         id,
         problems,
     })

@@ -41,6 +41,20 @@ pub(crate) enum Command {
     Schema(JsonArg),
     /// Bring the database's schema up to this llmjobs's version (--check: only say whether it is).
     Migrate(MigrateArgs),
+    /// Serve the HTTP job API and the web dashboard over the database (this command runs no
+    /// jobs: it reads them, cancels and retries them).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Where to listen; beyond loopback it needs a token in LLMJOBS_HTTP_TOKEN.
+    #[arg(long, default_value = "127.0.0.1:8787", value_name = "HOST:PORT")]
+    pub(crate) addr: std::net::SocketAddr,
+    /// Let anyone who reaches the port cancel and retry jobs without a token. Without it (and
+    /// without LLMJOBS_HTTP_TOKEN), cancel and retry answer 401.
+    #[arg(long)]
+    pub(crate) allow_unauthenticated_changes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -35,7 +35,9 @@ pub(crate) fn status(s: &JobStatus) -> Value {
             "error": r.error,
             "needs_review": r.needs_review,
             "ended_at_ms": r.ended_at_ms,
+            "attempt_errors": r.attempt_errors,
         })).collect::<Vec<_>>(),
+        "attempt_errors": s.attempt_errors,
     })
 }
 

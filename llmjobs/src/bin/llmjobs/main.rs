@@ -8,7 +8,8 @@
 //! Read commands (`list`, `show`, `watch`, `wait`, `stats`, `schema`, `migrate --check`) open the
 //! database through [`llmjobs::Inspector`]: read-only, no runtime, no lock, so they never hold up
 //! the application. Commands that change jobs (`cancel`, `retry`, `prune`, `migrate`) open it as
-//! a [`llmjobs::Jobs`] that runs no jobs. Errors are one line on stderr.
+//! a [`llmjobs::Jobs`] that runs no jobs; so does `serve`, which serves the HTTP job API and
+//! the web dashboard. Errors are one line on stderr.
 
 use std::process::ExitCode;
 
@@ -35,6 +36,7 @@ mod json;
 mod list;
 mod output;
 mod schema;
+mod serve;
 mod show;
 mod stats;
 mod wait;
@@ -143,5 +145,6 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> Outcome {
         Command::Stats(args) => rt.block_on(stats::run(&url, args)),
         Command::Schema(args) => rt.block_on(schema::show(&url, args.json)),
         Command::Migrate(args) => rt.block_on(schema::migrate(&url, args)),
+        Command::Serve(args) => rt.block_on(serve::run(&url, args)),
     }
 }

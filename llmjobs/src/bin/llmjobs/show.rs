@@ -1,9 +1,9 @@
 //! `llmjobs show ID`: everything stored about one job.
 
 use std::fmt::Write;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use llmjobs::{Inspector, JobRecord, JobState, StepInfo};
+use llmjobs::{AttemptError, Inspector, JobRecord, JobState, StepInfo};
 
 use crate::args::ShowArgs;
 use crate::output::{
@@ -127,11 +127,21 @@ pub(crate) fn render(
             }
             line("usage", usage);
         }
-        if let Some(error) = &s.error {
-            line(
-                "error",
-                value_text(&serde_json::Value::String(error.clone()), full, room),
-            );
+        let error_text = |e: &str| value_text(&serde_json::Value::String(e.to_owned()), full, room);
+        let attempt_line = |e: &AttemptError| {
+            let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(e.ended_at_ms).unwrap_or(0));
+            format!("{}  {}", time(at), error_text(&e.error))
+        };
+        for e in &s.attempt_errors {
+            line(&format!("attempt {}", e.attempt), attempt_line(e));
+        }
+        // The job's error, unless it is the newest attempt's, just shown (it differs when the
+        // job failed for something other than an attempt: its attempts all interrupted, or a
+        // corrupt row).
+        if let Some(error) = &s.error
+            && s.attempt_errors.last().is_none_or(|e| &e.error != error)
+        {
+            line("error", error_text(error));
         }
         for (n, run) in s.earlier_runs.iter().enumerate() {
             let error = run
@@ -148,6 +158,9 @@ pub(crate) fn render(
                 &format!("earlier run {}", n + 1),
                 format!("{} after {} attempt(s){error}", run.state, run.attempts),
             );
+            for e in &run.attempt_errors {
+                line(&format!("  attempt {}", e.attempt), attempt_line(e));
+            }
         }
     }
     text.push_str("arguments\n");

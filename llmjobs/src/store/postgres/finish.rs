@@ -22,7 +22,9 @@ pub(super) struct Outcome {
 /// Every outcome of a batch in one statement; `f.kind` is the state the outcome asks for
 /// (`pending` for a retry). Completed: the result, no error. Failed: the error, and whether it
 /// needs review. Retry: the error, pending again at `run_at`, no owner. Cancelled: the row's
-/// result and error kept. A requested cancel turns any of them into `cancelled`, ended now.
+/// result and error kept. A requested cancel turns any of them into `cancelled`, ended now. A
+/// failed or retried attempt's error joins the attempts' history (cut to
+/// `AttemptError::MAX_CHARS` characters).
 /// Binds the columns as arrays, then $10 now.
 const FINISH_MANY_SQL: &str = "UPDATE llmjobs_jobs AS j SET \
      status = CASE WHEN f.kind = 'cancelled' OR j.cancel_requested THEN 'cancelled' \
@@ -38,7 +40,11 @@ const FINISH_MANY_SQL: &str = "UPDATE llmjobs_jobs AS j SET \
      run_at = CASE WHEN f.kind = 'pending' THEN f.run_at ELSE j.run_at END, \
      needs_review = CASE WHEN f.kind = 'failed' THEN NOT j.cancel_requested AND f.review \
          ELSE j.needs_review END, \
-     lease_until = NULL, progress = coalesce(f.progress, j.progress) \
+     lease_until = NULL, progress = coalesce(f.progress, j.progress), \
+     attempt_errors = CASE WHEN f.kind IN ('failed', 'pending') \
+         THEN coalesce(j.attempt_errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object( \
+             'attempt', j.attempts, 'error', left(f.error, 2000), 'ended_at_ms', $10)) \
+         ELSE j.attempt_errors END \
      FROM unnest($1::text[]::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], \
          $6::text[], $7::bool[], $8::int8[], $9::text[]) \
          AS f(id, owner, attempt, kind, result, error, review, run_at, progress) \

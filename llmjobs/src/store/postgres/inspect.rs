@@ -87,7 +87,7 @@ impl Reader for PgReader {
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let args: String = sqlx::Row::try_get(&row, 19)?;
+        let args: String = sqlx::Row::try_get(&row, 20)?;
         Ok(Some(RowWithArgs {
             row: job_row(&row)?,
             args,
@@ -168,7 +168,7 @@ impl Reader for PgReader {
         rows.iter()
             .map(|row| {
                 Ok(RowWithArgs {
-                    args: sqlx::Row::try_get(row, 19)?,
+                    args: sqlx::Row::try_get(row, 20)?,
                     row: job_row(row)?,
                 })
             })

@@ -35,7 +35,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "functions find their schema",
         sql: include_str!("../../../migrations/postgres/0003_functions_find_their_schema.sql"),
     },
-    // 4 is left to another change in flight; the runner applies versions in order, gaps allowed.
+    Migration {
+        version: 4,
+        description: "attempt errors",
+        sql: include_str!("../../../migrations/postgres/0004_attempt_errors.sql"),
+    },
     Migration {
         version: 5,
         description: "shared rate limits",

@@ -9,7 +9,8 @@ use crate::{JobId, Result};
 /// The columns [`job_row`] reads, in its order.
 pub(super) const JOB_ROW_COLUMNS: &str = "id::text, name, status, result, error, progress, \
      priority, concurrency_key, attempts, max_attempts, owner, cancel_requested, needs_review, \
-     run_at, created_at, started_at, completed_at, idempotency_key, earlier_runs::text";
+     run_at, created_at, started_at, completed_at, idempotency_key, earlier_runs::text, \
+     attempt_errors::text";
 
 /// Reads a row selected with [`JOB_ROW_COLUMNS`]. PostgreSQL enforces the column types, so a
 /// row cannot hold a value of the wrong type as a SQLite row can.
@@ -34,6 +35,7 @@ pub(super) fn job_row(row: &PgRow) -> Result<JobRow> {
         completed_at: row.try_get(16)?,
         idempotency_key: row.try_get(17)?,
         earlier_runs: row.try_get(18)?,
+        attempt_errors: row.try_get(19)?,
         problems: Vec::new(),
     })
 }

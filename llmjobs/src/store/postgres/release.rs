@@ -44,7 +44,11 @@ attempts, greatest(max_attempts, $4), owner) END, \
          THEN $2 END, \
      owner = CASE WHEN cancel_requested OR attempts >= greatest(max_attempts, $4) \
          THEN owner END, \
-     lease_until = NULL \
+     lease_until = NULL, \
+     attempt_errors = CASE WHEN cancel_requested THEN attempt_errors \
+         ELSE coalesce(attempt_errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object( \
+             'attempt', attempts, 'error', format('interrupted: its worker %s died or lost its \
+lease', owner), 'ended_at_ms', $2)) END \
      WHERE status = 'running' AND owner = $1 \
          AND ($3::int8 IS NULL OR lease_until IS NULL OR lease_until < $3)";
 

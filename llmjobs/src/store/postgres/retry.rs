@@ -37,8 +37,9 @@ pub(super) async fn retry(
         "UPDATE llmjobs_jobs SET \
          earlier_runs = coalesce(earlier_runs, '[]'::jsonb) || jsonb_build_array( \
              jsonb_build_object('state', status, 'attempts', attempts, 'error', error, \
-             'needs_review', needs_review, 'ended_at_ms', completed_at)), \
-         status = 'pending', attempts = 0, error = NULL, result = NULL, needs_review = false, \
+             'needs_review', needs_review, 'ended_at_ms', completed_at, \
+             'attempt_errors', coalesce(attempt_errors, '[]'::jsonb))), \
+         attempt_errors = NULL, status = 'pending', attempts = 0, error = NULL, result = NULL, needs_review = false, \
          cancel_requested = false, owner = NULL, lease_until = NULL, completed_at = NULL, \
          run_at = $2 \
          WHERE id = $1::uuid",

@@ -70,7 +70,7 @@ impl SqliteReader {
 /// A job row selected with [`JOB_ROW_COLUMNS`] followed by `args`.
 fn row_with_args(row: &rusqlite::Row<'_>) -> Result<RowWithArgs> {
     let args = row
-        .get::<_, rusqlite::types::Value>(19)
+        .get::<_, rusqlite::types::Value>(20)
         .map(|v| match v {
             rusqlite::types::Value::Text(text) => text,
             other => format!("{other:?}"),

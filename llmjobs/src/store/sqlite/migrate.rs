@@ -43,7 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "counters kept by the writer",
         sql: include_str!("../../../migrations/sqlite/0005_counters_kept_by_the_writer.sql"),
     },
-    // 6 is left to another change in flight; the runner applies versions in order, gaps allowed.
+    Migration {
+        version: 6,
+        description: "attempt errors",
+        sql: include_str!("../../../migrations/sqlite/0006_attempt_errors.sql"),
+    },
     Migration {
         version: 7,
         description: "shared rate limits",

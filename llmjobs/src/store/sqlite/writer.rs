@@ -18,6 +18,10 @@ use crate::store::{
 };
 use crate::{Error, JobId, Result};
 
+// First: its SQL-building macro is used by the modules below.
+#[macro_use]
+mod history;
+
 mod cancel;
 mod claim;
 mod enqueue;

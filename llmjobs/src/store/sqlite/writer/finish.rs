@@ -36,16 +36,24 @@ const COMPLETE_CANCELLED_SQL: &str = "UPDATE llmjobs_jobs SET status = 'cancelle
      progress = coalesce(?3, progress) WHERE rowid = ?4";
 
 /// Binds as [`COMPLETE_SQL`], with ?1 the error, ?5 the state (failed, or cancelled when a
-/// cancel was requested) and ?6 whether it needs review.
-const FAIL_SQL: &str = "UPDATE llmjobs_jobs SET status = ?5, error = ?1, completed_at = ?2, \
-     lease_until = NULL, progress = coalesce(?3, progress), needs_review = ?6 WHERE rowid = ?4";
+/// cancel was requested) and ?6 whether it needs review. The error joins the attempts' history.
+const FAIL_SQL: &str = concat!(
+    "UPDATE llmjobs_jobs SET status = ?5, error = ?1, completed_at = ?2, \
+     lease_until = NULL, progress = coalesce(?3, progress), needs_review = ?6, attempt_errors = ",
+    attempt_error_appended!("?1", "?2"),
+    " WHERE rowid = ?4"
+);
 
 /// Binds as [`COMPLETE_SQL`], with ?1 the error, ?5 the state (pending, or cancelled when a
 /// cancel was requested), ?6 when the next attempt is due, ?7 the completion time (NULL when
-/// pending). A job going back to pending has no owner.
-const RETRY_SQL: &str = "UPDATE llmjobs_jobs SET status = ?5, error = ?1, run_at = ?6, \
+/// pending). A job going back to pending has no owner. The error joins the attempts' history.
+const RETRY_SQL: &str = concat!(
+    "UPDATE llmjobs_jobs SET status = ?5, error = ?1, run_at = ?6, \
      completed_at = ?7, owner = CASE ?5 WHEN 'pending' THEN NULL ELSE owner END, \
-     lease_until = NULL, progress = coalesce(?3, progress) WHERE rowid = ?4";
+     lease_until = NULL, progress = coalesce(?3, progress), attempt_errors = ",
+    attempt_error_appended!("?1", "?2"),
+    " WHERE rowid = ?4"
+);
 
 /// Binds as [`COMPLETE_SQL`] (?1 unused).
 const CANCEL_SQL: &str = "UPDATE llmjobs_jobs SET status = 'cancelled', completed_at = ?2, \

@@ -34,8 +34,10 @@ const HAND_BACK_SQL: &str = "UPDATE llmjobs_jobs SET \
      RETURNING name, concurrency_key, status";
 
 /// A dead owner's jobs whose lease ended before ?3 (NULL for an owner known dead: any lease).
-/// Binds ?1 the owner, ?2 now, ?3 the lease bound, ?4 the fewest attempts a job may make.
-const RELEASE_DEAD_SQL: &str = "UPDATE llmjobs_jobs SET \
+/// Binds ?1 the owner, ?2 now, ?3 the lease bound, ?4 the fewest attempts a job may make. The
+/// interrupted attempt joins the attempts' error history, unless the job ends cancelled.
+const RELEASE_DEAD_SQL: &str = concat!(
+    "UPDATE llmjobs_jobs SET \
      status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
          WHEN attempts >= max(max_attempts, ?4) THEN 'failed' ELSE 'pending' END, \
      error = CASE WHEN cancel_requested <> 0 THEN error \
@@ -48,10 +50,17 @@ attempts, max(max_attempts, ?4), owner) END, \
          THEN ?2 END, \
      owner = CASE WHEN cancel_requested <> 0 OR attempts >= max(max_attempts, ?4) \
          THEN owner END, \
-     lease_until = NULL \
+     lease_until = NULL, \
+     attempt_errors = CASE WHEN cancel_requested <> 0 THEN attempt_errors ELSE ",
+    attempt_error_appended!(
+        "printf('interrupted: its worker %s died or lost its lease', owner)",
+        "?2"
+    ),
+    " END \
      WHERE status = 'running' AND owner = ?1 \
          AND (?3 IS NULL OR lease_until IS NULL OR lease_until < ?3) \
-     RETURNING name, concurrency_key, status";
+     RETURNING name, concurrency_key, status"
+);
 
 /// Releases every running job of `owner`; returns how many.
 pub(super) fn release_owner(

@@ -34,8 +34,10 @@ pub(super) fn retry(
          earlier_runs = json_insert(coalesce(earlier_runs, '[]'), '$[#]', json_object(\
              'state', status, 'attempts', attempts, 'error', error, \
              'needs_review', json(CASE needs_review WHEN 0 THEN 'false' ELSE 'true' END), \
-             'ended_at_ms', completed_at)), \
-         status = 'pending', attempts = 0, error = NULL, result = NULL, needs_review = 0, \
+             'ended_at_ms', completed_at, \
+             'attempt_errors', json(CASE WHEN json_valid(attempt_errors) THEN attempt_errors \
+                 ELSE '[]' END))), \
+         attempt_errors = NULL, status = 'pending', attempts = 0, error = NULL, result = NULL, needs_review = 0, \
          cancel_requested = 0, owner = NULL, lease_until = NULL, completed_at = NULL, \
          run_at = ?2 \
          WHERE id = ?1 AND (status = 'failed' OR status = 'cancelled')",
