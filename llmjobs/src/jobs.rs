@@ -637,6 +637,7 @@ impl JobsBuilder {
         let registry = self.registry()?;
         let settings = with_default_llm(self.settings);
         let (store, db_path) = open_store(&url, self.durability).await?;
+        let settings = with_shared_limits(settings, &*store);
         let shared = Shared::new(store, settings, registry, db_path)?;
         // Resume what dead workers left before claiming anything new.
         runtime::recover_orphans(&shared).await?;
@@ -701,6 +702,20 @@ fn with_default_llm(mut settings: Settings) -> Settings {
             )
         });
     }
+    settings
+}
+
+/// A client that asked for shared rate limits gets them from the job database.
+#[cfg(feature = "llm")]
+fn with_shared_limits(mut settings: Settings, store: &dyn Store) -> Settings {
+    if let Ok(client) = settings.llm {
+        settings.llm = Ok(crate::llm::share_through(client, store));
+    }
+    settings
+}
+
+#[cfg(not(feature = "llm"))]
+fn with_shared_limits(settings: Settings, _store: &dyn Store) -> Settings {
     settings
 }
 

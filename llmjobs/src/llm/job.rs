@@ -3,6 +3,10 @@
 
 mod batch;
 
+mod shared_limits;
+
+pub(crate) use shared_limits::share_through;
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

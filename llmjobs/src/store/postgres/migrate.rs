@@ -40,6 +40,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "attempt errors",
         sql: include_str!("../../../migrations/postgres/0004_attempt_errors.sql"),
     },
+    Migration {
+        version: 5,
+        description: "shared rate limits",
+        sql: include_str!("../../../migrations/postgres/0005_shared_rate_limits.sql"),
+    },
 ];
 
 /// The newest migration this build knows.

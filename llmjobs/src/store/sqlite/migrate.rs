@@ -48,6 +48,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "attempt errors",
         sql: include_str!("../../../migrations/sqlite/0006_attempt_errors.sql"),
     },
+    Migration {
+        version: 7,
+        description: "shared rate limits",
+        sql: include_str!("../../../migrations/sqlite/0007_shared_rate_limits.sql"),
+    },
 ];
 
 /// The newest migration this build knows.
