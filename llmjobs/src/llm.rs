@@ -64,6 +64,7 @@ mod breaker;
 mod client;
 mod error;
 mod escalation;
+mod fallback;
 mod job;
 mod limits;
 #[cfg(feature = "mock")]
@@ -84,6 +85,7 @@ pub use breaker::CircuitBreaker;
 pub use client::{LlmClient, LlmClientBuilder};
 pub use error::LlmError;
 pub use escalation::Stage;
+pub use fallback::{DEFAULT_FALLBACK_PATIENCE, FallbackSkip};
 pub use job::{
     BatchOptions, BatchOutput, JobLlm, LlmBatch, LlmCall, UsageTotals, llm_batch, llm_batch_with,
     llm_call,

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use super::Stage;
+use super::{FallbackSkip, Stage};
 
 /// A model's answer, with what it cost. Serializable, so a job can journal it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +49,14 @@ pub struct ChatResponse {
     /// The cost of every call made to get this answer, when prices are known for all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_cost: Option<f64>,
+    /// The models of [`ChatRequest::fallbacks`](super::ChatRequest::fallbacks) asked before the
+    /// one that answered, each with why it did not; empty when the first model answered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_trail: Vec<FallbackSkip>,
+    /// The model of [`ChatRequest::fallbacks`](super::ChatRequest::fallbacks) that answered
+    /// (with its routing prefix), when the request's own model did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_model: Option<String>,
 }
 
 fn one() -> u32 {
@@ -80,6 +88,8 @@ impl ChatResponse {
             retries: 0,
             total_usage: Usage::default(),
             total_cost: None,
+            fallback_trail: Vec::new(),
+            fallback_model: None,
         }
     }
 
