@@ -222,7 +222,10 @@ impl LlmClient {
         if !streaming {
             request = request.timeout(inner.timeout);
         }
-        let response = tokio::time::timeout(inner.timeout, request.send())
+        // One deadline for the whole call, streamed or not: a stream that keeps trickling
+        // data never trips the idle timeout, and must still end.
+        let deadline = tokio::time::Instant::now() + inner.timeout;
+        let response = tokio::time::timeout_at(deadline, request.send())
             .await
             .map_err(|_| timeout(ctx, inner.timeout))?
             .map_err(|e| transport(ctx, e, inner.timeout))?;
@@ -256,10 +259,12 @@ impl LlmClient {
                     .map_err(|e| transport(ctx, e, inner.timeout))?;
                 provider::parse_body(provider.kind, ctx, &bytes)?
             }
-            Some(on_event) => {
-                self.read_stream(ctx, provider.kind, response, attempt, on_event)
-                    .await?
-            }
+            Some(on_event) => tokio::time::timeout_at(
+                deadline,
+                self.read_stream(ctx, provider.kind, response, attempt, on_event),
+            )
+            .await
+            .map_err(|_| timeout(ctx, inner.timeout))??,
         };
         let response = self.finish_response(ctx, req, provider, parsed);
         permit.reconcile(response.usage.total());
@@ -654,8 +659,9 @@ impl LlmClientBuilder {
         self
     }
 
-    /// The longest a non-streamed call may take, and the longest to wait for a stream to start
-    /// (default 10 minutes).
+    /// The longest one provider call may take, streamed or not, from sending the request to
+    /// its last byte (default 10 minutes). Streams also end after
+    /// [`LlmClientBuilder::stream_idle_timeout`] without data.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

@@ -54,7 +54,9 @@ impl From<&str> for ApiKey {
 }
 
 /// One provider: a name, a wire format, a base URL, and how to authenticate.
-#[derive(Clone, Debug)]
+///
+/// `Debug` prints the names of the extra headers, never their values.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ProviderConfig {
     /// The provider's name, used by routes, limits and in [`super::ChatResponse::provider`].
@@ -75,6 +77,25 @@ pub struct ProviderConfig {
     /// Whether to ask an OpenAI-compatible server for usage in streams
     /// (`stream_options.include_usage`). On by default; turn off for servers that reject it.
     pub stream_usage: bool,
+}
+
+impl fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(name, _)| (name.as_str(), "<redacted>"))
+            .collect();
+        f.debug_struct("ProviderConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key)
+            .field("key_hint", &self.key_hint)
+            .field("headers", &headers)
+            .field("stream_usage", &self.stream_usage)
+            .finish()
+    }
 }
 
 impl ProviderConfig {
@@ -330,6 +351,15 @@ pub(crate) fn matches_pattern(pattern: &str, text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_redacts_extra_header_values() {
+        let provider = super::ProviderConfig::openai_compatible("proxy", "http://x/v1")
+            .header("x-proxy-token", "secret-token");
+        let printed = format!("{provider:?}");
+        assert!(printed.contains("x-proxy-token"), "{printed}");
+        assert!(!printed.contains("secret-token"), "{printed}");
+    }
+
     use super::*;
 
     fn router() -> Router {
