@@ -92,6 +92,7 @@ pub use job::{
 };
 pub use limits::RateLimit;
 pub use pricing::{BATCH_PRICE_FACTOR, Price};
+pub use provider::command::{CommandSpec, MCP_CONFIG_FILE};
 pub use request::{
     ChatRequest, Content, ContentPart, DEFAULT_LONG_RUNNING_PATTERNS, ImageUrl, Message,
     ResponseFormat, RetryConfig, Role, WaitFor,

@@ -196,6 +196,15 @@ impl LlmClient {
                 hint: hint.clone(),
             });
         }
+        if let Some(command) = provider
+            .command
+            .as_ref()
+            .filter(|_| provider.kind == ProviderKind::Command)
+        {
+            return self
+                .send_command(provider, command, wire_model, req, attempt, on_event)
+                .await;
+        }
         let streaming = on_event.is_some();
         let body = provider::build_body(
             provider,
@@ -266,6 +275,40 @@ impl LlmClient {
             .await
             .map_err(|_| timeout(ctx, inner.timeout))??,
         };
+        let response = self.finish_response(ctx, req, provider, parsed);
+        permit.reconcile(response.usage.total());
+        Ok(response)
+    }
+
+    /// One call to a command-line provider, under the same rate limits and deadline as an
+    /// HTTP call; dropping it (a cancelled or timed-out job) kills the command.
+    async fn send_command(
+        &self,
+        provider: &ProviderConfig,
+        command: &super::CommandSpec,
+        wire_model: &str,
+        req: &ChatRequest,
+        attempt: u32,
+        on_event: Option<&mut (dyn FnMut(&StreamEvent) + Send)>,
+    ) -> Result<ChatResponse, LlmError> {
+        let inner = &*self.inner;
+        let ctx = CallCtx {
+            provider: &provider.name,
+            model: &req.model,
+        };
+        let estimate = req.estimated_input_tokens()
+            + req.max_tokens.map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from);
+        let permit = inner
+            .limiter
+            .acquire(&provider.name, &req.model, estimate)
+            .await;
+        tracing::debug!(provider = %provider.name, model = %req.model, attempt, "running the provider's command");
+        let parsed = tokio::time::timeout(
+            inner.timeout,
+            provider::command::run(command, ctx, wire_model, req, attempt, on_event),
+        )
+        .await
+        .map_err(|_| timeout(ctx, inner.timeout))??;
         let response = self.finish_response(ctx, req, provider, parsed);
         permit.reconcile(response.usage.total());
         Ok(response)

@@ -1,6 +1,7 @@
 //! Wire formats: request bodies, responses, stream events and error bodies of each provider.
 
 mod anthropic;
+pub(crate) mod command;
 mod openai;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
