@@ -87,3 +87,122 @@ async fn a_stream_that_never_ends_stops_at_the_call_deadline() {
     );
     assert!(deltas > 0, "the stream had started");
 }
+
+#[tokio::test]
+async fn llm_call_refuses_to_store_a_literal_secret() {
+    let db = llmjobs_testkit::TempDb::new();
+    let jobs = llmjobs::Jobs::builder().url(db.url()).open().await.unwrap();
+    let mut req = ChatRequest::new("max/agent").user("hi");
+    req.mcp_config = Some(serde_json::json!({"mcpServers": {"gh": {
+        "command": "gh-mcp", "env": {"GITHUB_TOKEN": "ghp_live_secret"}}}}));
+    let err = jobs
+        .spawn(llmjobs::llm::llm_call(req))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("mcp_config.mcpServers.gh.env.GITHUB_TOKEN")
+            && err.contains("${GITHUB_TOKEN}"),
+        "{err}"
+    );
+    assert!(!err.contains("ghp_live_secret"), "{err}");
+    assert!(
+        jobs.list(llmjobs::JobFilter::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    jobs.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_secret_reference_is_stored_as_written_and_sent_expanded() {
+    // HOME stands in for a secret every test process already has in its environment.
+    let home = std::env::var("HOME").unwrap();
+    let mock = MockLlmServer::start().await.unwrap();
+    let db = llmjobs_testkit::TempDb::new();
+    let jobs = llmjobs::Jobs::builder()
+        .url(db.url())
+        .llm(mock.client_builder().build().unwrap())
+        .open()
+        .await
+        .unwrap();
+    let mut req = ChatRequest::new("openai/gpt-4o-mini").user("hi");
+    req.mcp_config = Some(serde_json::json!({"mcpServers": {"gh": {
+        "command": "gh-mcp", "env": {"GITHUB_TOKEN": "${HOME}"}}}}));
+    let handle = jobs.spawn(llmjobs::llm::llm_call(req)).await.unwrap();
+    handle.clone().wait().await.unwrap();
+    let sent = &mock.requests()[0].body;
+    assert_eq!(
+        sent["mcp_config"]["mcpServers"]["gh"]["env"]["GITHUB_TOKEN"],
+        home.as_str()
+    );
+    let inspector = llmjobs::Inspector::open(&db.url()).await.unwrap();
+    let stored = inspector.job(handle.id()).await.unwrap();
+    let args = serde_json::to_string(&stored.args).unwrap();
+    assert!(args.contains("${HOME}"), "{args}");
+    assert!(!args.contains("tok-from-env"), "{args}");
+    jobs.shutdown().await;
+}
+
+/// A server that answers every request with `body` as JSON (a provider's canned answer).
+async fn canned_server(body: serde_json::Value) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let body = body.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = socket.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn tool_calls_of_both_providers_come_back_in_one_shape() {
+    let openai = canned_server(serde_json::json!({
+        "id": "chatcmpl-1", "model": "gpt-4o",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+            "content": null, "tool_calls": [{"id": "call_7", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5}
+    }))
+    .await;
+    let anthropic = canned_server(serde_json::json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+        "stop_reason": "tool_use",
+        "content": [{"type": "tool_use", "id": "call_7", "name": "get_weather",
+            "input": {"city": "Paris"}}],
+        "usage": {"input_tokens": 10, "output_tokens": 5}
+    }))
+    .await;
+    let mut answers = Vec::new();
+    for (model, url) in [("openai/gpt-4o", openai), ("anthropic/claude", anthropic)] {
+        let client = MockLlmServer::client_builder_for(&url).build().unwrap();
+        answers.push(
+            client
+                .chat(&ChatRequest::new(model).user("weather?"))
+                .await
+                .unwrap(),
+        );
+    }
+    let [openai, anthropic] = [&answers[0], &answers[1]];
+    assert_eq!(openai.calls, anthropic.calls);
+    assert_eq!(openai.calls.len(), 1);
+    let call = &openai.calls[0];
+    assert_eq!((call.id.as_str(), call.name.as_str()), ("call_7", "get_weather"));
+    assert_eq!(call.arguments, serde_json::json!({"city": "Paris"}));
+    assert_eq!(openai.tool_calls[0]["function"]["name"], "get_weather", "raw kept");
+    assert_eq!(anthropic.tool_calls[0]["input"]["city"], "Paris", "raw kept");
+}

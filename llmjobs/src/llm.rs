@@ -75,7 +75,9 @@ mod request;
 mod response;
 mod retry;
 mod router;
+mod secrets;
 mod stream;
+mod tool_call;
 mod validate;
 
 pub use batch::{
@@ -102,4 +104,5 @@ pub use retry::{
     Attempt, AttemptInfo, AttemptPurpose, AttemptRunner, BoxFuture, DirectRunner, RetryPolicy,
 };
 pub use router::{ApiKey, Capability, ProviderConfig, ProviderKind, Route};
+pub use tool_call::ToolCall;
 pub use validate::{AgentCheck, ContradictionCheck, SuccessCriteria, Validator, render_template};

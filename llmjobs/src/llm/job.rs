@@ -271,10 +271,21 @@ impl AttemptRunner for JournalRunner<'_> {
 }
 
 /// The built-in durable LLM call; spawn it with [`llm_call`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// Its stored arguments are the request without secrets: see [`llm_call`].
+#[derive(Debug, Clone, Deserialize)]
 #[serde(transparent)]
 pub struct LlmCall {
     request: ChatRequest,
+}
+
+impl Serialize for LlmCall {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.request
+            .for_storage()
+            .map_err(serde::ser::Error::custom)?
+            .serialize(serializer)
+    }
 }
 
 impl Job for LlmCall {
@@ -305,6 +316,14 @@ inventory::submit! { crate::job::Registration::of::<LlmCall>() }
 /// - The request's `timeout` or `wait_for_completion` seconds cap how long
 ///   [`Jobs::run_with_timeout`](crate::Jobs::run_with_timeout) waits before giving the handle
 ///   ([`JobCall::wait_at_most`]); the same call keeps going.
+///
+/// Secrets are not stored with the job: a literal credential in an MCP server's `env` or in
+/// `provider_options` (a name with `key`, `token`, `secret`, `password`, …) makes the spawn
+/// fail with an error naming it; write it as `"${GITHUB_TOKEN}"` instead, and the worker that
+/// sends the call (the first, or the one resuming the job after a restart) reads it from its
+/// environment. Credential-named fields of [`ChatRequest::extra`] (never sent) are dropped.
+/// Provider API keys belong in the client's configuration ([`LlmClient::from_env`]), never in
+/// the request.
 ///
 /// The call streams, so its progress shows the text received so far and the escalation stage;
 /// validators run with feedback retries and staged escalation, and an answer that never passes

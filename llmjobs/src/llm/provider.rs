@@ -130,11 +130,16 @@ pub(crate) fn build_body(
         _ => openai::body(wire_model, req, stream, provider.stream_usage),
     };
     if let Value::Object(map) = &mut body {
+        // `${VAR}` references are expanded here, at send time, so stored requests never hold
+        // the secrets they name.
+        let expand = |value: &Value| {
+            super::secrets::expand_env(value).map_err(|reason| ctx.invalid_request(reason))
+        };
         if let Some(mcp) = &req.mcp_config {
-            map.insert("mcp_config".into(), mcp.clone());
+            map.insert("mcp_config".into(), expand(mcp)?);
         }
         for (key, value) in &req.provider_options {
-            map.insert(key.clone(), value.clone());
+            map.insert(key.clone(), expand(value)?);
         }
     }
     Ok(body)
@@ -372,7 +377,7 @@ mod tests {
         assert!(headers["x-api-key"].is_sensitive());
         let provider = ProviderConfig::openai_compatible("proxy", "http://x/v1")
             .header("x-proxy-token", "secret-token");
-        assert!(headers(&provider).unwrap()["x-proxy-token"].is_sensitive());
+        assert!(super::headers(&provider).unwrap()["x-proxy-token"].is_sensitive());
         assert_eq!(headers["anthropic-version"], "2023-06-01");
     }
 }

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! (`model` is the wire model of the route; `messages` is the full history in the request's own
-//! shape; absent settings are `null`; `mcp_config` is `null` unless the request has one.)
+//! shape; absent settings are `null`; `mcp_config` is the path of the request's `mcp_config`,
+//! written with its `${VAR}` references expanded, or `null` when it has none.)
 //!
 //! It answers on stdout with one JSON event per line:
 //!
@@ -152,7 +153,9 @@ pub(crate) async fn run(
     let mcp_path = match &req.mcp_config {
         Some(mcp) => {
             let path = workdir.path().join(MCP_CONFIG_FILE);
-            let text = serde_json::to_vec_pretty(mcp).unwrap_or_default();
+            let mcp = crate::llm::secrets::expand_env(mcp)
+                .map_err(|reason| ctx.invalid_request(reason))?;
+            let text = serde_json::to_vec_pretty(&mcp).unwrap_or_default();
             tokio::fs::write(&path, text).await.map_err(|e| {
                 failed(
                     format!("cannot write {MCP_CONFIG_FILE}: {e}"),
