@@ -201,8 +201,17 @@ async fn tool_calls_of_both_providers_come_back_in_one_shape() {
     assert_eq!(openai.calls, anthropic.calls);
     assert_eq!(openai.calls.len(), 1);
     let call = &openai.calls[0];
-    assert_eq!((call.id.as_str(), call.name.as_str()), ("call_7", "get_weather"));
+    assert_eq!(
+        (call.id.as_str(), call.name.as_str()),
+        ("call_7", "get_weather")
+    );
     assert_eq!(call.arguments, serde_json::json!({"city": "Paris"}));
-    assert_eq!(openai.tool_calls[0]["function"]["name"], "get_weather", "raw kept");
-    assert_eq!(anthropic.tool_calls[0]["input"]["city"], "Paris", "raw kept");
+    assert_eq!(
+        openai.tool_calls[0]["function"]["name"], "get_weather",
+        "raw kept"
+    );
+    assert_eq!(
+        anthropic.tool_calls[0]["input"]["city"], "Paris",
+        "raw kept"
+    );
 }
