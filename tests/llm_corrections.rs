@@ -39,6 +39,28 @@ async fn a_failed_call_states_its_transport_error_once() {
     );
 }
 
+#[tokio::test]
+async fn a_failed_llm_call_job_states_its_transport_error_once() {
+    let db = llmjobs_testkit::TempDb::new();
+    let jobs = llmjobs::Jobs::builder()
+        .url(db.url())
+        .llm(unreachable_client())
+        .open()
+        .await
+        .unwrap();
+    let req = ChatRequest::new("openai/gpt-4o-mini").user("hi");
+    let handle = jobs.spawn(llmjobs::llm::llm_call(req)).await.unwrap();
+    let err = handle.clone().wait().await.unwrap_err().to_string();
+    let cause = "transport error calling openai (model `openai/gpt-4o-mini`): error sending \
+                 request: client error (Connect): tcp connect error: Connection refused (os error 111)";
+    assert!(err.contains(cause), "{err}");
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
+    let status = handle.status().await.unwrap();
+    let stored = status.error.unwrap_or_default();
+    assert_eq!(stored.matches("Connection refused").count(), 1, "{stored}");
+    jobs.shutdown().await;
+}
+
 /// A server that answers every request with a stream that sends one delta every 20 ms and
 /// never ends.
 async fn endless_stream_server() -> String {
