@@ -214,3 +214,33 @@ async fn a_resumed_job_replays_the_fallback_answer_without_asking_again() {
     );
     jobs.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stream_broken_by_one_model_starts_over_with_the_next() {
+    let mock = MockLlmServer::start().await.unwrap();
+    mock.always_reply_for("primary", MockReply::ResetMidStream);
+    mock.always_reply_for("second", MockReply::text("a clean answer"));
+    let mut text = String::new();
+    let mut attempts = Vec::new();
+    let no_retries = mock
+        .client_builder()
+        .retry(RetryPolicy::no_retries())
+        .build()
+        .unwrap();
+    let answer = no_retries
+        .call_stream(&chained(), |event| {
+            if attempts.last() != Some(&event.attempt) {
+                attempts.push(event.attempt);
+                text.clear();
+            }
+            text.push_str(&event.delta_text);
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.text, "a clean answer");
+    assert_eq!(
+        text, "a clean answer",
+        "the broken model's text was dropped"
+    );
+    assert_eq!(attempts, [1, 2], "one broken try, then the fallback's");
+}

@@ -68,6 +68,11 @@ impl LlmClient {
         let models: Vec<&str> = req.chain().collect();
         let mut trail = Vec::new();
         let mut index = 0;
+        // Stream events count tries across the chain, so a listener sees the attempt change
+        // (and drops the text so far) when the next model starts over.
+        let mut last_try: Option<(usize, u32)> = None;
+        let mut running_try = 0u32;
+        let streaming = on_event.is_some();
         loop {
             let model = models[index];
             let next = models.get(index + 1).copied();
@@ -75,15 +80,22 @@ impl LlmClient {
             sent.model = model.to_string();
             sent.fallbacks.clear();
             let patience = next.map(|_| req.patience());
+            let mut outer = reborrow(&mut on_event);
+            let mut renumbered = |event: &StreamEvent| {
+                if last_try != Some((index, event.attempt)) {
+                    last_try = Some((index, event.attempt));
+                    running_try += 1;
+                }
+                if let Some(outer) = outer.as_deref_mut() {
+                    let mut event = event.clone();
+                    event.attempt = running_try;
+                    outer(&event);
+                }
+            };
+            let listener: Option<&mut (dyn FnMut(&StreamEvent) + Send)> =
+                streaming.then_some(&mut renumbered);
             let error = match self
-                .with_retries(
-                    &sent,
-                    runner,
-                    info,
-                    reborrow(&mut on_event),
-                    totals,
-                    patience,
-                )
+                .with_retries(&sent, runner, info, listener, totals, patience)
                 .await
             {
                 Ok(mut answer) => {
