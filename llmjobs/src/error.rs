@@ -280,14 +280,20 @@ impl JobError {
 
 impl fmt::Display for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        // The top-level message already is the wrapped error's Display; add its causes.
+        // The top-level message already is the wrapped error's Display; add the causes it
+        // does not already state (errors such as `LlmError` include their cause's text, and
+        // repeating it would say the same thing two or three times).
+        let mut text = self.message.clone();
         let mut cause = self.source.as_deref().and_then(std::error::Error::source);
         while let Some(c) = cause {
-            write!(f, ": {c}")?;
+            let said = c.to_string();
+            if !text.contains(&said) {
+                text.push_str(": ");
+                text.push_str(&said);
+            }
             cause = c.source();
         }
-        Ok(())
+        f.write_str(&text)
     }
 }
 

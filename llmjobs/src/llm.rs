@@ -64,6 +64,7 @@ mod breaker;
 mod client;
 mod error;
 mod escalation;
+mod fallback;
 mod job;
 mod limits;
 #[cfg(feature = "mock")]
@@ -74,8 +75,10 @@ mod request;
 mod response;
 mod retry;
 mod router;
+mod secrets;
 mod shared;
 mod stream;
+mod tool_call;
 mod validate;
 
 pub use batch::{
@@ -85,6 +88,7 @@ pub use breaker::CircuitBreaker;
 pub use client::{LlmClient, LlmClientBuilder};
 pub use error::LlmError;
 pub use escalation::Stage;
+pub use fallback::{DEFAULT_FALLBACK_PATIENCE, FallbackSkip};
 pub(crate) use job::share_through;
 pub use job::{
     BatchOptions, BatchOutput, JobLlm, LlmBatch, LlmCall, UsageTotals, llm_batch, llm_batch_with,
@@ -92,6 +96,7 @@ pub use job::{
 };
 pub use limits::RateLimit;
 pub use pricing::{BATCH_PRICE_FACTOR, Price};
+pub use provider::command::{CommandSpec, MCP_CONFIG_FILE};
 pub use request::{
     ChatRequest, Content, ContentPart, DEFAULT_LONG_RUNNING_PATTERNS, ImageUrl, Message,
     ResponseFormat, RetryConfig, Role, WaitFor,
@@ -102,4 +107,5 @@ pub use retry::{
 };
 pub use router::{ApiKey, Capability, ProviderConfig, ProviderKind, Route};
 pub use shared::{Admission, DEFAULT_LEASE, LimitScope, Reservation, SharedLimiter, Spent};
+pub use tool_call::ToolCall;
 pub use validate::{AgentCheck, ContradictionCheck, SuccessCriteria, Validator, render_template};

@@ -473,7 +473,7 @@ impl LlmClient {
         response.usage = usage;
         response.cost = cost;
         response.finish_reason = parsed.finish_reason;
-        response.tool_calls = parsed.tool_calls;
+        response.set_tool_calls(parsed.tool_calls);
         response.total_usage = usage;
         response.total_cost = cost;
         Ok(response)

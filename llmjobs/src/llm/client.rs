@@ -234,6 +234,15 @@ impl LlmClient {
                 hint: hint.clone(),
             });
         }
+        if let Some(command) = provider
+            .command
+            .as_ref()
+            .filter(|_| provider.kind == ProviderKind::Command)
+        {
+            return self
+                .send_command(provider, command, wire_model, req, attempt, on_event)
+                .await;
+        }
         let streaming = on_event.is_some();
         let body = provider::build_body(
             provider,
@@ -302,7 +311,10 @@ impl LlmClient {
         if on_event.is_none() {
             request = request.timeout(inner.timeout);
         }
-        let response = tokio::time::timeout(inner.timeout, request.send())
+        // One deadline for the whole call, streamed or not: a stream that keeps trickling
+        // data never trips the idle timeout, and must still end.
+        let deadline = tokio::time::Instant::now() + inner.timeout;
+        let response = tokio::time::timeout_at(deadline, request.send())
             .await
             .map_err(|_| timeout(ctx, inner.timeout))?
             .map_err(|e| transport(ctx, e, inner.timeout))?;
@@ -329,11 +341,63 @@ impl LlmClient {
                     .map_err(|e| transport(ctx, e, inner.timeout))?;
                 provider::parse_body(provider.kind, ctx, &bytes)
             }
-            Some(on_event) => {
-                self.read_stream(ctx, provider.kind, response, attempt, on_event)
-                    .await
-            }
+            Some(on_event) => tokio::time::timeout_at(
+                deadline,
+                self.read_stream(ctx, provider.kind, response, attempt, on_event),
+            )
+            .await
+            .map_err(|_| timeout(ctx, inner.timeout))?,
         }
+    }
+
+    /// One call to a command-line provider, under the same rate limits and deadline as an
+    /// HTTP call; dropping it (a cancelled or timed-out job) kills the command.
+    async fn send_command(
+        &self,
+        provider: &ProviderConfig,
+        command: &super::CommandSpec,
+        wire_model: &str,
+        req: &ChatRequest,
+        attempt: u32,
+        on_event: Option<&mut (dyn FnMut(&StreamEvent) + Send)>,
+    ) -> Result<ChatResponse, LlmError> {
+        let inner = &*self.inner;
+        let ctx = CallCtx {
+            provider: &provider.name,
+            model: &req.model,
+        };
+        let estimate = Tokens {
+            input: req.estimated_input_tokens(),
+            output: req.max_tokens.map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from),
+        };
+        let permit = self
+            .limits
+            .acquire(&inner.limiter, &provider.name, &req.model, estimate)
+            .await?;
+        tracing::debug!(provider = %provider.name, model = %req.model, attempt, "running the provider's command");
+        let run = async {
+            tokio::time::timeout(
+                inner.timeout,
+                provider::command::run(command, ctx, wire_model, req, attempt, on_event),
+            )
+            .await
+            .map_err(|_| timeout(ctx, inner.timeout))?
+        };
+        let parsed = match permit.hold(run).await {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                permit.settle(Tokens::default()).await;
+                return Err(error);
+            }
+        };
+        let response = self.finish_response(ctx, req, provider, parsed);
+        permit
+            .settle(Tokens {
+                input: response.usage.input_tokens,
+                output: response.usage.output_tokens,
+            })
+            .await;
+        Ok(response)
     }
 
     async fn read_stream(
@@ -400,7 +464,7 @@ impl LlmClient {
         response.usage = usage;
         response.cost = cost;
         response.finish_reason = parsed.finish_reason;
-        response.tool_calls = parsed.tool_calls;
+        response.set_tool_calls(parsed.tool_calls);
         response.total_usage = usage;
         response.total_cost = cost;
         response
@@ -748,8 +812,9 @@ impl LlmClientBuilder {
         self
     }
 
-    /// The longest a non-streamed call may take, and the longest to wait for a stream to start
-    /// (default 10 minutes).
+    /// The longest one provider call may take, streamed or not, from sending the request to
+    /// its last byte (default 10 minutes). Streams also end after
+    /// [`LlmClientBuilder::stream_idle_timeout`] without data.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

@@ -154,6 +154,22 @@ pub enum LlmError {
         /// Whether the provider reported an overload or rate limit, which a retry can outlast.
         retryable: bool,
     },
+    /// A command-line provider's command failed: it could not start, exited non-zero, ended
+    /// without an answer, or reported an error event.
+    #[error("command provider `{provider}` (model `{model}`) failed: {reason}{}",
+        if .stderr.is_empty() { String::new() } else { format!("; stderr: {}", .stderr) })]
+    Command {
+        /// The provider's name.
+        provider: String,
+        /// The model name as requested.
+        model: String,
+        /// What went wrong (the exit status, the command's own error message).
+        reason: String,
+        /// The tail of the command's stderr (empty when it wrote none).
+        stderr: String,
+        /// Whether a retry can help (false only when the command's error event said so).
+        retryable: bool,
+    },
     /// Every try of a retryable failure failed; the last error is kept as the source.
     #[error("gave up after {tries} tries: {last}")]
     RetriesExhausted {
@@ -190,7 +206,7 @@ impl LlmError {
             | LlmError::InvalidResponse { .. }
             | LlmError::CircuitOpen { .. } => true,
             LlmError::Http { status, .. } => is_retryable_status(*status),
-            LlmError::Stream { retryable, .. } => *retryable,
+            LlmError::Stream { retryable, .. } | LlmError::Command { retryable, .. } => *retryable,
             LlmError::RetriesExhausted { .. } => true,
             LlmError::Config(_)
             | LlmError::UnknownProvider { .. }

@@ -67,23 +67,52 @@ impl JobLlm {
         };
         let result = client.call_with(request, &runner, None).await;
         let response = self.settle(result).await?;
+        self.record_fallbacks(&response).await?;
         self.report_totals(&response, None);
         Ok(response)
+    }
+
+    /// Journals which fallback model answered, as a step named after it
+    /// (`llm fallback openai/gpt-4o-mini`) holding why the models before it did not. The answer
+    /// itself is the `llm answer-N` step, whichever model gave it, so a resumed job replays it.
+    async fn record_fallbacks(&self, response: &ChatResponse) -> Result<(), JobError> {
+        let Some(answered_by) = response_model(response) else {
+            return Ok(());
+        };
+        let trail = response.fallback_trail.clone();
+        self.ctx
+            .step(&format!("llm fallback {answered_by}"), async {
+                Ok::<_, JobError>(trail)
+            })
+            .await?;
+        Ok(())
     }
 
     /// Adds the answer's usage and cost to the job's totals, and reports them as progress, so
     /// the job's status shows what its LLM calls used.
     fn report_totals(&self, response: &ChatResponse, output: Option<String>) {
         let totals = self.ctx.add_llm_usage(response);
+        let mut message = format!(
+            "{} LLM call(s), {} tokens; answer {} passed",
+            totals.calls,
+            totals.input_tokens + totals.output_tokens,
+            response.attempts
+        );
+        if let Some(model) = response_model(response) {
+            let skipped: Vec<String> = response
+                .fallback_trail
+                .iter()
+                .map(|skip| format!("{}: {}", skip.model, skip.reason))
+                .collect();
+            message.push_str(&format!(
+                "; answered by fallback {model} ({})",
+                skipped.join("; ")
+            ));
+        }
         let mut report = Progress::stage(response.stage.name())
             .with_tokens(totals.input_tokens, totals.output_tokens)
             .with_cost(totals.cost_usd)
-            .with_message(format!(
-                "{} LLM call(s), {} tokens; answer {} passed",
-                totals.calls,
-                totals.input_tokens + totals.output_tokens,
-                response.attempts
-            ));
+            .with_message(message);
         if let Some(output) = output {
             report = report.with_partial_output(output);
         }
@@ -161,9 +190,15 @@ impl JobLlm {
             .call_with(request, &runner, Some(&mut on_event))
             .await;
         let response = self.settle(result).await?;
+        self.record_fallbacks(&response).await?;
         self.report_totals(&response, Some(response.text.clone()));
         Ok(response)
     }
+}
+
+/// The fallback model that answered (with its routing prefix), if one did.
+fn response_model(response: &ChatResponse) -> Option<&str> {
+    response.fallback_model.as_deref()
 }
 
 /// Runs each provider attempt as a journaled step named after what it is for and its stage
@@ -240,10 +275,21 @@ impl AttemptRunner for JournalRunner<'_> {
 }
 
 /// The built-in durable LLM call; spawn it with [`llm_call`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// Its stored arguments are the request without secrets: see [`llm_call`].
+#[derive(Debug, Clone, Deserialize)]
 #[serde(transparent)]
 pub struct LlmCall {
     request: ChatRequest,
+}
+
+impl Serialize for LlmCall {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.request
+            .for_storage()
+            .map_err(serde::ser::Error::custom)?
+            .serialize(serializer)
+    }
 }
 
 impl Job for LlmCall {
@@ -274,6 +320,14 @@ inventory::submit! { crate::job::Registration::of::<LlmCall>() }
 /// - The request's `timeout` or `wait_for_completion` seconds cap how long
 ///   [`Jobs::run_with_timeout`](crate::Jobs::run_with_timeout) waits before giving the handle
 ///   ([`JobCall::wait_at_most`]); the same call keeps going.
+///
+/// Secrets are not stored with the job: a literal credential in an MCP server's `env` or in
+/// `provider_options` (a name with `key`, `token`, `secret`, `password`, …) makes the spawn
+/// fail with an error naming it; write it as `"${GITHUB_TOKEN}"` instead, and the worker that
+/// sends the call (the first, or the one resuming the job after a restart) reads it from its
+/// environment. Credential-named fields of [`ChatRequest::extra`] (never sent) are dropped.
+/// Provider API keys belong in the client's configuration ([`LlmClient::from_env`]), never in
+/// the request.
 ///
 /// The call streams, so its progress shows the text received so far and the escalation stage;
 /// validators run with feedback retries and staged escalation, and an answer that never passes

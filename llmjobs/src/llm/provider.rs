@@ -1,6 +1,7 @@
 //! Wire formats: request bodies, responses, stream events and error bodies of each provider.
 
 mod anthropic;
+pub(crate) mod command;
 mod openai;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -105,7 +106,9 @@ pub(crate) fn headers(provider: &ProviderConfig) -> Result<HeaderMap, LlmError> 
     for (name, value) in &provider.headers {
         let name =
             HeaderName::from_bytes(name.as_bytes()).map_err(|_| config_error("header name"))?;
-        let value = HeaderValue::from_str(value).map_err(|_| config_error("header value"))?;
+        let mut value = HeaderValue::from_str(value).map_err(|_| config_error("header value"))?;
+        // Extra headers often carry credentials (a proxy's key, an organisation token).
+        value.set_sensitive(true);
         map.insert(name, value);
     }
     Ok(map)
@@ -127,11 +130,16 @@ pub(crate) fn build_body(
         _ => openai::body(wire_model, req, stream, provider.stream_usage),
     };
     if let Value::Object(map) = &mut body {
+        // `${VAR}` references are expanded here, at send time, so stored requests never hold
+        // the secrets they name.
+        let expand = |value: &Value| {
+            super::secrets::expand_env(value).map_err(|reason| ctx.invalid_request(reason))
+        };
         if let Some(mcp) = &req.mcp_config {
-            map.insert("mcp_config".into(), mcp.clone());
+            map.insert("mcp_config".into(), expand(mcp)?);
         }
         for (key, value) in &req.provider_options {
-            map.insert(key.clone(), value.clone());
+            map.insert(key.clone(), expand(value)?);
         }
     }
     Ok(body)
@@ -328,6 +336,30 @@ mod tests {
     }
 
     #[test]
+    fn reasoning_models_take_max_completion_tokens() {
+        let provider = ProviderConfig::openai_compatible("openai", "http://x/v1");
+        let req = ChatRequest::new("openai/o3-mini").user("hi").max_tokens(50);
+        for (model, field) in [
+            ("o1", "max_completion_tokens"),
+            ("o3-mini", "max_completion_tokens"),
+            ("o4-mini-2025-04-16", "max_completion_tokens"),
+            ("gpt-5", "max_completion_tokens"),
+            ("gpt-5.1", "max_completion_tokens"),
+            ("gpt-4o", "max_tokens"),
+            ("o1x", "max_tokens"),
+        ] {
+            let body = build_body(&provider, CTX, model, &req, false, 1024).unwrap();
+            assert_eq!(body[field], 50, "{model}");
+            let other = if field == "max_tokens" {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
+            assert!(body.get(other).is_none(), "{model}");
+        }
+    }
+
+    #[test]
     fn provider_options_are_merged_into_the_body() {
         let provider = ProviderConfig::openai_compatible("openai", "http://x/v1");
         let req = ChatRequest::new("openai/gpt")
@@ -343,6 +375,9 @@ mod tests {
         let provider = ProviderConfig::anthropic("anthropic", "http://x").api_key("sk-ant");
         let headers = headers(&provider).unwrap();
         assert!(headers["x-api-key"].is_sensitive());
+        let provider = ProviderConfig::openai_compatible("proxy", "http://x/v1")
+            .header("x-proxy-token", "secret-token");
+        assert!(super::headers(&provider).unwrap()["x-proxy-token"].is_sensitive());
         assert_eq!(headers["anthropic-version"], "2023-06-01");
     }
 }

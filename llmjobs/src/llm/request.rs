@@ -115,6 +115,14 @@ pub struct ChatRequest {
     /// getting a handle; the same call keeps going.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
+    /// Models that answer, in order, when this one is rate-limited past
+    /// [`ChatRequest::fallback_patience`], overloaded or down (see [`ChatRequest::fallbacks`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
+    /// The longest wait (seconds) a model with a fallback after it may ask for (a 429's
+    /// `Retry-After`, an open circuit) before the next model is asked instead (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_patience: Option<f64>,
     /// Extra top-level fields merged into the provider's request body as they are (`seed`,
     /// `presence_penalty`, a proxy's `mcp_config`, …). Also accepted as `extra_body`.
     #[serde(skip_serializing_if = "Map::is_empty")]
@@ -187,6 +195,10 @@ struct ChatRequestWire {
     wait_for_completion: Option<WaitFor>,
     #[serde(default)]
     timeout: Option<f64>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    fallbacks: Vec<String>,
+    #[serde(default)]
+    fallback_patience: Option<f64>,
     #[serde(default, alias = "extra_body")]
     provider_options: Map<String, Value>,
     #[serde(flatten)]
@@ -199,6 +211,7 @@ impl TryFrom<ChatRequestWire> for ChatRequest {
     fn try_from(w: ChatRequestWire) -> Result<Self, String> {
         for (key, seconds) in [
             ("timeout", w.timeout),
+            ("fallback_patience", w.fallback_patience),
             (
                 "wait_for_completion",
                 match w.wait_for_completion {
@@ -243,6 +256,8 @@ impl TryFrom<ChatRequestWire> for ChatRequest {
             polling: w.polling,
             wait_for_completion: w.wait_for_completion,
             timeout: w.timeout,
+            fallbacks: w.fallbacks,
+            fallback_patience: w.fallback_patience,
             provider_options: w.provider_options,
             extra: w.extra,
         })
@@ -301,6 +316,8 @@ impl ChatRequest {
             polling: None,
             wait_for_completion: None,
             timeout: None,
+            fallbacks: Vec::new(),
+            fallback_patience: None,
             provider_options: Map::new(),
             extra: Map::new(),
         }
@@ -396,6 +413,28 @@ impl ChatRequest {
     /// Marks the call as long-running: it should go straight to the background.
     pub fn long_running(mut self, long_running: bool) -> Self {
         self.long_running = long_running;
+        self
+    }
+
+    /// Models to ask, in order, when the model before is rate-limited for longer than
+    /// [`ChatRequest::fallback_patience`], overloaded (503, 529), or down (open circuit,
+    /// connection errors, timeouts, retries exhausted on a transient error). Errors of the
+    /// request itself (400, context length, authentication, validation) never fall through.
+    /// The answer's [`ChatResponse::fallback_trail`](super::ChatResponse::fallback_trail)
+    /// says which models did not answer and why.
+    pub fn fallbacks<I, S>(mut self, models: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.fallbacks = models.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets how long a rate-limited or open-circuit model may make the call wait before the
+    /// next fallback is asked instead.
+    pub fn fallback_patience(mut self, patience: std::time::Duration) -> Self {
+        self.fallback_patience = Some(patience.as_secs_f64());
         self
     }
 

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use super::Stage;
+use super::{FallbackSkip, Stage, ToolCall};
 
 /// A model's answer, with what it cost. Serializable, so a job can journal it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,9 +29,12 @@ pub struct ChatResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<FinishReason>,
     /// Tool calls, in the provider's own shape (OpenAI's `tool_calls` entries, or Anthropic's
-    /// `tool_use` blocks).
+    /// `tool_use` blocks); [`ChatResponse::calls`] has them in one shape.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<Value>,
+    /// The tool calls in one shape for every provider (see [`ToolCall`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<ToolCall>,
     /// How many answers the validation loop produced to get this one (1 for a single call).
     #[serde(default = "one")]
     pub attempts: u32,
@@ -49,6 +52,14 @@ pub struct ChatResponse {
     /// The cost of every call made to get this answer, when prices are known for all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_cost: Option<f64>,
+    /// The models of [`ChatRequest::fallbacks`](super::ChatRequest::fallbacks) asked before the
+    /// one that answered, each with why it did not; empty when the first model answered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_trail: Vec<FallbackSkip>,
+    /// The model of [`ChatRequest::fallbacks`](super::ChatRequest::fallbacks) that answered
+    /// (with its routing prefix), when the request's own model did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_model: Option<String>,
 }
 
 fn one() -> u32 {
@@ -75,12 +86,21 @@ impl ChatResponse {
             cost: None,
             finish_reason: None,
             tool_calls: Vec::new(),
+            calls: Vec::new(),
             attempts: 1,
             stage: Stage::Answer,
             retries: 0,
             total_usage: Usage::default(),
             total_cost: None,
+            fallback_trail: Vec::new(),
+            fallback_model: None,
         }
+    }
+
+    /// Sets the provider's raw tool calls, and their normalized [`ChatResponse::calls`].
+    pub(crate) fn set_tool_calls(&mut self, raw: Vec<Value>) {
+        self.calls = raw.iter().filter_map(ToolCall::from_raw).collect();
+        self.tool_calls = raw;
     }
 
     /// Parses the answer's text as JSON.

@@ -267,7 +267,7 @@ impl<'a> Attempt<'a> {
 
 /// Reborrows an optional callback for a shorter lifetime (which `as_deref_mut` alone cannot do
 /// for a trait object behind `&mut`).
-fn reborrow<'s>(
+pub(super) fn reborrow<'s>(
     on_event: &'s mut Option<&mut (dyn FnMut(&StreamEvent) + Send)>,
 ) -> Option<&'s mut (dyn FnMut(&StreamEvent) + Send)> {
     match on_event {
@@ -278,13 +278,13 @@ fn reborrow<'s>(
 
 /// Running totals of a call.
 #[derive(Default)]
-struct Totals {
+pub(super) struct Totals {
     usage: Usage,
     /// `None` once any call had no known price.
     cost: Option<f64>,
     calls: u32,
     /// HTTP tries that failed and were tried again.
-    retries: u32,
+    pub(super) retries: u32,
 }
 
 impl Totals {
@@ -354,7 +354,7 @@ impl LlmClient {
             };
             let sent = plan.request_for(&current, round);
             let mut answer = self
-                .with_retries(&sent, runner, info, reborrow(&mut on_event), &mut totals)
+                .with_fallbacks(&sent, runner, info, reborrow(&mut on_event), &mut totals)
                 .await?;
             let feedback = self
                 .run_validators(req, &validators, &answer, runner, info, &mut totals)
@@ -385,14 +385,17 @@ impl LlmClient {
         }
     }
 
-    /// One answer (or agent check) with HTTP retries.
-    async fn with_retries(
+    /// One answer (or agent check) with HTTP retries. With `patience`, a retryable error that
+    /// asks for a longer wait (a 429's `Retry-After`, an open circuit) is returned at once, so
+    /// the next fallback model can answer instead.
+    pub(super) async fn with_retries(
         &self,
         req: &ChatRequest,
         runner: &dyn AttemptRunner,
         mut info: AttemptInfo,
         mut on_event: Option<&mut (dyn FnMut(&StreamEvent) + Send)>,
         totals: &mut Totals,
+        patience: Option<Duration>,
     ) -> Result<ChatResponse, LlmError> {
         let policy = self.retry_policy().for_request(req);
         loop {
@@ -406,6 +409,13 @@ impl LlmClient {
                 Ok(response) => {
                     totals.add(&response);
                     return Ok(response);
+                }
+                Err(error)
+                    if patience
+                        .zip(error.retry_after())
+                        .is_some_and(|(patience, wait)| wait > patience) =>
+                {
+                    return Err(error);
                 }
                 Err(error) if error.is_retryable() && info.try_number <= policy.max_retries => {
                     let delay = policy.delay(info.try_number - 1, &error);
@@ -456,7 +466,7 @@ impl LlmClient {
                 ..answer_info
             };
             let reply = self
-                .with_retries(&check, runner, info, None, totals)
+                .with_retries(&check, runner, info, None, totals, None)
                 .await?;
             if let Err(feedback) = validator.judge_checker_reply(&reply.text) {
                 return Ok(vec![feedback]);

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::{ChatRequest, Content, ContentPart, LlmError, Role};
+use super::{ChatRequest, CommandSpec, Content, ContentPart, LlmError, Role};
 
 /// The wire format a provider speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -18,6 +18,10 @@ pub enum ProviderKind {
     /// No model at all: the answer is the request's last assistant message. This is how the
     /// original system's `meta-task/…` configs run validators over a text they already have.
     Given,
+    /// A command run once per call, speaking JSON lines on stdin and stdout (see
+    /// [`CommandSpec`] and [`ProviderConfig::command`]): how a CLI such as the Claude CLI is
+    /// driven directly, instead of through a proxy.
+    Command,
 }
 
 /// An API key. Never printed by `Debug`, never serialized, sent only as a sensitive header.
@@ -54,7 +58,9 @@ impl From<&str> for ApiKey {
 }
 
 /// One provider: a name, a wire format, a base URL, and how to authenticate.
-#[derive(Clone, Debug)]
+///
+/// `Debug` prints the names of the extra headers, never their values.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ProviderConfig {
     /// The provider's name, used by routes, limits and in [`super::ChatResponse::provider`].
@@ -75,6 +81,28 @@ pub struct ProviderConfig {
     /// Whether to ask an OpenAI-compatible server for usage in streams
     /// (`stream_options.include_usage`). On by default; turn off for servers that reject it.
     pub stream_usage: bool,
+    /// What a [`ProviderKind::Command`] provider runs.
+    pub command: Option<CommandSpec>,
+}
+
+impl fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(name, _)| (name.as_str(), "<redacted>"))
+            .collect();
+        f.debug_struct("ProviderConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key)
+            .field("key_hint", &self.key_hint)
+            .field("headers", &headers)
+            .field("stream_usage", &self.stream_usage)
+            .field("command", &self.command)
+            .finish()
+    }
 }
 
 impl ProviderConfig {
@@ -88,12 +116,33 @@ impl ProviderConfig {
             key_hint: None,
             headers: Vec::new(),
             stream_usage: true,
+            command: None,
         }
     }
 
     /// An OpenAI-compatible provider; `base_url` includes the version segment (`…/v1`).
     pub fn openai_compatible(name: impl Into<String>, base_url: impl Into<String>) -> Self {
         ProviderConfig::new(name, ProviderKind::OpenAiCompatible, base_url)
+    }
+
+    /// A provider that runs `command` for each call (see [`CommandSpec`] for the protocol).
+    ///
+    /// ```
+    /// use llmjobs::llm::{CommandSpec, LlmClient, ProviderConfig};
+    ///
+    /// let client = LlmClient::builder()
+    ///     .provider(ProviderConfig::command(
+    ///         "max",
+    ///         CommandSpec::new("/usr/local/bin/claude-bridge").arg("--json"),
+    ///     ))
+    ///     .build()?;
+    /// # let _ = client;
+    /// # Ok::<(), llmjobs::llm::LlmError>(())
+    /// ```
+    pub fn command(name: impl Into<String>, command: CommandSpec) -> Self {
+        let mut provider = ProviderConfig::new(name, ProviderKind::Command, "");
+        provider.command = Some(command);
+        provider
     }
 
     /// An Anthropic messages provider; `base_url` excludes the version segment.
@@ -241,7 +290,14 @@ impl Router {
             )));
         }
         for p in self.providers.values() {
-            if p.kind != ProviderKind::Given {
+            if p.kind == ProviderKind::Command && p.command.is_none() {
+                return Err(LlmError::Config(format!(
+                    "provider `{}` is a command provider without a command: use \
+                     ProviderConfig::command",
+                    p.name
+                )));
+            }
+            if !matches!(p.kind, ProviderKind::Given | ProviderKind::Command) {
                 reqwest::Url::parse(&p.base_url).map_err(|e| {
                     LlmError::Config(format!(
                         "provider `{}` has an invalid base URL `{}`: {e}",
@@ -330,6 +386,15 @@ pub(crate) fn matches_pattern(pattern: &str, text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_redacts_extra_header_values() {
+        let provider = super::ProviderConfig::openai_compatible("proxy", "http://x/v1")
+            .header("x-proxy-token", "secret-token");
+        let printed = format!("{provider:?}");
+        assert!(printed.contains("x-proxy-token"), "{printed}");
+        assert!(!printed.contains("secret-token"), "{printed}");
+    }
+
     use super::*;
 
     fn router() -> Router {

@@ -20,7 +20,10 @@ pub(super) fn body(wire_model: &str, req: &ChatRequest, stream: bool, stream_usa
     let optional = [
         ("temperature", req.temperature.map(|t| json!(t))),
         ("top_p", req.top_p.map(|t| json!(t))),
-        ("max_tokens", req.max_tokens.map(|t| json!(t))),
+        (
+            max_tokens_field(wire_model),
+            req.max_tokens.map(|t| json!(t)),
+        ),
         (
             "response_format",
             req.response_format.as_ref().map(to_value),
@@ -41,6 +44,21 @@ pub(super) fn body(wire_model: &str, req: &ChatRequest, stream: bool, stream_usa
         }
     }
     Value::Object(body)
+}
+
+/// OpenAI's reasoning models (o1, o3, o4, gpt-5 families) refuse `max_tokens` and take
+/// `max_completion_tokens`, which also bounds their hidden reasoning tokens.
+fn max_tokens_field(wire_model: &str) -> &'static str {
+    let name = wire_model.rsplit('/').next().unwrap_or(wire_model);
+    let reasoning = ["o1", "o3", "o4", "gpt-5"].iter().any(|family| {
+        name.strip_prefix(family)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.']))
+    });
+    if reasoning {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    }
 }
 
 fn to_value<T: serde::Serialize>(value: &T) -> Value {
