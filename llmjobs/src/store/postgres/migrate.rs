@@ -40,6 +40,12 @@ const MIGRATIONS: &[Migration] = &[
         description: "attempt errors",
         sql: include_str!("../../../migrations/postgres/0004_attempt_errors.sql"),
     },
+    // 5 and 6 are taken by work not merged yet.
+    Migration {
+        version: 7,
+        description: "counters split into slots",
+        sql: include_str!("../../../migrations/postgres/0007_counters_split_into_slots.sql"),
+    },
 ];
 
 /// The newest migration this build knows.
