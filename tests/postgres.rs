@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use llmjobs::{Backoff, JobError, JobId, JobState, Jobs, Outcome, llm_job};
-use llmjobs_testkit::pg::{pg_url, psql};
+use llmjobs_testkit::pg::{PsqlSession, pg_url, psql};
 
 /// A runtime on `url` with short back-offs, as the tests want them.
 async fn open(url: &str) -> Jobs {
@@ -364,4 +364,81 @@ async fn a_worker_that_loses_its_liveness_connection_stops_its_jobs_and_takes_th
     })
     .await;
     jobs.shutdown().await;
+}
+
+#[llm_job]
+async fn pg_always_fails() -> Result<u32, JobError> {
+    Err(JobError::permanent(JobError::msg("the upstream refused")))
+}
+
+/// Sessions of the database at `url` (other than the one asking) waiting for a lock.
+fn lock_waiters(url: &str) -> u32 {
+    psql(
+        url,
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+         AND datname = current_database()",
+    )
+    .parse()
+    .expect("a count")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_runtimes_retrying_one_failed_job_at_once_retry_it_once() {
+    let Some(url) = pg_url().await else { return };
+    let jobs = open(&url).await;
+    let handle = jobs.spawn(pg_always_fails()).await.unwrap();
+    let id = handle.id();
+    assert!(handle.wait().await.is_err(), "the job fails");
+    jobs.shutdown().await;
+    // Two processes' runtimes that run nothing, so the retried job stays pending.
+    let passive = || Jobs::builder().url(&url).run_jobs(false).open();
+    let (a, b) = (passive().await.unwrap(), passive().await.unwrap());
+
+    // Another session holds the job's row while both retries start, so that both are under way
+    // before either can change it: each reads the job as failed unless the read waits too.
+    let mut holder = PsqlSession::open(&url);
+    holder.send(&format!(
+        "BEGIN; SELECT 1 FROM llmjobs.llmjobs_jobs WHERE id = '{id}' FOR UPDATE;"
+    ));
+    eventually(Duration::from_secs(10), "the row to be held", || {
+        psql(
+            &url,
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'llmjobs_jobs' AND l.mode = 'RowShareLock' AND l.granted",
+        ) == "1"
+    })
+    .await;
+    let (first, second) = (a.clone(), b.clone());
+    let retries = tokio::spawn(async move { tokio::join!(first.retry(id), second.retry(id)) });
+    eventually(
+        Duration::from_secs(10),
+        "both retries to wait for the row",
+        || lock_waiters(&url) == 2,
+    )
+    .await;
+    holder.send("COMMIT;");
+    let (ra, rb) = tokio::time::timeout(Duration::from_secs(10), retries)
+        .await
+        .expect("both retries answer")
+        .unwrap();
+    drop(holder);
+
+    let (retried, refused): (Vec<_>, Vec<_>) = [ra, rb].into_iter().partition(Result::is_ok);
+    assert_eq!(retried.len(), 1, "exactly one retry happens: {refused:?}");
+    match refused.into_iter().next().map(Result::unwrap_err) {
+        Some(llmjobs::Error::NotRetryable {
+            id: refused_id,
+            state,
+        }) => {
+            assert_eq!(refused_id, id);
+            assert_eq!(state, JobState::Pending, "the other finds it retried");
+        }
+        other => panic!("the other retry is refused as not retryable, not {other:?}"),
+    }
+    let status = a.status(id).await.unwrap();
+    assert_eq!(status.state, JobState::Pending);
+    assert_eq!(status.earlier_runs.len(), 1, "one run was put back");
+    assert_eq!(status.earlier_runs[0].state, JobState::Failed);
+    a.shutdown().await;
+    b.shutdown().await;
 }

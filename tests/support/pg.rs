@@ -109,6 +109,112 @@ pub fn psql(url: &str, sql: &str) -> String {
     run_psql(&psql, url, sql).unwrap_or_else(|error| panic!("{sql}: {error}"))
 }
 
+/// Stops this process's throwaway cluster at once (`pg_ctl stop -m immediate`, as a crash of
+/// the server would), and returns once it is down; [`start_cluster`] starts it again on the same
+/// port, with every committed row. Every test of the process shares the cluster, so a test that
+/// stops it belongs in a test binary of its own.
+///
+/// Returns `false`, doing nothing, when the databases live on a server of
+/// `LLMJOBS_TEST_PG_URL` (which is not this process's to stop) or no cluster was started yet.
+///
+/// # Panics
+///
+/// When `pg_ctl` fails.
+pub fn stop_cluster() -> bool {
+    let Some(cluster) = cluster() else {
+        return false;
+    };
+    let mut stop = Command::new(&cluster.pg_ctl[0]);
+    stop.args(&cluster.pg_ctl[1..])
+        .args(["stop", "-m", "immediate", "-w", "-t", "60", "-s", "-D"])
+        .arg(&cluster.data)
+        .stdin(Stdio::null());
+    run(&mut stop).unwrap_or_else(|e| panic!("stop the test cluster: {e}"));
+    true
+}
+
+/// Starts the throwaway cluster that [`stop_cluster`] stopped, on its port, and returns once it
+/// accepts connections (after its crash recovery). Returns `false` where [`stop_cluster`] does.
+///
+/// # Panics
+///
+/// When `pg_ctl` fails, or the port was taken meanwhile.
+pub fn start_cluster() -> bool {
+    let Some(cluster) = cluster() else {
+        return false;
+    };
+    let mut start = Command::new(&cluster.pg_ctl[0]);
+    start
+        .args(&cluster.pg_ctl[1..])
+        .args(["start", "-w", "-t", "60", "-s", "-D"])
+        .arg(&cluster.data)
+        .arg("-l")
+        .arg(&cluster.log)
+        .args(["-o", &format!("-p {}", cluster.port)])
+        .stdin(Stdio::null())
+        .process_group(0);
+    if let Err(e) = run(&mut start) {
+        let log = std::fs::read_to_string(&cluster.log).unwrap_or_default();
+        panic!("start the test cluster again: {e}\n{}", tail(&log, 20));
+    }
+    true
+}
+
+fn cluster() -> Option<&'static Cluster> {
+    SERVER.get()?.as_ref().ok()?.cluster.as_ref()
+}
+
+/// A `psql` session kept open, fed statements one at a time: for a test that holds a lock (or a
+/// transaction) while something else runs. Ends (its transaction rolled back if still open) when
+/// dropped.
+pub struct PsqlSession {
+    child: std::process::Child,
+}
+
+impl PsqlSession {
+    /// Opens a session on the database at `url`.
+    ///
+    /// # Panics
+    ///
+    /// When no `psql` can be found or started.
+    pub fn open(url: &str) -> PsqlSession {
+        let psql = match SERVER.get() {
+            Some(Ok(server)) => server.psql.clone(),
+            _ => find_psql().expect("no psql binary found"),
+        };
+        let child = Command::new(psql)
+            .args(["-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-d", url])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start psql");
+        PsqlSession { child }
+    }
+
+    /// Sends `sql` (one or more statements, each ending in `;`); psql runs it as it arrives,
+    /// without waiting for this call. Wait for its effect with a query of another session.
+    ///
+    /// # Panics
+    ///
+    /// When the session has ended.
+    pub fn send(&mut self, sql: &str) {
+        let stdin = self.child.stdin.as_mut().expect("psql's stdin");
+        writeln!(stdin, "{sql}")
+            .and_then(|()| stdin.flush())
+            .expect("write to psql");
+    }
+}
+
+impl Drop for PsqlSession {
+    fn drop(&mut self) {
+        // End of input: psql ends its session, which rolls back an open transaction.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
 /// Why a database could not be had.
 enum Failure {
     /// No PostgreSQL here: the test is skipped, or fails if PostgreSQL is required.
@@ -146,6 +252,16 @@ struct Server {
     drop_script: Option<(PathBuf, &'static str)>,
     /// The write end of the watchdog's stdin, never closed before this process exits.
     _watchdog: ChildStdin,
+    /// How to stop and start the server again: only for a throwaway cluster of this process.
+    cluster: Option<Cluster>,
+}
+
+/// What [`stop_cluster`] and [`start_cluster`] need of a throwaway cluster.
+struct Cluster {
+    pg_ctl: Vec<OsString>,
+    data: PathBuf,
+    log: PathBuf,
+    port: u16,
 }
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
@@ -220,6 +336,7 @@ fn external(url: &str) -> Result<Server, String> {
         psql,
         drop_script: Some((script, form)),
         _watchdog: watchdog,
+        cluster: None,
     })
 }
 
@@ -338,6 +455,12 @@ fn throwaway() -> Result<Server, String> {
         psql,
         drop_script: None,
         _watchdog: watchdog,
+        cluster: Some(Cluster {
+            pg_ctl: run_as.argv(&bin.join("pg_ctl")),
+            data,
+            log,
+            port,
+        }),
     })
 }
 

@@ -257,13 +257,7 @@ impl PgStore {
 
     /// Tells the other processes, in a statement of its own (after the change committed).
     async fn notify(&self, notice: notify::Notice) {
-        let sent = match self.pool.acquire().await {
-            Ok(mut conn) => notice.send(&mut conn, &self.channel).await,
-            Err(e) => Err(e.into()),
-        };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "could not send a wake-up; the others poll");
-        }
+        notify::tell(&self.pool, &notice, &self.channel).await;
     }
 
     fn check_open(&self) -> Result<()> {

@@ -4,10 +4,10 @@
 //! holds it has committed (so a spawn is durable, as the server's `synchronous_commit` makes
 //! commits, before it returns). A committer takes everything queued (up to [`MAX_ROWS`] rows)
 //! and writes it in one transaction: every job of every spawn in one multi-row `INSERT`, every
-//! outcome in one multi-row `UPDATE`, and one `NOTIFY` for the lot. While it commits, the next
-//! batch gathers. When a batch fails for a reason that is not a lost race (an idempotency key
-//! held by other work, a bad row), each of its writes is run again alone, so that one write's
-//! error is its own.
+//! outcome in one multi-row `UPDATE`; once that committed and the writers have their replies,
+//! one `NOTIFY` for the lot. While it commits, the next batch gathers. When a batch fails for a
+//! reason that is not a lost race (an idempotency key held by other work, a bad row), each of
+//! its writes is run again alone, so that one write's error is its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::finish::{self, Outcome};
-use super::notify::Notice;
+use super::notify::{self, Notice};
 use super::{CONFLICT_RETRIES, enqueue, is_conflict};
 use crate::status::JobState;
 use crate::store::{Enqueued, NewJob};
@@ -124,12 +124,13 @@ enum Reply {
 /// Writes `batch` in one transaction and replies to each write; on a failure that is not a
 /// lost race, each write again alone.
 async fn commit(pool: &PgPool, batch: Vec<Write>, channel: &str) {
-    let result = run(pool, &batch, channel).await;
+    let result = run(pool, &batch).await;
     match result {
-        Ok(replies) => {
+        Ok((replies, notice)) => {
             for (write, reply) in batch.into_iter().zip(replies) {
                 send(write, Ok(reply));
             }
+            notify::tell(pool, &notice, channel).await;
         }
         Err(e) if batch.len() == 1 => {
             let write = batch.into_iter().next().expect("one write");
@@ -139,8 +140,13 @@ async fn commit(pool: &PgPool, batch: Vec<Write>, channel: &str) {
             tracing::debug!(error = %e, writes = batch.len(), "a batch of job writes failed; writing each alone");
             for write in batch {
                 let alone = std::slice::from_ref(&write);
-                let result = run(pool, alone, channel).await;
-                send(write, result.map(|mut r| r.pop().expect("one reply")));
+                match run(pool, alone).await {
+                    Ok((mut replies, notice)) => {
+                        send(write, Ok(replies.pop().expect("one reply")));
+                        notify::tell(pool, &notice, channel).await;
+                    }
+                    Err(e) => send(write, Err(e)),
+                }
             }
         }
     }
@@ -163,13 +169,14 @@ fn send(write: Write, result: Result<Reply>) {
     }
 }
 
-/// One transaction for `batch`, run again when it loses a deadlock or a serialization race.
-async fn run(pool: &PgPool, batch: &[Write], channel: &str) -> Result<Vec<Reply>> {
+/// One transaction for `batch`, run again when it loses a deadlock or a serialization race;
+/// its replies, and the notice to send once it committed.
+async fn run(pool: &PgPool, batch: &[Write]) -> Result<(Vec<Reply>, Notice)> {
     let mut tries = 0u32;
     loop {
         let result = async {
             let mut tx = pool.begin().await?;
-            match write_batch(&mut tx, batch, channel).await {
+            match write_batch(&mut tx, batch).await {
                 Ok(replies) => {
                     tx.commit().await?;
                     Ok(replies)
@@ -192,11 +199,7 @@ async fn run(pool: &PgPool, batch: &[Write], channel: &str) -> Result<Vec<Reply>
     }
 }
 
-async fn write_batch(
-    conn: &mut PgConnection,
-    batch: &[Write],
-    channel: &str,
-) -> Result<Vec<Reply>> {
+async fn write_batch(conn: &mut PgConnection, batch: &[Write]) -> Result<(Vec<Reply>, Notice)> {
     let now = crate::status::now_ms();
     let mut jobs = Vec::new();
     let mut outcomes = Vec::new();
@@ -238,11 +241,11 @@ async fn write_batch(
             }
         }
     }
-    notice.send(conn, channel).await?;
-    Ok(replies)
+    Ok((replies, notice))
 }
 
-/// Locks, in one order, every counter row a batch of inserts and outcomes may change. Each of
+/// Locks, in one order, every counter row (of this connection's slot, the only ones its
+/// triggers change) a batch of inserts and outcomes may change. Each of
 /// its two statements changes counters in (name, status) order, but the two together would
 /// not: two batches, or a batch and another process's claim, could each hold a row the other
 /// needs next, and wait for PostgreSQL's deadlock timeout (a second) to find out.
@@ -261,12 +264,12 @@ async fn lock_counters(
     sqlx::query(
         "WITH ended AS (SELECT name, concurrency_key FROM llmjobs_jobs \
              WHERE id = ANY($3::text[]::uuid[])), \
-         counts AS (SELECT 1 FROM llmjobs_counts \
-             WHERE name = ANY($1) OR name IN (SELECT name FROM ended) \
+         counts AS (SELECT 1 FROM llmjobs_counts WHERE slot = llmjobs_counter_slot() \
+             AND (name = ANY($1) OR name IN (SELECT name FROM ended)) \
              ORDER BY name, status FOR UPDATE), \
-         keys AS (SELECT 1 FROM llmjobs_running_keys \
-             WHERE concurrency_key = ANY($2) \
-                 OR concurrency_key IN (SELECT concurrency_key FROM ended) \
+         keys AS (SELECT 1 FROM llmjobs_running_keys WHERE slot = llmjobs_counter_slot() \
+             AND (concurrency_key = ANY($2) \
+                 OR concurrency_key IN (SELECT concurrency_key FROM ended)) \
              ORDER BY concurrency_key FOR UPDATE) \
          SELECT (SELECT count(*) FROM counts), (SELECT count(*) FROM keys)",
     )

@@ -19,12 +19,14 @@ use crate::{JobId, Result};
 /// Candidates read per round trip: more than the slots, as some are passed over.
 const PAGE_MIN: i64 = 64;
 
-/// How many jobs of each name run now, from the maintained counters.
+/// How many jobs of each name run now, from the maintained counters (summed over their slots).
 async fn running_by_name(conn: &mut PgConnection) -> Result<HashMap<String, i64>> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT name, n FROM llmjobs_counts WHERE status = 'running' AND n > 0")
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT name, sum(n)::int8 FROM llmjobs_counts WHERE status = 'running' \
+             GROUP BY name HAVING sum(n) > 0",
+    )
+    .fetch_all(conn)
+    .await?;
     Ok(rows.into_iter().collect())
 }
 

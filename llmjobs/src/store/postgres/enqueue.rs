@@ -191,13 +191,13 @@ impl Room {
         let committed = match self.by_name.get(name) {
             Some(n) => *n,
             None => {
-                let n: Option<(i64,)> = sqlx::query_as(
-                    "SELECT n FROM llmjobs_counts WHERE name = $1 AND status = 'running'",
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT coalesce(sum(n), 0)::int8 FROM llmjobs_counts \
+                     WHERE name = $1 AND status = 'running'",
                 )
                 .bind(name)
-                .fetch_optional(conn)
+                .fetch_one(conn)
                 .await?;
-                let n = n.map_or(0, |(n,)| n);
                 self.by_name.insert(name.to_string(), n);
                 n
             }
@@ -233,14 +233,15 @@ impl Room {
     }
 }
 
-/// How many jobs run now under `key`, from the maintained counters.
+/// How many jobs run now under `key`, from the maintained counters (summed over their slots).
 pub(super) async fn running_with_key(conn: &mut PgConnection, key: &str) -> Result<i64> {
-    let n: Option<(i64,)> =
-        sqlx::query_as("SELECT n FROM llmjobs_running_keys WHERE concurrency_key = $1")
-            .bind(key)
-            .fetch_optional(conn)
-            .await?;
-    Ok(n.map_or(0, |(n,)| n))
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT coalesce(sum(n), 0)::int8 FROM llmjobs_running_keys WHERE concurrency_key = $1",
+    )
+    .bind(key)
+    .fetch_one(conn)
+    .await?;
+    Ok(n)
 }
 
 /// The rows of one INSERT, column by column.

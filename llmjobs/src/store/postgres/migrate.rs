@@ -45,6 +45,12 @@ const MIGRATIONS: &[Migration] = &[
         description: "shared rate limits",
         sql: include_str!("../../../migrations/postgres/0005_shared_rate_limits.sql"),
     },
+    // 6 is taken by work not merged yet.
+    Migration {
+        version: 7,
+        description: "counters split into slots",
+        sql: include_str!("../../../migrations/postgres/0007_counters_split_into_slots.sql"),
+    },
 ];
 
 /// The newest migration this build knows.

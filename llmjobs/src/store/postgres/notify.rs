@@ -1,5 +1,5 @@
-//! Wake-ups between processes: `NOTIFY` at most once per commit, `LISTEN` on a connection of
-//! its own.
+//! Wake-ups between processes: `NOTIFY` at most once per commit (right after it, in a
+//! statement of its own), `LISTEN` on a connection of its own.
 //!
 //! A notification is a hint, never the truth: a worker woken claims as it would at its poll,
 //! and a waiter woken reads the row. A missed hint (the listening connection was lost) costs
@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
-use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Hint, HintSink};
@@ -72,18 +72,38 @@ impl Notice {
         payload
     }
 
-    /// Sends the notice in the transaction (or session) of `conn`; nothing when it is empty.
-    /// PostgreSQL delivers it when the transaction commits, and drops it if it rolls back.
+    /// Sends the notice on `conn`, which must be outside any transaction: the statement is a
+    /// transaction of its own, sent after the change it tells of has committed. Nothing when
+    /// the notice is empty.
+    ///
+    /// Why not in the change's own transaction: PostgreSQL serialises the commits of all
+    /// transactions that notify (one database-wide lock from just before the commit until
+    /// after its WAL flush), so notifying batches from every connection and process would
+    /// commit one at a time. This transaction writes no rows, and is a hint, so it commits
+    /// without waiting for a flush (`synchronous_commit` off for it alone): the lock is held
+    /// for microseconds.
     pub(super) async fn send(&self, conn: &mut PgConnection, channel: &str) -> Result<()> {
         if self.is_empty() {
             return Ok(());
         }
-        sqlx::query("SELECT pg_notify($1, $2)")
+        sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
             .bind(channel)
             .bind(self.payload())
             .execute(conn)
             .await?;
         Ok(())
+    }
+}
+
+/// Sends `notice` on a connection of `pool`, after the change it tells of committed. A hint:
+/// a failure is only logged (the others poll).
+pub(super) async fn tell(pool: &PgPool, notice: &Notice, channel: &str) {
+    let sent = match pool.acquire().await {
+        Ok(mut conn) => notice.send(&mut conn, channel).await,
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "could not send a wake-up; the others poll");
     }
 }
 

@@ -53,10 +53,12 @@ pub(super) async fn get(pool: &PgPool, id: JobId) -> Result<Option<JobRow>> {
 }
 
 pub(super) async fn counts(pool: &PgPool) -> Result<Vec<(String, String, u64)>> {
-    let rows: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT name, status, n FROM llmjobs_counts WHERE n <> 0")
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT name, status, sum(n)::int8 FROM llmjobs_counts GROUP BY name, status \
+             HAVING sum(n) <> 0",
+    )
+    .fetch_all(pool)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|(name, status, n)| (name, status, n.unsigned_abs()))
