@@ -446,6 +446,25 @@ impl JobContext {
         }
     }
 
+    /// The job database, for the LLM bridge's ledger, cache and budgets.
+    pub(crate) fn store(&self) -> &dyn crate::store::Store {
+        &*self.inner.shared.store
+    }
+
+    /// The runtime's LLM cache and budget settings.
+    pub(crate) fn llm_policy(&self) -> &crate::llm::LlmPolicy {
+        &self.inner.shared.settings.llm_policy
+    }
+
+    /// The budget of this job's LLM calls: its call's own, else its kind's.
+    pub(crate) async fn llm_budget(&self) -> Option<crate::Budget> {
+        self.inner
+            .shared
+            .registry
+            .get(self.inner.name)
+            .and_then(|entry| entry.config.budget)
+    }
+
     /// Adds an LLM answer's usage to the job's totals; the new totals.
     pub(crate) fn add_llm_usage(
         &self,

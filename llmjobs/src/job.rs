@@ -108,6 +108,9 @@ pub struct JobConfig {
     /// The IANA time zone the [`cron`](JobConfig::cron) expression is read in
     /// (`"Europe/Paris"`). `None`: UTC.
     pub cron_timezone: Option<&'static str>,
+    /// What each job of this kind may spend on LLM calls (`#[llm_job(budget_usd = 0.5)]`);
+    /// a call can set its own with [`JobCall::budget`]. `None`: no limit.
+    pub budget: Option<crate::Budget>,
 }
 
 impl JobConfig {
@@ -122,7 +125,14 @@ impl JobConfig {
             priority: 0,
             cron: None,
             cron_timezone: None,
+            budget: None,
         }
+    }
+
+    /// Sets [`JobConfig::budget`].
+    pub const fn budget(mut self, budget: crate::Budget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Sets [`JobConfig::max_concurrency`].

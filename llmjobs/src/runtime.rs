@@ -52,6 +52,9 @@ pub(crate) struct Settings {
     /// The client behind `ctx.llm()`, or why there is none.
     #[cfg(feature = "llm")]
     pub(crate) llm: Result<crate::llm::LlmClient, String>,
+    /// The completion cache and the per-key budgets of `ctx.llm()` calls.
+    #[cfg(feature = "llm")]
+    pub(crate) llm_policy: crate::llm::LlmPolicy,
     pub(crate) concurrency: u32,
     pub(crate) global_concurrency: Option<u32>,
     pub(crate) lease: Duration,

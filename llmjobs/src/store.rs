@@ -8,6 +8,7 @@ use crate::{Error, JobId, Result};
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 mod schedule;
+pub(crate) mod usage;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
@@ -490,6 +491,18 @@ pub(crate) trait Store: Send + Sync + 'static {
         false
     }
 
+    /// Appends rows to the usage ledger.
+    async fn record_usage(&self, entries: Vec<LedgerEntry>) -> Result<()>;
+
+    /// The usage ledger's sums that `filter` asks for.
+    async fn usage(&self, filter: crate::UsageFilter) -> Result<Vec<crate::UsageGroup>>;
+
+    /// The completion cache's answer under `key`, unless it expired by `now`.
+    async fn cached_answer(&self, key: String, now: i64) -> Result<Option<String>>;
+
+    /// Puts an answer in the completion cache, replacing any under its key.
+    async fn cache_answer(&self, entry: CacheEntry) -> Result<()>;
+
     /// Waits until every write accepted so far is durable, then stops accepting writes.
     async fn close(&self);
 
@@ -499,6 +512,20 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Makes the database fail for real, for llmjobs' own tests.
     #[cfg(feature = "_fault-injection")]
     async fn inject(&self, fault: Fault) -> Result<()>;
+}
+
+pub(crate) use crate::usage::LedgerEntry;
+
+/// An answer for the completion cache.
+#[derive(Debug, Clone)]
+pub(crate) struct CacheEntry {
+    /// The hash of the normalised request.
+    pub(crate) key: String,
+    pub(crate) model: String,
+    /// The answer, as JSON.
+    pub(crate) response: String,
+    /// When it expires, in milliseconds since the epoch.
+    pub(crate) expires_at: i64,
 }
 
 /// A failure [`Store::inject`] causes.

@@ -2,6 +2,9 @@
 //! [`llm_call`] job; the built-in [`llm_batch`] job is in `job/batch.rs`.
 
 mod batch;
+mod budget;
+mod cache;
+mod ledger;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,6 +18,9 @@ use super::{
 use crate::{Job, JobCall, JobContext, JobError, Progress};
 
 pub use batch::{BatchOptions, BatchOutput, LlmBatch, llm_batch, llm_batch_with};
+pub(crate) use budget::LlmPolicy;
+pub use budget::{DEFAULT_OUTPUT_ESTIMATE, KeyBudget};
+pub use cache::CompletionCache;
 
 /// How often, at most, streamed output is reported as progress.
 const STREAM_REPORT_INTERVAL: Duration = Duration::from_millis(50);
@@ -59,6 +65,7 @@ impl JobLlm {
         let stage = Mutex::new(Stage::Answer);
         let runner = JournalRunner {
             ctx: &self.ctx,
+            client,
             stage: &stage,
         };
         let result = client.call_with(request, &runner, None).await;
@@ -129,6 +136,7 @@ impl JobLlm {
         let stage = Mutex::new(Stage::Answer);
         let runner = JournalRunner {
             ctx: &self.ctx,
+            client,
             stage: &stage,
         };
         let mut text = String::new();
@@ -168,6 +176,7 @@ impl JobLlm {
 /// step's place, and a resumed job replays it.
 struct JournalRunner<'c> {
     ctx: &'c JobContext,
+    client: &'c LlmClient,
     /// The stage of the attempt under way, for the stream's progress reports.
     stage: &'c Mutex<Stage>,
 }
@@ -201,7 +210,7 @@ impl AttemptRunner for JournalRunner<'_> {
             let result = self
                 .ctx
                 .step(&name, async {
-                    attempt.send().await.map_err(|e| {
+                    self.send(attempt).await.map_err(|e| {
                         let kind = e.job_error_kind();
                         let message = e.to_string();
                         *failure.lock().expect("failure slot") = Some(e);
@@ -232,6 +241,34 @@ impl AttemptRunner for JournalRunner<'_> {
                 }
             }
         })
+    }
+}
+
+impl JournalRunner<'_> {
+    /// One provider call, unless the completion cache answers it or a budget forbids it;
+    /// recorded in the usage ledger either way it is answered.
+    async fn send(&self, attempt: Attempt<'_>) -> Result<ChatResponse, LlmError> {
+        let request = attempt.request();
+        let model = request.model.clone();
+        let policy = self.ctx.llm_policy();
+        let cached = policy
+            .cache
+            .and_then(|cache| Some((cache, cache.key_for(request)?)));
+        if let Some((cache, key)) = &cached
+            && let Some(hit) = cache.lookup(self.ctx, key).await
+        {
+            ledger::record_cache_hit(self.ctx, &model, &hit).await;
+            return Ok(hit);
+        }
+        budget::check(self.ctx, self.client, request).await?;
+        let provider = self.client.provider_for(&model).unwrap_or_default();
+        let started = Instant::now();
+        let result = attempt.send().await;
+        ledger::record(self.ctx, &model, &provider, &result, started.elapsed()).await;
+        if let (Ok(response), Some((cache, key))) = (&result, cached) {
+            cache.store(self.ctx, key, response).await;
+        }
+        result
     }
 }
 

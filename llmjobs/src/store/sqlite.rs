@@ -24,6 +24,7 @@ mod columns;
 mod inspect;
 mod list;
 mod migrate;
+mod usage;
 mod writer;
 
 use columns::lenient;
@@ -388,6 +389,15 @@ fn counter_rows(conn: &Connection) -> Result<Vec<(String, String, u64)>> {
     )
 }
 
+impl SqliteStore {
+    async fn llm_write(&self, write: writer::LlmWrite) -> Result<()> {
+        match self.write(WriteOp::Llm(write)).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
 fn query_all<T>(
     conn: &Connection,
     sql: &str,
@@ -536,6 +546,22 @@ impl Store for SqliteStore {
             })
             .await?;
         Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    async fn record_usage(&self, entries: Vec<super::LedgerEntry>) -> Result<()> {
+        self.llm_write(writer::LlmWrite::Record(entries)).await
+    }
+
+    async fn usage(&self, filter: crate::UsageFilter) -> Result<Vec<crate::UsageGroup>> {
+        self.read(move |conn| usage::aggregate(conn, &filter)).await
+    }
+
+    async fn cached_answer(&self, key: String, now: i64) -> Result<Option<String>> {
+        self.read(move |conn| usage::cached(conn, &key, now)).await
+    }
+
+    async fn cache_answer(&self, entry: super::CacheEntry) -> Result<()> {
+        self.llm_write(writer::LlmWrite::Cache(entry)).await
     }
 
     async fn load_steps(&self, id: JobId) -> Result<Vec<StepRecord>> {

@@ -55,7 +55,15 @@ fn usage(v: &Value) -> Option<Usage> {
         u64_at(u, "completion_tokens")
             .or_else(|| u64_at(u, "output_tokens"))
             .unwrap_or(0),
-    ))
+        )
+        .with_cache(
+            u.pointer("/prompt_tokens_details/cached_tokens")
+                .or_else(|| u.pointer("/input_tokens_details/cached_tokens"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            0,
+        ),
+    )
 }
 
 /// Parses a complete response.

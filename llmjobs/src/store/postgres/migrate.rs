@@ -40,6 +40,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "attempt errors",
         sql: include_str!("../../../migrations/postgres/0004_attempt_errors.sql"),
     },
+    Migration {
+        version: 6,
+        description: "usage ledger and completion cache",
+        sql: include_str!("../../../migrations/postgres/0006_usage_ledger_and_completion_cache.sql"),
+    },
 ];
 
 /// The newest migration this build knows.

@@ -48,6 +48,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "attempt errors",
         sql: include_str!("../../../migrations/sqlite/0006_attempt_errors.sql"),
     },
+    Migration {
+        version: 8,
+        description: "usage ledger and completion cache",
+        sql: include_str!("../../../migrations/sqlite/0008_usage_ledger_and_completion_cache.sql"),
+    },
 ];
 
 /// The newest migration this build knows.
