@@ -457,12 +457,25 @@ impl JobContext {
     }
 
     /// The budget of this job's LLM calls: its call's own, else its kind's.
-    pub(crate) async fn llm_budget(&self) -> Option<crate::Budget> {
-        self.inner
+    pub(crate) async fn llm_budget(&self) -> Result<Option<crate::Budget>, Error> {
+        if let Some(stored) = self.inner.shared.store.job_budget(self.inner.id).await? {
+            let budget = serde_json::from_str(&stored).map_err(|e| Error::CorruptRow {
+                id: self.inner.id.to_string(),
+                reason: format!("its LLM budget is not a budget: {e}"),
+            })?;
+            return Ok(Some(budget));
+        }
+        Ok(self
+            .inner
             .shared
             .registry
             .get(self.inner.name)
-            .and_then(|entry| entry.config.budget)
+            .and_then(|entry| entry.config.budget))
+    }
+
+    /// The tokens and cost of the job's LLM calls so far.
+    pub(crate) fn llm_totals(&self) -> crate::llm::UsageTotals {
+        *self.services().llm_usage.lock().expect("usage lock")
     }
 
     /// Adds an LLM answer's usage to the job's totals; the new totals.

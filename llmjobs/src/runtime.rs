@@ -322,6 +322,9 @@ impl Shared {
                 .settings
                 .idempotency_window
                 .map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX)),
+            budget: call
+                .budget_value()
+                .and_then(|b| serde_json::to_string(&b).ok()),
         })
     }
 

@@ -193,9 +193,6 @@ impl UsageGroup {
     }
 }
 
-/// The answer tokens a budget assumes a call uses when its request sets no `max_tokens`.
-pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 4096;
-
 /// A limit on LLM spending: dollars, tokens (input plus output), or both.
 ///
 /// A job's budget comes from `#[llm_job(budget_usd = 0.5)]` (or `budget_tokens`), or from
@@ -249,15 +246,6 @@ impl Budget {
     pub const fn and_usd(mut self, usd: f64) -> Self {
         self.max_usd = Some(usd);
         self
-    }
-
-    pub(crate) fn describe(&self) -> String {
-        match (self.max_usd, self.max_tokens) {
-            (Some(usd), Some(tokens)) => format!("${usd:.4} and {tokens} tokens"),
-            (Some(usd), None) => format!("${usd:.4}"),
-            (None, Some(tokens)) => format!("{tokens} tokens"),
-            (None, None) => "no limit".into(),
-        }
     }
 }
 

@@ -33,3 +33,10 @@ CREATE TABLE llmjobs_llm_cache (
     expires_at INTEGER NOT NULL
 );
 CREATE INDEX llmjobs_llm_cache_expires ON llmjobs_llm_cache (expires_at);
+
+-- The budget a call set on its job (JobCall::budget), as JSON ({"max_usd": …, "max_tokens": …});
+-- written with the job, deleted with it. Jobs without one (most) have no row.
+CREATE TABLE llmjobs_job_budgets (
+    job_id TEXT PRIMARY KEY,
+    budget TEXT NOT NULL
+);

@@ -126,6 +126,16 @@ impl JobLlm {
                     )),
             );
         }
+        if let LlmError::BudgetExceeded { .. } = &error {
+            // The status shows what was spent when the budget stopped the job.
+            let totals = self.ctx.llm_totals();
+            self.ctx.report(
+                Progress::stage("budget")
+                    .with_tokens(totals.input_tokens, totals.output_tokens)
+                    .with_cost(totals.cost_usd)
+                    .with_message(error.to_string()),
+            );
+        }
         Err(error.into_job_error())
     }
 

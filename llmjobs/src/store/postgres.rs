@@ -388,6 +388,10 @@ impl Store for PgStore {
         usage::record(self.pool()?, &entries).await
     }
 
+    async fn job_budget(&self, id: JobId) -> Result<Option<String>> {
+        usage::job_budget(self.pool()?, id).await
+    }
+
     async fn usage(&self, filter: crate::UsageFilter) -> Result<Vec<crate::UsageGroup>> {
         usage::aggregate(self.pool()?, &filter).await
     }

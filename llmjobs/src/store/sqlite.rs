@@ -390,6 +390,7 @@ fn counter_rows(conn: &Connection) -> Result<Vec<(String, String, u64)>> {
 }
 
 impl SqliteStore {
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
     async fn llm_write(&self, write: writer::LlmWrite) -> Result<()> {
         match self.write(WriteOp::Llm(write)).await? {
             Reply::Done => Ok(()),
@@ -550,6 +551,10 @@ impl Store for SqliteStore {
 
     async fn record_usage(&self, entries: Vec<super::LedgerEntry>) -> Result<()> {
         self.llm_write(writer::LlmWrite::Record(entries)).await
+    }
+
+    async fn job_budget(&self, id: JobId) -> Result<Option<String>> {
+        self.read(move |conn| usage::job_budget(conn, id)).await
     }
 
     async fn usage(&self, filter: crate::UsageFilter) -> Result<Vec<crate::UsageGroup>> {

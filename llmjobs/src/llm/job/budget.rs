@@ -9,7 +9,8 @@ use crate::llm::{ChatRequest, LlmClient, LlmError};
 use crate::status::now_ms;
 use crate::usage::UsageFilter;
 
-pub use crate::usage::DEFAULT_OUTPUT_ESTIMATE;
+/// The answer tokens a budget assumes a call uses when its request sets no `max_tokens`.
+pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 4096;
 
 /// A budget for every call through one provider (one API key), over a sliding window, kept
 /// across every process on the database ([`JobsBuilder::budget_per_key`](crate::JobsBuilder::budget_per_key)).
@@ -56,7 +57,10 @@ pub(super) async fn check(
     client: &LlmClient,
     request: &ChatRequest,
 ) -> Result<(), LlmError> {
-    let job_budget = ctx.llm_budget().await;
+    let job_budget = ctx
+        .llm_budget()
+        .await
+        .map_err(|e| LlmError::Config(format!("the job's budget cannot be read: {e}")))?;
     let provider = client.provider_for(&request.model).ok();
     let key_budgets: Vec<&KeyBudget> = ctx
         .llm_policy()
@@ -79,7 +83,7 @@ pub(super) async fn check(
     };
     if let Some(budget) = job_budget {
         let filter = UsageFilter::new().job(ctx.id());
-        let what = format!("the job's budget of {}", budget.describe());
+        let what = format!("the job's budget of {}", describe(&budget));
         fits(ctx, request, &budget, filter, what, &estimate).await?;
     }
     for key in key_budgets {
@@ -89,7 +93,7 @@ pub(super) async fn check(
         let what = format!(
             "the budget of provider `{}` ({} per {:?})",
             key.provider,
-            key.budget.describe(),
+            describe(&key.budget),
             key.window
         );
         fits(ctx, request, &key.budget, filter, what, &estimate).await?;
@@ -142,4 +146,14 @@ async fn fits(
         });
     }
     Ok(())
+}
+
+/// A budget's limits, as errors name them (`$0.5000 and 20000 tokens`).
+fn describe(budget: &Budget) -> String {
+    match (budget.max_usd, budget.max_tokens) {
+        (Some(usd), Some(tokens)) => format!("${usd:.4} and {tokens} tokens"),
+        (Some(usd), None) => format!("${usd:.4}"),
+        (None, Some(tokens)) => format!("{tokens} tokens"),
+        (None, None) => "no limit".into(),
+    }
 }

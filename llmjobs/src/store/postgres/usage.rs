@@ -1,10 +1,11 @@
 //! The usage ledger and the completion cache.
 
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 
 use crate::Result;
 use crate::store::usage::{Dialect, LEDGER_COLUMNS, Param, aggregate_sql, count, int};
-use crate::store::{CacheEntry, LedgerEntry};
+use crate::store::{CacheEntry, LedgerEntry, NewJob};
+use crate::JobId;
 use crate::usage::{UsageFilter, UsageGroup};
 
 const POSTGRES: Dialect = Dialect {
@@ -118,4 +119,33 @@ pub(super) async fn cache(pool: &PgPool, entry: &CacheEntry, now: i64) -> Result
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Keeps the budgets that calls set on `jobs` beside them (in the transaction that inserts
+/// them). A job not inserted (its idempotency key was held) has no row to keep one for.
+pub(super) async fn insert_budgets(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<()> {
+    for job in jobs {
+        if let Some(budget) = &job.budget {
+            sqlx::query(
+                "INSERT INTO llmjobs_job_budgets (job_id, budget) \
+                 SELECT $1::text::uuid, $2 WHERE EXISTS \
+                 (SELECT 1 FROM llmjobs_jobs WHERE id = $1::text::uuid)",
+            )
+            .bind(job.id.to_string())
+            .bind(budget)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The budget a call set on job `id`.
+pub(super) async fn job_budget(pool: &PgPool, id: JobId) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT budget FROM llmjobs_job_budgets WHERE job_id = $1::text::uuid")
+            .bind(id.to_string())
+            .fetch_optional(pool)
+            .await?,
+    )
 }

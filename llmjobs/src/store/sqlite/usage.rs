@@ -3,7 +3,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 use super::query_all;
-use crate::Result;
+use crate::{JobId, Result};
 use crate::store::usage::{Dialect, Param, aggregate_sql, count};
 use crate::usage::{UsageFilter, UsageGroup};
 
@@ -64,9 +64,19 @@ pub(super) fn aggregate(conn: &Connection, filter: &UsageFilter) -> Result<Vec<U
 }
 
 /// The cached answer under `key`, unless it expired by `now`.
+#[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
 pub(super) fn cached(conn: &Connection, key: &str, now: i64) -> Result<Option<String>> {
     Ok(conn
         .prepare_cached("SELECT response FROM llmjobs_llm_cache WHERE key = ?1 AND expires_at > ?2")?
         .query_row(rusqlite::params![key, now], |row| row.get(0))
+        .optional()?)
+}
+
+/// The budget a call set on job `id`.
+#[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
+pub(super) fn job_budget(conn: &Connection, id: JobId) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT budget FROM llmjobs_job_budgets WHERE job_id = ?1")?
+        .query_row([id.to_string()], |row| row.get(0))
         .optional()?)
 }

@@ -133,6 +133,7 @@ pub(super) enum WriteOp {
     /// Fires ticks of a schedule, each with its job.
     FireTicks(crate::store::TickJobs),
     /// Writes the usage ledger or the completion cache.
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
     Llm(LlmWrite),
 }
 

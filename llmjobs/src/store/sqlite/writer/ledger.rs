@@ -5,10 +5,11 @@ use rusqlite::Connection;
 use super::execute;
 use crate::Result;
 use crate::store::usage::{LEDGER_COLUMNS, int};
-use crate::store::{CacheEntry, LedgerEntry};
+use crate::store::{CacheEntry, LedgerEntry, NewJob};
 
 /// A write to the ledger or the cache.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
 pub(in crate::store::sqlite) enum LlmWrite {
     /// Rows of the usage ledger.
     Record(Vec<LedgerEntry>),
@@ -59,6 +60,24 @@ fn record(conn: &Connection, entries: &[LedgerEntry]) -> Result<()> {
             e.error_kind,
             e.at,
         ])?;
+    }
+    Ok(())
+}
+
+/// Keeps the budgets that calls set on `jobs` beside them (in the transaction that inserts
+/// them).
+pub(super) fn insert_budgets<'a>(
+    conn: &Connection,
+    jobs: impl Iterator<Item = &'a NewJob>,
+) -> Result<()> {
+    for job in jobs {
+        if let Some(budget) = &job.budget {
+            execute(
+                conn,
+                "INSERT INTO llmjobs_job_budgets (job_id, budget) VALUES (?1, ?2)",
+                rusqlite::params![job.id.to_string(), budget],
+            )?;
+        }
     }
     Ok(())
 }
