@@ -84,11 +84,11 @@ pub use breaker::CircuitBreaker;
 pub use client::{LlmClient, LlmClientBuilder};
 pub use error::LlmError;
 pub use escalation::Stage;
+pub(crate) use job::LlmPolicy;
 pub use job::{
     BatchOptions, BatchOutput, CompletionCache, DEFAULT_OUTPUT_ESTIMATE, JobLlm, KeyBudget,
     LlmBatch, LlmCall, UsageTotals, llm_batch, llm_batch_with, llm_call,
 };
-pub(crate) use job::LlmPolicy;
 pub use limits::RateLimit;
 pub use pricing::{
     ANTHROPIC_CACHE_READ_FACTOR, ANTHROPIC_CACHE_WRITE_FACTOR, BATCH_PRICE_FACTOR,

@@ -8,9 +8,9 @@ use crate::{Error, JobId, Result};
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 mod schedule;
-pub(crate) mod usage;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+pub(crate) mod usage;
 
 pub(crate) use schedule::{Fired, ScheduleDef, ScheduleRow, TickJobs};
 

@@ -441,7 +441,12 @@ async fn stats_reads_tokens_and_cost_by_model_from_the_usage_ledger() {
         .price("openai/*", Price::per_million_tokens(1000.0, 1000.0))
         .build()
         .unwrap();
-    let jobs = Jobs::builder().url(&f.url).llm(client).open().await.unwrap();
+    let jobs = Jobs::builder()
+        .url(&f.url)
+        .llm(client)
+        .open()
+        .await
+        .unwrap();
     let request = ChatRequest::new("openai/gpt-4o-mini").user("Name a colour.");
     let answer: ChatResponse = jobs.run(llm_call(request)).await.unwrap();
     jobs.shutdown().await;
@@ -456,7 +461,11 @@ async fn stats_reads_tokens_and_cost_by_model_from_the_usage_ledger() {
     assert!((cost - answer.cost.unwrap()).abs() < 1e-9, "{value}");
     assert_eq!(value["usage"]["(cli_echo)"]["input_tokens"], 100);
     let out = ok(llmjobs(&f.url, &["stats"]));
-    for part in ["tokens and cost of the LLM calls", "openai/gpt-4o-mini", "(cli_echo)"] {
+    for part in [
+        "tokens and cost of the LLM calls",
+        "openai/gpt-4o-mini",
+        "(cli_echo)",
+    ] {
         assert!(out.contains(part), "{part:?} missing:\n{out}");
     }
 }

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use llmjobs::llm::mock::{MockLlmServer, MockReply};
 use llmjobs::llm::{
-    ChatRequest, ChatResponse, CompletionCache, KeyBudget, LlmClient, Price, RetryPolicy,
-    llm_call,
+    ChatRequest, ChatResponse, CompletionCache, KeyBudget, LlmClient, Price, RetryPolicy, llm_call,
 };
 use llmjobs::{
     Budget, Error, JobContext, JobError, JobState, Jobs, JobsBuilder, UsageFilter, UsageGroup,
@@ -147,7 +146,11 @@ pub(crate) async fn usage_sums_by_model_job_name_and_day(backend: Backend) {
         ("openai/*", answer_price()),
         ("anthropic/*", Price::per_million_tokens(1.0, 1.0)),
     ];
-    let jobs = backend.builder(client(&mock, &prices)).open().await.unwrap();
+    let jobs = backend
+        .builder(client(&mock, &prices))
+        .open()
+        .await
+        .unwrap();
     let mut by_model = std::collections::BTreeMap::<String, (u64, f64)>::new();
     for model in ["openai/a", "openai/a", "anthropic/b"] {
         let request = ChatRequest::new(model).user("Say something.");
@@ -164,7 +167,11 @@ pub(crate) async fn usage_sums_by_model_job_name_and_day(backend: Backend) {
     assert_eq!(models, ["anthropic/b", "openai/a"]);
     for group in &groups {
         let (tokens, cost) = by_model[group.model.as_deref().unwrap()];
-        assert_eq!(group.input_tokens + group.output_tokens, tokens, "{group:?}");
+        assert_eq!(
+            group.input_tokens + group.output_tokens,
+            tokens,
+            "{group:?}"
+        );
         assert!(close(group.cost_usd, cost), "{group:?}");
         assert!(group.job_name.is_none() && group.day.is_none());
     }
@@ -197,27 +204,32 @@ pub(crate) async fn cache_tokens_are_priced_as_each_provider_prices_them(backend
         ("anthropic/*", Price::anthropic(3.0, 15.0)),
         ("openai/*", Price::openai(2.5, 10.0)),
     ];
-    let jobs = backend.builder(client(&mock, &prices)).open().await.unwrap();
+    let jobs = backend
+        .builder(client(&mock, &prices))
+        .open()
+        .await
+        .unwrap();
     let prompt = "Summarise the attached contract. ".repeat(200);
 
     mock.push_reply(MockReply::cached_text("Done.", 1000, 400));
     let claude: ChatResponse = jobs
-        .run(llm_call(ChatRequest::new("anthropic/claude").user(prompt.as_str())))
+        .run(llm_call(
+            ChatRequest::new("anthropic/claude").user(prompt.as_str()),
+        ))
         .await
         .unwrap();
     let u = claude.usage;
     assert_eq!((u.cache_read_tokens, u.cache_write_tokens), (1000, 400));
     let plain = u.input_tokens - 1400;
-    let expected = (plain as f64 * 3.0
-        + 1000.0 * 0.3
-        + 400.0 * 3.75
-        + u.output_tokens as f64 * 15.0)
-        / 1e6;
+    let expected =
+        (plain as f64 * 3.0 + 1000.0 * 0.3 + 400.0 * 3.75 + u.output_tokens as f64 * 15.0) / 1e6;
     assert!(close(claude.cost.unwrap(), expected), "{claude:?}");
 
     mock.push_reply(MockReply::cached_text("Done.", 1024, 0));
     let gpt: ChatResponse = jobs
-        .run(llm_call(ChatRequest::new("openai/gpt-4o").user(prompt.as_str())))
+        .run(llm_call(
+            ChatRequest::new("openai/gpt-4o").user(prompt.as_str()),
+        ))
         .await
         .unwrap();
     let u = gpt.usage;
@@ -276,7 +288,12 @@ pub(crate) async fn a_job_budget_stops_the_call_that_would_exceed_it_before_it_i
     let err = handle.wait().await.unwrap_err();
     assert_eq!(mock.request_count(), 2, "the third call was never sent");
     let message = err.to_string();
-    for part in ["the job's budget of $0.2500", "spent so far", "$0.1800", "not sent"] {
+    for part in [
+        "the job's budget of $0.2500",
+        "spent so far",
+        "$0.1800",
+        "not sent",
+    ] {
         assert!(message.contains(part), "{part:?} missing: {message}");
     }
     let status = jobs.status(handle.id()).await.unwrap();
@@ -291,6 +308,13 @@ pub(crate) async fn a_job_budget_stops_the_call_that_would_exceed_it_before_it_i
     let usage = total(&jobs, UsageFilter::new().job(handle.id())).await;
     assert_eq!(usage.calls, 2);
     assert!(close(usage.cost_usd, 0.18));
+    let db = llmjobs::Inspector::open(&backend.url()).await.unwrap();
+    let steps = db.steps(handle.id()).await.unwrap();
+    assert_eq!(
+        steps.len(),
+        2,
+        "the refusal is not journaled: a retry checks again"
+    );
     jobs.shutdown().await;
 }
 
@@ -322,7 +346,10 @@ pub(crate) async fn a_call_budget_refuses_a_call_that_cannot_fit_and_is_kept_wit
     let Err(Error::JobFailed { error: message, .. }) = err else {
         panic!("the call must be refused: {err:?}");
     };
-    assert!(message.contains("the job's budget of 500 tokens"), "{message}");
+    assert!(
+        message.contains("the job's budget of 500 tokens"),
+        "{message}"
+    );
     assert_eq!(mock.request_count(), 0);
     worker.shutdown().await;
     url_jobs.shutdown().await;
@@ -361,7 +388,9 @@ pub(crate) async fn a_key_budget_over_a_window_holds_across_two_runtimes(backend
     assert_eq!(mock.request_count(), 2);
     // Other providers are not held by it.
     second
-        .run(llm_call(ChatRequest::new("anthropic/c").user("Hi").max_tokens(100)))
+        .run(llm_call(
+            ChatRequest::new("anthropic/c").user("Hi").max_tokens(100),
+        ))
         .await
         .unwrap();
     first.shutdown().await;
@@ -387,7 +416,11 @@ pub(crate) async fn a_cache_hit_is_shared_across_runtimes_and_expires_after_its_
     assert_eq!(mock.request_count(), 1);
 
     let hit: ChatResponse = second.run(llm_call(request.clone())).await.unwrap();
-    assert_eq!(mock.request_count(), 1, "the second runtime was answered by the cache");
+    assert_eq!(
+        mock.request_count(),
+        1,
+        "the second runtime was answered by the cache"
+    );
     assert_eq!(hit.text, answer.text);
     assert_eq!(hit.cost, Some(0.0));
     let usage = total(&second, UsageFilter::new()).await;

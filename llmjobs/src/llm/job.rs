@@ -221,7 +221,12 @@ impl AttemptRunner for JournalRunner<'_> {
                 .ctx
                 .step(&name, async {
                     self.send(attempt).await.map_err(|e| {
-                        let kind = e.job_error_kind();
+                        let kind = match e {
+                            // Not journaled (as a permanent error would be): the job still
+                            // fails permanently, but a retry of it checks the budget again.
+                            LlmError::BudgetExceeded { .. } => crate::ErrorKind::Retryable,
+                            _ => e.job_error_kind(),
+                        };
                         let message = e.to_string();
                         *failure.lock().expect("failure slot") = Some(e);
                         JobError::msg(message).with_kind(kind)

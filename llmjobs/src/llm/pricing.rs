@@ -91,8 +91,12 @@ impl Price {
     pub fn cost(&self, usage: &Usage) -> f64 {
         let cached = usage.cache_read_tokens + usage.cache_write_tokens;
         let uncached = usage.input_tokens.saturating_sub(cached);
-        let read = self.cache_read_per_million.unwrap_or(self.input_per_million);
-        let write = self.cache_write_per_million.unwrap_or(self.input_per_million);
+        let read = self
+            .cache_read_per_million
+            .unwrap_or(self.input_per_million);
+        let write = self
+            .cache_write_per_million
+            .unwrap_or(self.input_per_million);
         (uncached as f64 * self.input_per_million
             + usage.cache_read_tokens as f64 * read
             + usage.cache_write_tokens as f64 * write

@@ -348,9 +348,14 @@ mod tests {
             cost_usd: Some(1.0),
             from_progress: BTreeSet::from([name.to_string()]),
         };
-        stats.usage.insert("openai/a".into(), from_progress("llmjobs.llm_call"));
+        stats
+            .usage
+            .insert("openai/a".into(), from_progress("llmjobs.llm_call"));
         stats.usage.insert("(mine)".into(), from_progress("mine"));
-        let ledger = [group("openai/a", 2, 100, 0.5), group("anthropic/b", 1, 10, 0.25)];
+        let ledger = [
+            group("openai/a", 2, 100, 0.5),
+            group("anthropic/b", 1, 10, 0.25),
+        ];
         let names = BTreeSet::from(["llmjobs.llm_call".to_string()]);
         let stats = stats.with_ledger(&ledger, &names);
         let models: Vec<&str> = stats.usage.keys().map(String::as_str).collect();

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use crate::{Budget, JobContext};
 use crate::llm::{ChatRequest, LlmClient, LlmError};
 use crate::status::now_ms;
 use crate::usage::UsageFilter;
+use crate::{Budget, JobContext};
 
 /// The answer tokens a budget assumes a call uses when its request sets no `max_tokens`.
 pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 4096;
@@ -116,10 +116,7 @@ async fn fits(
         .await
         .map_err(|e| LlmError::Config(format!("{what} cannot be checked: {e}")))?;
     let spent_usd: f64 = spent.iter().map(|g| g.cost_usd).sum();
-    let spent_tokens: u64 = spent
-        .iter()
-        .map(|g| g.input_tokens + g.output_tokens)
-        .sum();
+    let spent_tokens: u64 = spent.iter().map(|g| g.input_tokens + g.output_tokens).sum();
     let over_usd = match (budget.max_usd, estimate.usd) {
         (None, _) => false,
         (Some(_), None) => {

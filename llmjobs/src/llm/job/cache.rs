@@ -161,7 +161,11 @@ mod tests {
     #[test]
     fn sampled_requests_are_cached_only_when_asked() {
         let req = ChatRequest::new("openai/m").user("hi").temperature(0.7);
-        assert!(CompletionCache::new(Duration::from_secs(1)).key_for(&req).is_none());
+        assert!(
+            CompletionCache::new(Duration::from_secs(1))
+                .key_for(&req)
+                .is_none()
+        );
         let any = CompletionCache::new(Duration::from_secs(1)).any_temperature();
         assert!(any.key_for(&req).is_some());
     }

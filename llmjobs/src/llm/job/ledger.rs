@@ -19,8 +19,9 @@ pub(super) async fn record(
     latency: Duration,
 ) {
     let entry = match result {
-        Ok(response) => entry(ctx, model, &response.provider, CallOutcome::Ok, latency)
-            .with_usage(response),
+        Ok(response) => {
+            entry(ctx, model, &response.provider, CallOutcome::Ok, latency).with_usage(response)
+        }
         Err(error) => match error_kind(error) {
             Some(kind) => {
                 let mut entry = entry(ctx, model, provider, CallOutcome::Error, latency);

@@ -428,7 +428,9 @@ fn answer_cached(
         split_words(text)
     };
     let mut chunks = match route {
-        MockRoute::OpenAiChat => openai_events(prompt, &words, input, output, serial, finish, cached),
+        MockRoute::OpenAiChat => {
+            openai_events(prompt, &words, input, output, serial, finish, cached)
+        }
         MockRoute::AnthropicMessages => {
             anthropic_events(prompt, &words, input, output, serial, stop_reason, cached)
         }

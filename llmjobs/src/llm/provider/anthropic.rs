@@ -204,10 +204,8 @@ impl Counts {
 
     fn usage(self) -> Option<Usage> {
         self.input.map(|i| {
-            Usage::new(i, self.output.unwrap_or(0)).with_cache(
-                self.cache_read.unwrap_or(0),
-                self.cache_write.unwrap_or(0),
-            )
+            Usage::new(i, self.output.unwrap_or(0))
+                .with_cache(self.cache_read.unwrap_or(0), self.cache_write.unwrap_or(0))
         })
     }
 }

@@ -43,7 +43,9 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 6,
         description: "usage ledger and completion cache",
-        sql: include_str!("../../../migrations/postgres/0006_usage_ledger_and_completion_cache.sql"),
+        sql: include_str!(
+            "../../../migrations/postgres/0006_usage_ledger_and_completion_cache.sql"
+        ),
     },
 ];
 

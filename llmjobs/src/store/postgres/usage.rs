@@ -2,10 +2,10 @@
 
 use sqlx::{PgConnection, PgPool, Row};
 
+use crate::JobId;
 use crate::Result;
 use crate::store::usage::{Dialect, LEDGER_COLUMNS, Param, aggregate_sql, count, int};
 use crate::store::{CacheEntry, LedgerEntry, NewJob};
-use crate::JobId;
 use crate::usage::{UsageFilter, UsageGroup};
 
 const POSTGRES: Dialect = Dialect {
@@ -21,9 +21,8 @@ pub(super) async fn record(pool: &PgPool, entries: &[LedgerEntry]) -> Result<()>
     if entries.is_empty() {
         return Ok(());
     }
-    let mut builder = sqlx::QueryBuilder::new(format!(
-        "INSERT INTO llmjobs_llm_usage ({LEDGER_COLUMNS}) "
-    ));
+    let mut builder =
+        sqlx::QueryBuilder::new(format!("INSERT INTO llmjobs_llm_usage ({LEDGER_COLUMNS}) "));
     builder.push_values(entries, |mut row, e| {
         row.push_bind(e.job_id.to_string())
             .push_unseparated("::uuid")

@@ -3,9 +3,9 @@
 use rusqlite::{Connection, OptionalExtension};
 
 use super::query_all;
-use crate::{JobId, Result};
 use crate::store::usage::{Dialect, Param, aggregate_sql, count};
 use crate::usage::{UsageFilter, UsageGroup};
+use crate::{JobId, Result};
 
 const SQLITE: Dialect = Dialect {
     placeholder: |n| format!("?{n}"),
@@ -67,7 +67,9 @@ pub(super) fn aggregate(conn: &Connection, filter: &UsageFilter) -> Result<Vec<U
 #[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
 pub(super) fn cached(conn: &Connection, key: &str, now: i64) -> Result<Option<String>> {
     Ok(conn
-        .prepare_cached("SELECT response FROM llmjobs_llm_cache WHERE key = ?1 AND expires_at > ?2")?
+        .prepare_cached(
+            "SELECT response FROM llmjobs_llm_cache WHERE key = ?1 AND expires_at > ?2",
+        )?
         .query_row(rusqlite::params![key, now], |row| row.get(0))
         .optional()?)
 }

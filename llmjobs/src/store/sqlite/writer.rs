@@ -518,6 +518,7 @@ mod tests {
             created_at: 0,
             idempotency_key: None,
             idempotency_window: None,
+            budget: None,
             claimed_by: Some(LocalClaim {
                 owner: owner.into(),
                 lease_until: i64::MAX,

@@ -31,7 +31,13 @@ pub(super) fn apply(conn: &Connection, write: &LlmWrite, now: i64) -> Result<()>
                 conn,
                 "INSERT OR REPLACE INTO llmjobs_llm_cache \
                  (key, model, response, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![entry.key, entry.model, entry.response, now, entry.expires_at],
+                rusqlite::params![
+                    entry.key,
+                    entry.model,
+                    entry.response,
+                    now,
+                    entry.expires_at
+                ],
             )?;
             Ok(())
         }
