@@ -140,11 +140,8 @@ impl Stats {
         by_model: &[UsageGroup],
         ledger_names: &BTreeSet<String>,
     ) -> Stats {
-        self.usage = self
-            .usage
-            .into_iter()
-            .filter(|(_, u)| u.from_progress.iter().all(|n| !ledger_names.contains(n)))
-            .collect();
+        self.usage
+            .retain(|_, u| u.from_progress.iter().all(|n| !ledger_names.contains(n)));
         for group in by_model {
             let model = group.model.clone().unwrap_or_default();
             let usage = self.usage.entry(model).or_default();
