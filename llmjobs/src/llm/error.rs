@@ -151,7 +151,7 @@ pub enum LlmError {
         retryable: bool,
     },
     /// A budget would be exceeded by this call, so it was not sent (see
-    /// [`Budget`](super::Budget)).
+    /// [`Budget`](crate::Budget)).
     #[error(
         "{budget} would be exceeded by a call to model `{model}`, so it was not sent: {spent} \
          spent so far, and the call could cost up to {call}"
