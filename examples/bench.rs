@@ -24,6 +24,11 @@
 //! server with its default settings (not the tests' throwaway cluster, which runs without
 //! fsync).
 //!
+//! W8 (LLM rate limits) runs 1,000 `llm_call` jobs in 2 worker processes (children of this
+//! program) against the mock LLM server's enforced limits, first with llmjobs' limits shared
+//! through the database, then as a naive baseline (fixed one-second back-off on 429); see
+//! `examples/bench/w8.rs`.
+//!
 //! W10 (history) runs W1 on a fresh database and on one holding 1,000,000 finished jobs (written
 //! straight into `llmjobs_jobs` with SQL, through the library's triggers), then times `counts`,
 //! `list` of 50 rows, and a `prune` of everything while a task spawns a job every 5 ms. W11 runs
@@ -37,6 +42,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use llmjobs::{Durability, JobContext, JobError, Jobs, llm_job};
+
+#[path = "bench/w8.rs"]
+mod w8;
 use llmjobs_testkit::read_lines as lines;
 
 #[llm_job]
@@ -939,6 +947,7 @@ async fn run_child(args: &[String]) {
             }
             std::future::pending::<()>().await;
         }
+        "w8" => w8::child(url, &args[2], args[3] == "shared").await,
         "w11" => {
             let n = args[2].parse().expect("a number of jobs");
             w11_child(url, n, args[3] == "limited").await;
@@ -1019,5 +1028,9 @@ async fn main() {
     }
     if wants("W7") {
         w7().await;
+    }
+    if wants("W8") {
+        let (shared, naive) = (bench.db("w8"), bench.db("w8-baseline"));
+        w8::w8(&shared, &naive).await;
     }
 }

@@ -15,10 +15,13 @@
 //! curl -s  'localhost:8787/jobs/<id>/wait?timeout=30s'
 //! ```
 //!
-//! With `LLMJOBS_HTTP_TOKEN` set, submit, cancel and retry need `-H "Authorization: Bearer …"`.
+//! Submit, cancel and retry need `-H "Authorization: Bearer …"` when `LLMJOBS_HTTP_TOKEN` is
+//! set; without it, this example opens them to anyone on loopback, explicitly. The API's own
+//! description is at `localhost:8787/openapi.json`.
 
 use std::time::Duration;
 
+use llmjobs::http::HttpApi;
 use llmjobs::{JobContext, JobError, Jobs, llm_job};
 
 /// A stand-in for a slow LLM call: one second per word, reporting progress as it goes.
@@ -39,5 +42,10 @@ async fn summarize(ctx: JobContext, text: String, words: u32) -> Result<String, 
 async fn main() -> llmjobs::Result<()> {
     tracing_subscriber::fmt().with_env_filter("info").init();
     let jobs = Jobs::open("sqlite://http_api.db").await?;
-    jobs.serve("127.0.0.1:8787").await
+    // Loopback only (the default address). A token from LLMJOBS_HTTP_TOKEN, if set, is still
+    // required; this opens changes only when there is none, as a demo on one's own machine.
+    HttpApi::new(jobs)
+        .allow_unauthenticated_changes()
+        .serve()
+        .await
 }

@@ -11,8 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use llmjobs::http::HttpApi;
-use llmjobs::{Inspector, JobContext, JobError, JobId, JobState, Jobs, Progress, llm_job};
+use llmjobs::{JobContext, JobError, JobId, JobState, Jobs, Progress, llm_job};
 use llmjobs_testkit::TempDb;
+use llmjobs_testkit::http::TestServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -81,50 +82,30 @@ struct Fixture {
 }
 
 /// The API and dashboard on a free loopback port, over a database of its own.
+/// The API and dashboard over the fixture's jobs.
 struct Server {
-    base: String,
-    jobs: Jobs,
-    client: reqwest::Client,
+    api: TestServer,
     ids: Fixture,
-    _db: TempDb,
+}
+
+impl std::ops::Deref for Server {
+    type Target = TestServer;
+
+    fn deref(&self) -> &TestServer {
+        &self.api
+    }
 }
 
 impl Server {
     async fn start(token: Option<&str>) -> Server {
-        let db = TempDb::new();
-        let jobs = Jobs::builder()
-            .url(db.url())
-            .poll_interval(Duration::from_millis(20))
-            .open()
-            .await
-            .unwrap();
-        let inspector = Inspector::open(&db.url()).await.unwrap();
-        let api = HttpApi::new(jobs.clone()).dashboard(inspector);
-        let api = match token {
+        // The dashboard is on by default, reading through an inspector it opens itself.
+        let api = TestServer::with(|api| match token {
             Some(token) => api.token(token),
-            None => api.no_token(),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { api.serve_on(listener).await.unwrap() });
-        let ids = populate(&jobs).await;
-        Server {
-            base,
-            jobs,
-            client: reqwest::Client::new(),
-            ids,
-            _db: db,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.client.get(self.url(path)).send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+            None => api.no_token().allow_unauthenticated_changes(),
+        })
+        .await;
+        let ids = populate(&api.jobs).await;
+        Server { api, ids }
     }
 
     async fn state(&self, id: JobId) -> JobState {
@@ -193,6 +174,48 @@ async fn the_page_and_its_assets_come_from_the_binary_and_fetch_nothing_elsewher
 }
 
 #[tokio::test]
+async fn without_a_dashboard_only_the_job_api_is_served() {
+    let db = TempDb::new();
+    let jobs = Jobs::open(&db.url()).await.unwrap();
+    let app = HttpApi::new(jobs.clone()).no_dashboard().router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::new();
+    for path in ["/", "/dashboard/overview"] {
+        let response = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let jobs_page = client.get(format!("{base}/jobs")).send().await.unwrap();
+    assert_eq!(jobs_page.status(), StatusCode::OK);
+    jobs.shutdown().await;
+}
+
+#[tokio::test]
+async fn on_an_in_memory_database_the_dashboard_says_why_it_cannot_read() {
+    let jobs = Jobs::open("sqlite::memory:").await.unwrap();
+    let error = jobs.inspector().await.unwrap_err().to_string();
+    assert!(error.contains("in-memory database"), "{error}");
+    let app = HttpApi::new(jobs.clone()).router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let response = reqwest::get(format!("{base}/dashboard/overview"))
+        .await
+        .unwrap();
+    assert!(!response.status().is_success());
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("in-memory database"),
+        "{body}"
+    );
+    jobs.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_overview_counts_the_states_and_charts_the_last_hour() {
     let server = Server::start(None).await;
     let (status, overview) = server.get("/dashboard/overview").await;
@@ -251,6 +274,11 @@ async fn a_job_shows_its_arguments_result_journal_tokens_and_errors() {
     );
     assert_eq!(failed["usage"], Value::Null);
     assert_eq!(failed["steps"], json!([]));
+    // Each attempt's error, for the page's table of them.
+    let attempts = failed["attempt_errors"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{failed}");
+    assert_eq!(attempts[0]["attempt"], 1);
+    assert!(attempts[0]["error"].as_str().unwrap().contains("no, never"));
 
     // Retried, it keeps how it ended before.
     server.jobs.retry(server.ids.cancelled).await.unwrap();

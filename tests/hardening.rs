@@ -171,51 +171,7 @@ async fn a_spawn_racing_shutdown_is_handed_back_or_finished_never_left_running()
 
 // 2. A cancel is never lost.
 
-static FLAKY_RUNS: AtomicU32 = AtomicU32::new(0);
-static FLAKY_STARTED: AtomicBool = AtomicBool::new(false);
-static FLAKY_RELEASE: AtomicBool = AtomicBool::new(false);
-
-#[llm_job(retries = 3)]
-async fn flaky_until_cancelled() -> Result<(), JobError> {
-    FLAKY_RUNS.fetch_add(1, Ordering::SeqCst);
-    FLAKY_STARTED.store(true, Ordering::SeqCst);
-    while !FLAKY_RELEASE.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    Err(JobError::msg("503: overloaded"))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_during_a_retry_ends_cancelled() {
-    let db = TempDb::new();
-    let worker = builder(&db).open().await.unwrap();
-    // Cancelled from a runtime that does not run the job, as another process would.
-    let front = db.watcher().await;
-    let handle = worker.spawn(flaky_until_cancelled()).await.unwrap();
-    wait_until(Duration::from_secs(10), "the attempt to start", || {
-        FLAKY_STARTED.load(Ordering::SeqCst)
-    });
-    assert_eq!(
-        front.cancel(handle.id()).await.unwrap(),
-        CancelOutcome::Requested
-    );
-    // The attempt fails (retryably) right after the cancel was requested.
-    FLAKY_RELEASE.store(true, Ordering::SeqCst);
-    let status = wait_terminal(&worker, handle.id(), Duration::from_secs(10)).await;
-    assert_eq!(status.state, JobState::Cancelled, "{status:?}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        FLAKY_RUNS.load(Ordering::SeqCst),
-        1,
-        "the body never ran again"
-    );
-    assert!(matches!(
-        handle.wait().await,
-        Err(Error::JobCancelled { .. })
-    ));
-    worker.shutdown().await;
-    front.shutdown().await;
-}
+// (A cancel during a retry: the conformance suite, on every backend.)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_of_a_job_whose_worker_died_ends_cancelled() {
@@ -284,58 +240,8 @@ async fn a_job_whose_cancel_returned_never_ends_completed() {
     front.shutdown().await;
 }
 
-// 3. A saturated key does not block other keys.
-
-#[llm_job(concurrency_key = model, key_limit = 1)]
-async fn per_model(model: String, millis: u64) -> Result<String, JobError> {
-    tokio::time::sleep(Duration::from_millis(millis)).await;
-    Ok(model)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_saturated_key_does_not_block_other_keys() {
-    let db = TempDb::new();
-    let jobs = builder(&db).concurrency(8).open().await.unwrap();
-    for _ in 0..200 {
-        jobs.spawn(per_model("busy".into(), 60_000)).await.unwrap();
-    }
-    let other = jobs.spawn(per_model("free".into(), 0)).await.unwrap();
-    match other.wait_timeout(Duration::from_secs(10)).await.unwrap() {
-        Outcome::Ready(model) => assert_eq!(model, "free"),
-        Outcome::Pending(_) => panic!("a job of another key waited behind the saturated one"),
-    }
-    let counts = jobs.counts().await.unwrap();
-    assert_eq!(counts.running, 1, "the busy key stays at its limit");
-}
-
-// 4. The last progress report is kept.
-
-#[llm_job]
-async fn reports_then_ends(ctx: JobContext, n: u32) -> Result<(), JobError> {
-    ctx.progress(0.5, "half way").await;
-    // The first report is written and the progress writer goes idle.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    ctx.report(Progress::new(1.0, format!("done {n}")));
-    tokio::task::yield_now().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_last_progress_report_is_in_the_row_once_the_job_ends() {
-    let db = TempDb::new();
-    let jobs = builder(&db).open().await.unwrap();
-    let mut handles = Vec::new();
-    for n in 0..40 {
-        handles.push((n, jobs.spawn(reports_then_ends(n)).await.unwrap()));
-    }
-    for (n, handle) in handles {
-        handle.wait().await.unwrap();
-        let progress = handle.status().await.unwrap().progress.expect("a report");
-        assert_eq!(progress["message"], format!("done {n}"), "job {n}");
-        assert_eq!(progress["fraction"], 1.0, "job {n}");
-    }
-    jobs.shutdown().await;
-}
+// 3, 4. A saturated key not blocking other keys, and the last progress report kept in the
+// row: the conformance suite, on every backend.
 
 // 5. A job that kills its process fails after its attempts (the poison-job guard).
 

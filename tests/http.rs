@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use llmjobs::http::HttpApi;
 use llmjobs::{Error, JobContext, JobError, JobState, Jobs, llm_job};
+use llmjobs_testkit::http::{TestServer, id_of, send};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -68,70 +69,9 @@ async fn refuses() -> Result<(), JobError> {
     Err(JobError::permanent(JobError::msg("no, never")))
 }
 
-/// A job API served on a free loopback port, over a database of its own.
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    _db: llmjobs_testkit::TempDb,
-}
-
-impl Server {
-    async fn start() -> Server {
-        Server::with(|api| api.no_token()).await
-    }
-
-    async fn with(configure: impl FnOnce(HttpApi) -> HttpApi) -> Server {
-        let db = llmjobs_testkit::TempDb::new();
-        let jobs = Jobs::builder()
-            .url(db.url())
-            .poll_interval(Duration::from_millis(20))
-            .open()
-            .await
-            .unwrap();
-        let api = configure(HttpApi::new(jobs));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { api.serve_on(listener).await.unwrap() });
-        Server {
-            base,
-            client: reqwest::Client::new(),
-            _db: db,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        send(self.client.post(self.url(path)).json(&body)).await
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        send(self.client.get(self.url(path))).await
-    }
-
-    async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        send(self.client.delete(self.url(path))).await
-    }
-}
-
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("the body is not JSON ({e}): {text:?}"));
-    (status, body)
-}
-
-fn id_of(body: &Value) -> String {
-    body["id"].as_str().expect("a job id").to_string()
-}
-
 #[tokio::test]
 async fn submit_that_ends_within_the_wait_answers_200_with_the_result() {
-    let server = Server::start().await;
+    let server = TestServer::open().await;
     let response = server
         .client
         .post(server.url("/jobs/add?wait=30s"))
@@ -152,7 +92,7 @@ async fn submit_that_ends_within_the_wait_answers_200_with_the_result() {
 
 #[tokio::test]
 async fn submit_past_the_wait_answers_202_and_the_same_attempt_finishes() {
-    let server = Server::start().await;
+    let server = TestServer::open().await;
     let response = server
         .client
         .post(server.url("/jobs/gated?wait=100ms"))
@@ -192,7 +132,7 @@ async fn submit_past_the_wait_answers_202_and_the_same_attempt_finishes() {
 
 #[tokio::test]
 async fn submit_without_a_wait_answers_202_at_once() {
-    let server = Server::start().await;
+    let server = TestServer::open().await;
     let (status, body) = server.post("/jobs/gated", json!({"gate": "no-wait"})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     open_gate("no-wait");
@@ -205,7 +145,7 @@ async fn submit_without_a_wait_answers_202_at_once() {
 
 #[tokio::test]
 async fn unknown_job_name_is_404_naming_the_known_ones() {
-    let server = Server::start().await;
+    let server = TestServer::open().await;
     let (status, body) = server.post("/jobs/nope", json!({})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let error = body["error"].as_str().unwrap();
@@ -216,7 +156,7 @@ async fn unknown_job_name_is_404_naming_the_known_ones() {
 
 #[tokio::test]
 async fn arguments_that_do_not_deserialize_are_422_with_the_field_path() {
-    let server = Server::start().await;
+    let server = TestServer::open().await;
     let (status, body) = server
         .post("/jobs/add?wait=1s", json!({"a": 1, "b": "x"}))
         .await;
@@ -238,7 +178,7 @@ async fn arguments_that_do_not_deserialize_are_422_with_the_field_path() {
 
 #[tokio::test]
 async fn a_body_that_is_not_json_is_400() {
-    let server = Server::start().await;
+    let server = TestServer::open().await;
     let (status, body) = send(server.client.post(server.url("/jobs/add")).body("{a: 1")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
@@ -249,7 +189,12 @@ async fn a_body_that_is_not_json_is_400() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_413() {
-    let server = Server::with(|api| api.no_token().body_limit(1024)).await;
+    let server = TestServer::with(|api| {
+        api.no_token()
+            .allow_unauthenticated_changes()
+            .body_limit(1024)
+    })
+    .await;
     let big = json!({"gate": "x".repeat(2000)});
     let (status, body) = server.post("/jobs/gated", big).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -258,7 +203,7 @@ async fn a_body_over_the_limit_is_413() {
 
 #[tokio::test]
 async fn idempotency_key_header_returns_the_same_job() {
-    let server = Server::start().await;
+    let server = TestServer::open().await;
     let submit = |args: Value| {
         send(
             server
@@ -282,7 +227,7 @@ async fn idempotency_key_header_returns_the_same_job() {
 
 #[tokio::test]
 async fn get_of_a_missing_job_is_404_and_of_a_bad_id_400() {
-    let server = Server::start().await;
+    let server = TestServer::open().await;
     let (status, body) = server
         .get("/jobs/0190b5a4-7f00-7000-8000-000000000000")
         .await;
@@ -301,7 +246,7 @@ async fn get_of_a_missing_job_is_404_and_of_a_bad_id_400() {
 
 #[tokio::test]
 async fn list_filters_by_state_and_name_and_pages_with_the_cursor() {
-    let server = Server::start().await;
+    let server = TestServer::open().await;
     let mut ids = Vec::new();
     for a in 0..3 {
         let (status, body) = server
@@ -345,7 +290,7 @@ async fn list_filters_by_state_and_name_and_pages_with_the_cursor() {
 
 #[tokio::test]
 async fn delete_cancels_a_running_job() {
-    let server = Server::start().await;
+    let server = TestServer::open().await;
     let (_, body) = server
         .post("/jobs/gated?wait=50ms", json!({"gate": "never"}))
         .await;
@@ -368,7 +313,7 @@ async fn delete_cancels_a_running_job() {
 
 #[tokio::test]
 async fn retry_puts_a_failed_job_back_and_refuses_a_completed_one() {
-    let server = Server::start().await;
+    let server = TestServer::open().await;
     let (status, failed) = server.post("/jobs/refuses?wait=30s", json!({})).await;
     assert_eq!(status, StatusCode::OK, "it ended within the wait");
     assert_eq!(failed["state"], "failed");
@@ -398,7 +343,7 @@ async fn retry_puts_a_failed_job_back_and_refuses_a_completed_one() {
 
 #[tokio::test]
 async fn with_a_token_mutating_routes_need_it_and_reads_do_not() {
-    let server = Server::with(|api| api.token("s3cret")).await;
+    let server = TestServer::with(|api| api.token("s3cret")).await;
     let (status, body) = server
         .post("/jobs/add?wait=10s", json!({"a": 1, "b": 1}))
         .await;
@@ -460,7 +405,13 @@ async fn beyond_loopback_serving_needs_a_token_and_so_does_every_route() {
 #[tokio::test]
 async fn the_router_mounts_under_a_prefix_and_locations_follow_it() {
     let jobs = Jobs::open("sqlite::memory:").await.unwrap();
-    let app = axum::Router::new().nest("/api", HttpApi::new(jobs).no_token().router());
+    let app = axum::Router::new().nest(
+        "/api",
+        HttpApi::new(jobs)
+            .no_token()
+            .allow_unauthenticated_changes()
+            .router(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -482,7 +433,7 @@ async fn the_router_mounts_under_a_prefix_and_locations_follow_it() {
 
 #[tokio::test]
 async fn events_stream_progress_then_the_end() {
-    let server = Server::start().await;
+    let server = TestServer::open().await;
     let (_, body) = server.post("/jobs/reporting", json!({"gate": "sse"})).await;
     let id = id_of(&body);
     let mut response = server
@@ -525,7 +476,7 @@ async fn events_stream_progress_then_the_end() {
 
 #[tokio::test]
 async fn events_resume_numbering_after_last_event_id() {
-    let server = Server::start().await;
+    let server = TestServer::open().await;
     let (_, body) = server
         .post("/jobs/add?wait=10s", json!({"a": 1, "b": 1}))
         .await;

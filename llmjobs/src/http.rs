@@ -7,9 +7,12 @@
 //!
 //! ```no_run
 //! # async fn demo(jobs: llmjobs::Jobs) -> llmjobs::Result<()> {
-//! // In an axum application of your own:
-//! let app = axum::Router::new().nest("/api", llmjobs::http::router(jobs.clone()));
-//! // Or alone, on loopback:
+//! use llmjobs::http::HttpApi;
+//!
+//! // In an axum application of your own, which authenticates requests itself:
+//! let api = HttpApi::new(jobs.clone()).allow_unauthenticated_changes().router();
+//! let app = axum::Router::new().nest("/api", api);
+//! // Or alone, on loopback, with the token from LLMJOBS_HTTP_TOKEN:
 //! jobs.serve("127.0.0.1:8787").await?;
 //! # Ok(())
 //! # }
@@ -23,7 +26,11 @@
 //! | `GET /jobs?state=&name=&cursor=&limit=` | jobs, newest first, a page at a time (`next_cursor`) |
 //! | `DELETE /jobs/{id}` | cancels the job |
 //! | `POST /jobs/{id}/retry` | puts a failed or cancelled job back to pending |
-//! | `GET /jobs/{id}/events` | Server-Sent Events: each progress report, then the job as it ended |
+//! | `GET /jobs/{id}/events` | Server-Sent Events: the job's status, each progress report, then the job as it ended; numbered, resumable with `Last-Event-ID` |
+//! | `GET /openapi.json` | this API as an OpenAPI 3.1 document |
+//! | `POST /v1/chat/completions` | (feature `llm`) an OpenAI-compatible endpoint whose calls are durable `llm_call` jobs: the completion if it arrives within `X-Llmjobs-Wait` (30 s by default), streaming included; else `202` with the job to poll at `/jobs/{id}`. A long-running model (`max/*`) answers `202` at once. |
+//!
+//! [`served_routes`] lists them; the router is built from that list.
 //!
 //! A job that ended is shown the same way whether it completed, failed or was cancelled: `200`,
 //! its `state`, and its `result` or `error`. A wait never changes the job.
@@ -32,13 +39,22 @@
 //! job id or name (naming the known names), `422` for arguments that do not deserialize (with
 //! `"path"`, the field that failed), `413` for a body over the limit, `409` for a conflict
 //! (an idempotency key held by other work, retrying a job that has not failed), `401` without
-//! the token.
+//! the token, `503` past the limit of open event streams. `/v1/chat/completions` answers in
+//! OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`.
 //!
-//! **Security.** With a token ([`HttpApi::token`], or the `LLMJOBS_HTTP_TOKEN` environment
-//! variable), the mutating routes (submit, cancel, retry) need `Authorization: Bearer <token>`.
-//! Served on an address other than loopback, every route needs it, and serving refuses to start
-//! without one. Request bodies are bounded ([`HttpApi::body_limit`], 1 MiB by default) and so
-//! are waits ([`HttpApi::max_wait`], 5 minutes by default).
+//! **Security.**
+//! - It listens on loopback ([`DEFAULT_ADDR`]) unless told otherwise.
+//! - The mutating routes (submit, cancel, retry, chat completions) need `Authorization: Bearer
+//!   <token>` with the token of [`HttpApi::token`] or `LLMJOBS_HTTP_TOKEN`. Without a token they
+//!   answer `401`, saying how to set one, unless [`HttpApi::allow_unauthenticated_changes`]
+//!   opens them. Served on an address other than loopback, every route needs the token, and
+//!   serving refuses to start without one.
+//! - Results and progress reports are shown with secret-named fields (`api_key`, `password`,
+//!   `token`, … at any depth: [`DEFAULT_REDACTED_FIELDS`], [`HttpApi::redact_fields`]) replaced
+//!   by `"[redacted]"`.
+//! - Request bodies are bounded ([`HttpApi::body_limit`], 1 MiB by default), and so are waits
+//!   ([`HttpApi::max_wait`], 5 minutes), open event streams ([`HttpApi::max_event_streams`],
+//!   64) and their idle time ([`HttpApi::event_stream_idle`], 5 minutes).
 //!
 //! **Cross-site requests.** A browser's request to a mutating route is refused with `403`
 //! unless it comes from the API's own origin (`Sec-Fetch-Site: same-origin`, or an `Origin`
@@ -49,19 +65,22 @@
 //!
 //! ## The dashboard
 //!
-//! With [`HttpApi::dashboard`], `/` serves a web page over the same routes: the jobs, filtered
+//! `/` serves a web page over the same routes (unless [`HttpApi::no_dashboard`]): the jobs, filtered
 //! by state and name or found by id, updated live; counts by state and a chart of the last
 //! hour's completions and failures; a page per job with its arguments, result or error, its
 //! attempts and earlier runs, its progress and stage, its step journal, tokens and cost; and
 //! buttons to cancel and retry, each confirmed first. The page is plain HTML, CSS and
 //! JavaScript compiled into the binary: it fetches nothing from elsewhere. With a token in
-//! force it asks for it once and keeps it for the browser tab (`sessionStorage`).
+//! force it asks for it once and keeps it for the browser tab (`sessionStorage`). It reads
+//! arguments, results, journals and the chart through an [`Inspector`] of the jobs' database
+//! ([`Jobs::inspector`], opened at the first page load; [`HttpApi::dashboard`] gives one of
+//! your own). An in-memory SQLite database cannot be opened twice: there, the dashboard's data
+//! routes answer with the error that says so.
 //!
 //! ```no_run
 //! # async fn demo(jobs: llmjobs::Jobs) -> llmjobs::Result<()> {
-//! use llmjobs::{Inspector, http::HttpApi};
-//! let inspector = Inspector::open("sqlite://jobs.db").await?;
-//! HttpApi::new(jobs).dashboard(inspector).serve().await?;
+//! use llmjobs::http::HttpApi;
+//! HttpApi::new(jobs).serve().await?; // the API, and the dashboard at http://127.0.0.1:8787/
 //! # Ok(())
 //! # }
 //! ```
@@ -81,9 +100,16 @@ mod auth;
 mod csrf;
 mod dashboard;
 mod error;
+mod limits;
+#[cfg(feature = "llm")]
+mod openai;
+mod openapi;
+mod redact;
 mod routes;
 mod sse;
 mod view;
+
+pub use redact::DEFAULT_REDACTED_FIELDS;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -105,20 +131,37 @@ pub const DEFAULT_ADDR: SocketAddr =
 pub struct HttpApi {
     jobs: Jobs,
     token: Option<String>,
+    open_changes: bool,
+    redacted: Vec<String>,
     body_limit: usize,
     max_wait: Duration,
+    sse: limits::SseLimits,
     addr: SocketAddr,
-    dashboard: Option<Inspector>,
+    dashboard: Dashboard,
+}
+
+/// Whether and how the dashboard is served.
+#[derive(Clone)]
+enum Dashboard {
+    /// At `/`, reading through an inspector opened on the jobs' database when first needed.
+    Opened,
+    /// At `/`, reading through this inspector.
+    Given(Inspector),
+    /// Not served.
+    Off,
 }
 
 impl std::fmt::Debug for HttpApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpApi")
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("open_changes", &self.open_changes)
+            .field("redacted", &self.redacted)
+            .field("sse", &self.sse)
             .field("body_limit", &self.body_limit)
             .field("max_wait", &self.max_wait)
             .field("addr", &self.addr)
-            .field("dashboard", &self.dashboard.is_some())
+            .field("dashboard", &!matches!(self.dashboard, Dashboard::Off))
             .finish_non_exhaustive()
     }
 }
@@ -131,19 +174,38 @@ pub(crate) struct State {
     pub(crate) token: Option<String>,
     /// Whether reads need the token too (served beyond loopback).
     pub(crate) token_for_reads: bool,
+    /// Whether, without a token, mutating routes are open to anyone
+    /// ([`HttpApi::allow_unauthenticated_changes`]).
+    pub(crate) open_changes: bool,
+    /// Hides secrets in every argument, result and progress report shown.
+    pub(crate) redact: redact::Redactor,
+    /// How many event streams may be open, and how long one may sit idle.
+    pub(crate) sse: limits::SseGate,
 }
 
 impl HttpApi {
     /// The API over `jobs`, with the token from `LLMJOBS_HTTP_TOKEN` if it is set (and not
-    /// empty), a body limit of 1 MiB, waits of at most 5 minutes, and [`DEFAULT_ADDR`].
+    /// empty), a body limit of 1 MiB, waits of at most 5 minutes, at most 64 event streams
+    /// idle for at most 5 minutes each, [`DEFAULT_REDACTED_FIELDS`] hidden, and
+    /// [`DEFAULT_ADDR`].
+    ///
+    /// Without a token, the mutating routes (submit, cancel, retry, chat completions) answer
+    /// `401` until [`HttpApi::token`] sets one or [`HttpApi::allow_unauthenticated_changes`]
+    /// opens them.
     pub fn new(jobs: Jobs) -> Self {
         HttpApi {
             jobs,
             token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+            open_changes: false,
+            redacted: DEFAULT_REDACTED_FIELDS
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
             body_limit: 1024 * 1024,
             max_wait: Duration::from_secs(300),
+            sse: limits::SseLimits::default(),
             addr: DEFAULT_ADDR,
-            dashboard: None,
+            dashboard: Dashboard::Opened,
         }
     }
 
@@ -154,10 +216,47 @@ impl HttpApi {
         self
     }
 
-    /// No token, even if `LLMJOBS_HTTP_TOKEN` is set: anyone who reaches the port may submit,
-    /// cancel and retry. Serving beyond loopback still refuses to start without one.
+    /// No token, even if `LLMJOBS_HTTP_TOKEN` is set. The mutating routes then answer `401`
+    /// unless [`HttpApi::allow_unauthenticated_changes`] opens them; serving beyond loopback
+    /// refuses to start.
     pub fn no_token(mut self) -> Self {
         self.token = None;
+        self
+    }
+
+    /// Without a token, lets anyone who reaches the API submit, cancel and retry jobs, instead
+    /// of answering `401`. For loopback and for applications that authenticate requests
+    /// before they reach the router. A token, when set, is still required; served beyond
+    /// loopback, every route needs one whatever this says.
+    pub fn allow_unauthenticated_changes(mut self) -> Self {
+        self.open_changes = true;
+        self
+    }
+
+    /// The field names whose values are hidden (`"[redacted]"`) in every argument, result and
+    /// progress report the API shows, at any depth; replaces [`DEFAULT_REDACTED_FIELDS`].
+    /// Names match without regard to case, `-` or `_`, and also as a suffix: `api_key` hides
+    /// `openai_api_key` and `X-Api-Key` too.
+    pub fn redact_fields<I, S>(mut self, fields: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.redacted = fields.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How many event streams (`GET /jobs/{id}/events`) may be open at once (default 64);
+    /// one more is answered `503` with `Retry-After`.
+    pub fn max_event_streams(mut self, streams: usize) -> Self {
+        self.sse.max_streams = streams;
+        self
+    }
+
+    /// How long an event stream may go without an event before it is closed (default 5
+    /// minutes; keep-alive comments do not count). A client reconnects with `Last-Event-ID`.
+    pub fn event_stream_idle(mut self, idle: Duration) -> Self {
+        self.sse.idle = idle;
         self
     }
 
@@ -180,16 +279,25 @@ impl HttpApi {
         self
     }
 
-    /// Serves the web dashboard at `/` too, reading arguments, results, step journals and the
-    /// last hour's throughput through `inspector` (opened on the same database as the
-    /// [`Jobs`]). See [the module documentation](self#the-dashboard).
+    /// The dashboard reads arguments, results, step journals and the last hour's throughput
+    /// through `inspector` (opened on the same database as the [`Jobs`]) instead of one it
+    /// opens itself with [`Jobs::inspector`]. See [the module documentation](self#the-dashboard).
     pub fn dashboard(mut self, inspector: Inspector) -> Self {
-        self.dashboard = Some(inspector);
+        self.dashboard = Dashboard::Given(inspector);
+        self
+    }
+
+    /// Serves no dashboard: only the job API's routes (for an application with a page of its
+    /// own at `/`).
+    pub fn no_dashboard(mut self) -> Self {
+        self.dashboard = Dashboard::Off;
         self
     }
 
     /// The routes, to mount (`nest`) in an axum application. The token applies to mutating
-    /// routes; the application decides who reaches the rest.
+    /// routes (or, without one, they are refused unless
+    /// [`HttpApi::allow_unauthenticated_changes`]); the application decides who reaches the
+    /// rest.
     pub fn router(self) -> axum::Router {
         self.router_for(false)
     }
@@ -200,10 +308,17 @@ impl HttpApi {
             max_wait: self.max_wait,
             token: self.token,
             token_for_reads,
+            open_changes: self.open_changes,
+            redact: redact::Redactor::new(&self.redacted),
+            sse: limits::SseGate::new(self.sse),
         });
         let mut router = routes::routes(state.clone(), self.body_limit);
-        if let Some(inspector) = self.dashboard {
-            router = router.merge(dashboard::routes(state, inspector));
+        match self.dashboard {
+            Dashboard::Opened => router = router.merge(dashboard::routes(state, None)),
+            Dashboard::Given(inspector) => {
+                router = router.merge(dashboard::routes(state, Some(inspector)));
+            }
+            Dashboard::Off => {}
         }
         router.layer(axum::middleware::from_fn(csrf::refuse_cross_site))
     }
@@ -234,8 +349,19 @@ impl HttpApi {
     }
 }
 
+/// Every route the API serves, as a method and a path relative to where it is mounted
+/// (`/jobs/{job}`, with the OpenAI-compatible endpoint when the `llm` feature is on). The
+/// router is built from this list, and `GET /openapi.json` documents each entry.
+pub fn served_routes() -> Vec<(axum::http::Method, &'static str)> {
+    routes::table()
+        .into_iter()
+        .map(|route| (route.method, route.path))
+        .collect()
+}
+
 /// The HTTP job API over `jobs`, to mount in an axum application (see the [module](self)
-/// documentation). `HttpApi::new(jobs).router()`.
+/// documentation). `HttpApi::new(jobs).router()`: without `LLMJOBS_HTTP_TOKEN`, its mutating
+/// routes answer `401`; use [`HttpApi`] to set a token or open them.
 pub fn router(jobs: Jobs) -> axum::Router {
     HttpApi::new(jobs).router()
 }
@@ -243,7 +369,8 @@ pub fn router(jobs: Jobs) -> axum::Router {
 impl Jobs {
     /// Serves the HTTP job API on `addr` (`"127.0.0.1:8787"`) until the task is dropped: for
     /// programs without a web server of their own. See [`llmjobs::http`](crate::http) for the
-    /// routes and [`HttpApi`] for the settings.
+    /// routes and [`HttpApi`] for the settings. Changing jobs needs the token from
+    /// `LLMJOBS_HTTP_TOKEN`; without one, use [`HttpApi::allow_unauthenticated_changes`].
     pub async fn serve(&self, addr: impl tokio::net::ToSocketAddrs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         HttpApi::new(self.clone()).serve_on(listener).await

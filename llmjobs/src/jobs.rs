@@ -32,6 +32,8 @@ pub enum Durability {
 #[derive(Clone)]
 pub struct Jobs {
     shared: Arc<Shared>,
+    /// The database's URL, as given: [`Jobs::inspector`] opens it again.
+    url: Arc<str>,
     _guard: Arc<DropGuard>,
 }
 
@@ -395,6 +397,21 @@ impl Jobs {
         self.shared.store.prune(before).await
     }
 
+    /// A read-only [`Inspector`](crate::Inspector) of this runtime's database (arguments,
+    /// results, step journals, finished jobs over time), on a connection of its own. An
+    /// in-memory SQLite database (`sqlite::memory:`) cannot be opened twice: that is
+    /// [`Error::Config`].
+    pub async fn inspector(&self) -> Result<crate::Inspector> {
+        if self.url.contains(":memory:") || self.url.contains("mode=memory") {
+            return Err(Error::Config(format!(
+                "an inspector cannot open `{}`: an in-memory database is private to the \
+                 connection that made it; use a file",
+                self.url
+            )));
+        }
+        crate::Inspector::open(&self.url).await
+    }
+
     /// This worker's owner name, as shown in job statuses.
     pub fn owner(&self) -> &str {
         &self.shared.owner
@@ -657,6 +674,7 @@ impl JobsBuilder {
         let registry = self.registry()?;
         let settings = with_default_llm(self.settings);
         let (store, db_path) = open_store(&url, self.durability).await?;
+        let settings = with_shared_limits(settings, &*store);
         let shared = Shared::new(store, settings, registry, db_path)?;
         // Resume what dead workers left before claiming anything new.
         runtime::recover_orphans(&shared).await?;
@@ -664,6 +682,7 @@ impl JobsBuilder {
         shared.start();
         Ok(Jobs {
             _guard: Arc::new(DropGuard(shared.clone())),
+            url: url.into(),
             shared,
         })
     }
@@ -720,6 +739,20 @@ fn with_default_llm(mut settings: Settings) -> Settings {
             )
         });
     }
+    settings
+}
+
+/// A client that asked for shared rate limits gets them from the job database.
+#[cfg(feature = "llm")]
+fn with_shared_limits(mut settings: Settings, store: &dyn Store) -> Settings {
+    if let Ok(client) = settings.llm {
+        settings.llm = Ok(crate::llm::share_through(client, store));
+    }
+    settings
+}
+
+#[cfg(not(feature = "llm"))]
+fn with_shared_limits(settings: Settings, _store: &dyn Store) -> Settings {
     settings
 }
 

@@ -74,6 +74,7 @@ mod request;
 mod response;
 mod retry;
 mod router;
+mod shared;
 mod stream;
 mod validate;
 
@@ -85,6 +86,7 @@ pub use client::{LlmClient, LlmClientBuilder};
 pub use error::LlmError;
 pub use escalation::Stage;
 pub(crate) use job::LlmPolicy;
+pub(crate) use job::share_through;
 pub use job::{
     BatchOptions, BatchOutput, CompletionCache, DEFAULT_OUTPUT_ESTIMATE, JobLlm, KeyBudget,
     LlmBatch, LlmCall, UsageTotals, llm_batch, llm_batch_with, llm_call,
@@ -103,4 +105,5 @@ pub use retry::{
     Attempt, AttemptInfo, AttemptPurpose, AttemptRunner, BoxFuture, DirectRunner, RetryPolicy,
 };
 pub use router::{ApiKey, Capability, ProviderConfig, ProviderKind, Route};
+pub use shared::{Admission, DEFAULT_LEASE, LimitScope, Reservation, SharedLimiter, Spent};
 pub use validate::{AgentCheck, ContradictionCheck, SuccessCriteria, Validator, render_template};

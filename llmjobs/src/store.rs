@@ -7,6 +7,9 @@ use crate::{Error, JobId, Result};
 
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+// Shared LLM rate limits: only the LLM client uses them.
+#[cfg(feature = "llm")]
+pub(crate) mod rate;
 mod schedule;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
@@ -514,6 +517,13 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Waits until every write accepted so far is durable, then stops accepting writes.
     async fn close(&self);
+
+    /// The rate limits this store shares between processes; `None` when no other process can
+    /// open the database (in-memory SQLite).
+    #[cfg(feature = "llm")]
+    fn rate_store(&self) -> Option<Arc<dyn rate::RateStore>> {
+        None
+    }
 
     /// Why the store can no longer write, if it failed beyond repair (its writer died).
     fn failure(&self) -> Option<String>;

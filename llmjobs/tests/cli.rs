@@ -789,7 +789,14 @@ fn request(method: &str, path: &str, extra: &str) -> String {
 async fn serve_shows_the_dashboard_cancels_and_retries_but_runs_nothing() {
     let f = fixture().await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_llmjobs"))
-        .args(["--db", &f.url, "serve", "--addr", "127.0.0.1:0"])
+        .args([
+            "--db",
+            &f.url,
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--allow-unauthenticated-changes",
+        ])
         .env_remove("LLMJOBS_DATABASE_URL")
         .env_remove("LLMJOBS_HTTP_TOKEN")
         .stdout(std::process::Stdio::piped())

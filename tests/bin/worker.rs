@@ -9,11 +9,14 @@
 //!   llmjobs-test-worker batch DB MOCK_URL COUNT         spawn one OpenAI batch of COUNT requests, then run jobs forever
 //!   llmjobs-test-worker torture DB LOG COUNT            spawn COUNT two-step jobs, then run jobs forever
 //!   llmjobs-test-worker run DB [MOCK_URL]               run jobs until none is left unfinished
+//!   llmjobs-test-worker hold DB MOCK_URL                spawn one `llm_call` to `openai/held` under a
+//!                                                       shared limit of one call at a time (3 s
+//!                                                       leases), then run jobs forever
 
 use std::time::Duration;
 
 use llmjobs::llm::mock::MockLlmServer;
-use llmjobs::llm::{BatchOptions, BatchRequest, ChatRequest, llm_batch_with};
+use llmjobs::llm::{BatchOptions, BatchRequest, ChatRequest, RateLimit, llm_batch_with, llm_call};
 use llmjobs::{JobContext, JobError, JobFilter, JobState, Jobs, llm_job};
 use llmjobs_testkit::append_line;
 
@@ -175,7 +178,7 @@ async fn self_destruct_twice(ctx: JobContext, log: String) -> Result<(), JobErro
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: llmjobs-test-worker (spawn DB LOG COUNT SLEEP_MS | steps DB LOG | long DB LOG | llm3 DB LOG MOCK_URL | batch DB MOCK_URL COUNT | torture DB LOG COUNT | run DB [MOCK_URL])";
+    let usage = "usage: llmjobs-test-worker (spawn DB LOG COUNT SLEEP_MS | steps DB LOG | long DB LOG | llm3 DB LOG MOCK_URL | batch DB MOCK_URL COUNT | torture DB LOG COUNT | run DB [MOCK_URL] | hold DB MOCK_URL)";
     let mode = args.get(1).ok_or(usage)?;
     let db = args.get(2).ok_or(usage)?;
     let mut builder = Jobs::builder().url(db.as_str()).concurrency(8);
@@ -187,6 +190,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     if let Some(url) = mock_url {
         builder = builder.llm(MockLlmServer::client_builder_for(url).build()?);
+    }
+    if mode == "hold" {
+        let url = args.get(3).ok_or(usage)?;
+        let client = MockLlmServer::client_builder_for(url)
+            .rate_limit("openai/held", RateLimit::new().max_concurrency(1))
+            .shared_limits()
+            .shared_limits_lease(Duration::from_secs(3))
+            .build()?;
+        builder = builder.llm(client);
     }
     let jobs = builder.open().await?;
     match mode.as_str() {
@@ -229,6 +241,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 BatchOptions::new().poll_interval(fast, fast),
             ))
             .await?;
+            std::future::pending::<()>().await;
+        }
+        "hold" => {
+            jobs.spawn(llm_call(ChatRequest::new("openai/held").user("held")))
+                .await?;
             std::future::pending::<()>().await;
         }
         "torture" => {

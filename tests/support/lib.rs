@@ -2,6 +2,7 @@
 //! and a worker process that tests can start and kill.
 
 pub mod acceptance;
+pub mod http;
 pub mod pg;
 
 use std::path::{Path, PathBuf};

@@ -16,13 +16,23 @@ use crate::Inspector;
 /// What the dashboard's handlers share.
 pub(crate) struct Dashboard {
     pub(crate) api: Arc<super::State>,
-    pub(crate) inspector: Inspector,
+    /// Given, or opened on the jobs' database at the first request that needs it.
+    inspector: tokio::sync::OnceCell<Inspector>,
+}
+
+impl Dashboard {
+    /// The inspector, opened now if it was not given and this is the first read.
+    pub(crate) async fn inspector(&self) -> crate::Result<&Inspector> {
+        self.inspector
+            .get_or_try_init(|| self.api.jobs.inspector())
+            .await
+    }
 }
 
 /// The page and its data routes. The page and its assets hold no job data and need no token
 /// (a browser cannot send one when it navigates); the data routes go through the API's token
 /// check like its other reads.
-pub(crate) fn routes(api: Arc<super::State>, inspector: Inspector) -> Router {
+pub(crate) fn routes(api: Arc<super::State>, inspector: Option<Inspector>) -> Router {
     let data = Router::new()
         .route("/dashboard/overview", get(data::overview))
         .route("/dashboard/jobs/{job}", get(data::job))
@@ -31,7 +41,10 @@ pub(crate) fn routes(api: Arc<super::State>, inspector: Inspector) -> Router {
             api.clone(),
             super::auth::require_token,
         ))
-        .with_state(Arc::new(Dashboard { api, inspector }));
+        .with_state(Arc::new(Dashboard {
+            api,
+            inspector: tokio::sync::OnceCell::new_with(inspector),
+        }));
     Router::new()
         .route("/", get(page))
         .route("/dashboard/app.js", get(script))

@@ -22,6 +22,12 @@ impl ApiError {
         }
     }
 
+    /// The status code and the JSON body, for a surface that answers in another shape.
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))]
+    pub(crate) fn into_parts(self) -> (StatusCode, serde_json::Value) {
+        (self.status, self.body)
+    }
+
     pub(crate) fn bad_request(message: impl std::fmt::Display) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }

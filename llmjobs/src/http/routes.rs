@@ -1,33 +1,78 @@
 //! The route table, and what several routes share.
 
-mod jobs;
-mod submit;
+pub(super) mod jobs;
+pub(super) mod submit;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::http::{Method, StatusCode};
+use axum::routing::{MethodRouter, delete, get, post};
 
 use super::State;
 use super::error::ApiError;
 use super::view::{JobView, parse_duration};
 use crate::{Error, JobId, Outcome};
 
-pub(crate) fn routes(state: Arc<State>, body_limit: usize) -> Router {
-    Router::new()
-        .route("/jobs", get(jobs::list))
+/// One route: a method on a path, and what serves it.
+pub(crate) struct Route {
+    pub(crate) method: Method,
+    pub(crate) path: &'static str,
+    pub(crate) handler: MethodRouter<Arc<State>>,
+}
+
+fn route(method: Method, path: &'static str, handler: MethodRouter<Arc<State>>) -> Route {
+    Route {
+        method,
+        path,
+        handler,
+    }
+}
+
+/// Every route the API serves. The router is built from this list and nothing else, and the
+/// OpenAPI tests check that each one is documented: a route added here without documentation
+/// fails them.
+pub(crate) fn table() -> Vec<Route> {
+    let mut table = vec![
+        route(Method::GET, "/jobs", get(jobs::list)),
         // One pattern for `POST /jobs/{name}` and `GET|DELETE /jobs/{id}`: the router cannot
         // tell a name from an id by its place.
-        .route(
-            "/jobs/{job}",
-            post(submit::submit).get(jobs::show).delete(jobs::cancel),
-        )
-        .route("/jobs/{job}/wait", get(jobs::wait))
-        .route("/jobs/{job}/retry", post(jobs::retry))
-        .route("/jobs/{job}/events", get(super::sse::events))
+        route(Method::POST, "/jobs/{job}", post(submit::submit)),
+        route(Method::GET, "/jobs/{job}", get(jobs::show)),
+        route(Method::DELETE, "/jobs/{job}", delete(jobs::cancel)),
+        route(Method::GET, "/jobs/{job}/wait", get(jobs::wait)),
+        route(Method::POST, "/jobs/{job}/retry", post(jobs::retry)),
+        route(Method::GET, "/jobs/{job}/events", get(super::sse::events)),
+        route(Method::GET, "/openapi.json", get(super::openapi::serve)),
+    ];
+    table.extend(llm_routes());
+    table
+}
+
+/// The OpenAI-compatible endpoint, with the LLM client.
+#[cfg(feature = "llm")]
+fn llm_routes() -> Vec<Route> {
+    vec![route(
+        Method::POST,
+        "/v1/chat/completions",
+        post(super::openai::chat_completions),
+    )]
+}
+
+#[cfg(not(feature = "llm"))]
+fn llm_routes() -> Vec<Route> {
+    Vec::new()
+}
+
+pub(crate) fn routes(state: Arc<State>, body_limit: usize) -> Router {
+    let mut router = Router::new();
+    for route in table() {
+        // Routes on one path merge their methods.
+        router = router.route(route.path, route.handler);
+    }
+    router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -44,7 +89,7 @@ pub(crate) fn job_id(text: &str) -> Result<JobId, ApiError> {
 }
 
 /// A wait from the query, cut to the API's longest.
-fn wait_of(state: &State, text: Option<&str>) -> Result<Duration, ApiError> {
+pub(crate) fn wait_of(state: &State, text: Option<&str>) -> Result<Duration, ApiError> {
     match text {
         None => Ok(Duration::ZERO),
         Some(text) => Ok(parse_duration(text)
@@ -70,12 +115,12 @@ pub(crate) async fn view(state: &State, id: JobId) -> Result<JobView, ApiError> 
     } else {
         None
     };
-    Ok(JobView::new(status, result))
+    Ok(JobView::new(status, result, &state.redact))
 }
 
 /// Waits up to `timeout` for the job to end; the job then (`200`), or as it is at the timeout
 /// (`202`). Waiting changes nothing about the job.
-async fn wait_view(
+pub(crate) async fn wait_view(
     state: &State,
     id: JobId,
     timeout: Duration,
@@ -96,5 +141,5 @@ async fn wait_view(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((code, JobView::new(status, result)))
+    Ok((code, JobView::new(status, result, &state.redact)))
 }

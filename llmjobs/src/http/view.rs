@@ -4,20 +4,29 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use super::redact::Redactor;
 use crate::{JobId, JobState, JobStatus};
 
-/// A job as the API shows it: its status, times in RFC 3339, and its result once completed.
-#[derive(Debug, Serialize)]
+/// A job as the API shows it: its status, times in RFC 3339, and its result once completed,
+/// with secret-named fields hidden.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Job)]
 pub(crate) struct JobView {
+    #[schema(value_type = String, format = "uuid")]
     id: JobId,
     name: String,
+    #[schema(value_type = String, example = "completed")]
     state: JobState,
     attempts: u32,
     max_attempts: u32,
+    /// The job's result (JSON), once it completed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     result: Option<serde_json::Value>,
     error: Option<String>,
     needs_review: bool,
+    /// The latest progress report.
+    #[schema(value_type = Option<Object>)]
     progress: Option<serde_json::Value>,
     cancel_requested: bool,
     idempotency_key: Option<String>,
@@ -29,17 +38,21 @@ pub(crate) struct JobView {
 }
 
 impl JobView {
-    pub(crate) fn new(status: JobStatus, result: Option<serde_json::Value>) -> Self {
+    pub(crate) fn new(
+        status: JobStatus,
+        result: Option<serde_json::Value>,
+        redact: &Redactor,
+    ) -> Self {
         JobView {
             id: status.id,
             name: status.name,
             state: status.state,
             attempts: status.attempts,
             max_attempts: status.max_attempts,
-            result,
+            result: result.map(|r| redact.applied(r)),
             error: status.error,
             needs_review: status.needs_review,
-            progress: status.progress,
+            progress: status.progress.map(|p| redact.applied(p)),
             cancel_requested: status.cancel_requested,
             idempotency_key: status.idempotency_key,
             priority: status.priority,
@@ -53,6 +66,30 @@ impl JobView {
     pub(crate) fn state(&self) -> JobState {
         self.state
     }
+
+    /// The latest progress report, as shown (secrets hidden).
+    pub(crate) fn progress(&self) -> Option<&serde_json::Value> {
+        self.progress.as_ref()
+    }
+}
+
+/// A page of `GET /jobs`, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct JobPage {
+    pub(crate) jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub(crate) next_cursor: Option<JobId>,
+}
+
+/// What `DELETE /jobs/{id}` did, and the job after it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct CancelView {
+    /// `cancelled` (it was pending), `requested` (its worker was asked to stop) or
+    /// `already_finished` (nothing changed).
+    #[schema(example = "cancelled")]
+    pub(crate) cancel: &'static str,
+    pub(crate) job: JobView,
 }
 
 pub(crate) fn rfc3339(t: SystemTime) -> String {

@@ -5,13 +5,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+mod permit;
+
 use super::breaker::{Admission, Breakers};
-use super::limits::Limiter;
+use super::limits::{Limiter, Tokens};
 use super::pricing::PriceTable;
 use super::provider::{self, CallCtx, Parsed, StreamState};
 use super::request::estimate_tokens;
 use super::retry::retry_after_from_headers;
 use super::router::{Capability, ProviderConfig, ProviderKind, Route, Router};
+use super::shared::{DEFAULT_LEASE, SharedLimiter};
 use super::stream::SseParser;
 use super::{
     ApiKey, ChatRequest, ChatResponse, CircuitBreaker, LlmError, Price, RateLimit, RetryPolicy,
@@ -33,9 +36,14 @@ const DEFAULT_OUTPUT_ESTIMATE: u64 = 1024;
 #[derive(Clone)]
 pub struct LlmClient {
     inner: Arc<Inner>,
+    limits: permit::Limits,
 }
 
 struct Inner {
+    /// Whether the limits should be shared through a job database when one is at hand.
+    share_limits: bool,
+    /// How long a shared reservation holds unless renewed.
+    shared_lease: Duration,
     http: reqwest::Client,
     router: Router,
     limiter: Limiter,
@@ -58,6 +66,7 @@ impl fmt::Debug for LlmClient {
             .field("routes", &self.inner.router.routes)
             .field("default_provider", &self.inner.router.default_provider)
             .field("retry", &self.inner.retry)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +81,35 @@ impl LlmClient {
     /// A client configured from environment variables (see [`LlmClientBuilder::with_env`]).
     pub fn from_env() -> Result<LlmClient, LlmError> {
         LlmClientBuilder::new().with_env().build()
+    }
+
+    /// Whether the client asked for its rate limits to be shared by every process of the job
+    /// database ([`LlmClientBuilder::shared_limits`]).
+    pub(crate) fn wants_shared_limits(&self) -> bool {
+        self.inner.share_limits
+    }
+
+    /// Whether the client's rate limits are shared ([`LlmClient::with_shared_limiter`]).
+    pub(crate) fn has_shared_limits(&self) -> bool {
+        matches!(self.limits, permit::Limits::Shared { .. })
+    }
+
+    /// This client (sharing its connections, breakers and settings) with its rate limits kept
+    /// by `limiter` instead of this process's memory: every process whose client uses the same
+    /// shared state stays under the limits together. Reservations hold for
+    /// [`LlmClientBuilder::shared_limits_lease`] (30 s) unless renewed (a call renews its own
+    /// while it runs), so a process that dies gives them back.
+    ///
+    /// [`Jobs`](crate::Jobs) does this for a client built with
+    /// [`LlmClientBuilder::shared_limits`], with a limiter kept in its database.
+    pub fn with_shared_limiter(&self, limiter: Arc<dyn SharedLimiter>) -> LlmClient {
+        LlmClient {
+            inner: self.inner.clone(),
+            limits: permit::Limits::Shared {
+                limiter,
+                lease: self.inner.shared_lease,
+            },
+        }
     }
 
     /// The client's retry policy for HTTP tries.
@@ -206,20 +244,62 @@ impl LlmClient {
             inner.default_max_tokens,
         )?;
         let headers = provider::headers(provider)?;
-        let estimate = req.estimated_input_tokens()
-            + req.max_tokens.map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from);
-        let permit = inner
-            .limiter
-            .acquire(&provider.name, &req.model, estimate)
-            .await;
+        let estimate = Tokens {
+            input: req.estimated_input_tokens(),
+            output: req.max_tokens.map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from),
+        };
+        let permit = self
+            .limits
+            .acquire(&inner.limiter, &provider.name, &req.model, estimate)
+            .await?;
         tracing::debug!(provider = %provider.name, model = %req.model, attempt, streaming, "sending LLM request");
 
-        let mut request = inner
+        let request = inner
             .http
             .post(provider::endpoint(provider))
             .headers(headers)
             .json(&body);
-        if !streaming {
+        let result = permit
+            .hold(self.exchange(ctx, provider, request, attempt, on_event))
+            .await;
+        let parsed = match result {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                if error.is_rate_limited() {
+                    let pause = error
+                        .retry_after()
+                        .unwrap_or(inner.retry.base_delay)
+                        .min(inner.retry.max_retry_after);
+                    tracing::warn!(provider = %provider.name, model = %req.model, ?pause, "rate limited; pausing");
+                    self.limits
+                        .pause(&inner.limiter, &provider.name, &req.model, pause)
+                        .await;
+                }
+                permit.settle(Tokens::default()).await;
+                return Err(error);
+            }
+        };
+        let response = self.finish_response(ctx, req, provider, parsed);
+        permit
+            .settle(Tokens {
+                input: response.usage.input_tokens,
+                output: response.usage.output_tokens,
+            })
+            .await;
+        Ok(response)
+    }
+
+    /// Sends the request and reads the answer, plain or streamed.
+    async fn exchange(
+        &self,
+        ctx: CallCtx<'_>,
+        provider: &ProviderConfig,
+        mut request: reqwest::RequestBuilder,
+        attempt: u32,
+        on_event: Option<&mut (dyn FnMut(&StreamEvent) + Send)>,
+    ) -> Result<Parsed, LlmError> {
+        let inner = &*self.inner;
+        if on_event.is_none() {
             request = request.timeout(inner.timeout);
         }
         let response = tokio::time::timeout(inner.timeout, request.send())
@@ -228,18 +308,12 @@ impl LlmClient {
             .map_err(|e| transport(ctx, e, inner.timeout))?;
         let status = response.status();
         if !status.is_success() {
-            permit.reconcile(0);
-            let retry_after = retry_after_from_headers(response.headers(), SystemTime::now());
+            // Only a rate limit says when to come back: a 500 or 529 is retried with back-off,
+            // whatever reset times its headers carry.
+            let retry_after = (status.as_u16() == 429)
+                .then(|| retry_after_from_headers(response.headers(), SystemTime::now()))
+                .flatten();
             let body = response.text().await.unwrap_or_default();
-            if status.as_u16() == 429 {
-                let pause = retry_after
-                    .unwrap_or(inner.retry.base_delay)
-                    .min(inner.retry.max_retry_after);
-                tracing::warn!(provider = %provider.name, ?pause, "rate limited; pausing the provider");
-                inner
-                    .limiter
-                    .pause(&provider.name, tokio::time::Instant::now() + pause);
-            }
             return Err(provider::http_error(
                 ctx,
                 status.as_u16(),
@@ -247,23 +321,19 @@ impl LlmClient {
                 &body,
             ));
         }
-
-        let parsed = match on_event {
+        match on_event {
             None => {
                 let bytes = response
                     .bytes()
                     .await
                     .map_err(|e| transport(ctx, e, inner.timeout))?;
-                provider::parse_body(provider.kind, ctx, &bytes)?
+                provider::parse_body(provider.kind, ctx, &bytes)
             }
             Some(on_event) => {
                 self.read_stream(ctx, provider.kind, response, attempt, on_event)
-                    .await?
+                    .await
             }
-        };
-        let response = self.finish_response(ctx, req, provider, parsed);
-        permit.reconcile(response.usage.total());
-        Ok(response)
+        }
     }
 
     async fn read_stream(
@@ -420,6 +490,8 @@ fn transport(ctx: CallCtx<'_>, error: reqwest::Error, after: Duration) -> LlmErr
 #[derive(Debug)]
 #[must_use]
 pub struct LlmClientBuilder {
+    share_limits: bool,
+    shared_lease: Duration,
     router: Router,
     limiter: Limiter,
     breaker: CircuitBreaker,
@@ -485,6 +557,8 @@ impl LlmClientBuilder {
             router.add_route(route);
         }
         LlmClientBuilder {
+            share_limits: false,
+            shared_lease: DEFAULT_LEASE,
             router,
             limiter: Limiter::default(),
             breaker: CircuitBreaker::default(),
@@ -631,6 +705,26 @@ impl LlmClientBuilder {
         self
     }
 
+    /// Keeps the rate limits ([`LlmClientBuilder::rate_limit`],
+    /// [`LlmClientBuilder::provider_rate_limit`]) and the pauses after a 429 in the job
+    /// database when the client is given to [`Jobs`](crate::Jobs), so every process (on
+    /// PostgreSQL: every machine) sharing the database stays under them together, at one
+    /// database round trip per call. Without it (the default) the limits hold per process, in
+    /// memory, with no round trip: the right choice when one process is alone. A database that
+    /// only one process can open (an in-memory SQLite database) keeps them in memory too.
+    pub fn shared_limits(mut self) -> Self {
+        self.share_limits = true;
+        self
+    }
+
+    /// How long a shared reservation holds unless renewed (default 30 s; at least 1 s). A call
+    /// renews its own every third of it while it runs; the places held by a process that died
+    /// come back after it.
+    pub fn shared_limits_lease(mut self, lease: Duration) -> Self {
+        self.shared_lease = lease.max(Duration::from_secs(1));
+        self
+    }
+
     /// Sets the price of models matching `pattern` (first match wins).
     pub fn price(mut self, pattern: impl Into<String>, price: Price) -> Self {
         self.prices.set(pattern.into(), price);
@@ -714,7 +808,10 @@ impl LlmClientBuilder {
                 .map_err(|e| LlmError::Config(format!("cannot build the HTTP client: {e}")))?,
         };
         Ok(LlmClient {
+            limits: permit::Limits::Local,
             inner: Arc::new(Inner {
+                share_limits: self.share_limits,
+                shared_lease: self.shared_lease,
                 http,
                 router: self.router,
                 limiter: self.limiter,

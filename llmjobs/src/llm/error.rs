@@ -20,6 +20,10 @@ pub enum LlmError {
     /// The client configuration is invalid (a malformed base URL, a route to an unknown provider).
     #[error("invalid LLM client configuration: {0}")]
     Config(String),
+    /// The limits shared through the job database could not be read or written (the database
+    /// is unreachable, or shutting down). Retryable.
+    #[error("the shared rate limits are unavailable: {0}")]
+    SharedLimits(String),
     /// No configured route matches the model name.
     #[error(
         "no provider is configured for model `{model}` (known prefixes: {known}); add a route \
@@ -198,6 +202,7 @@ impl LlmError {
         match self {
             LlmError::Transport { source, .. } => !source.is_builder(),
             LlmError::Timeout { .. }
+            | LlmError::SharedLimits(_)
             | LlmError::InvalidResponse { .. }
             | LlmError::CircuitOpen { .. } => true,
             LlmError::Http { status, .. } => is_retryable_status(*status),

@@ -6,6 +6,10 @@ mod budget;
 mod cache;
 mod ledger;
 
+mod shared_limits;
+
+pub(crate) use shared_limits::share_through;
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

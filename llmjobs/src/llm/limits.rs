@@ -18,6 +18,11 @@ use super::router::matches_pattern;
 /// corrected with the usage the provider reports afterwards. A single request larger than the
 /// token limit is let through when the window is otherwise empty, so it cannot wait forever.
 ///
+/// Within one process the limits are kept in memory. With
+/// [`LlmClientBuilder::shared_limits`](super::LlmClientBuilder::shared_limits) they are kept in
+/// the job database instead, so every process sharing it is limited together; there each
+/// budget is spent no faster than its rate, with at most [`RateLimit::burst`] of it at once.
+///
 /// ```
 /// use llmjobs::llm::RateLimit;
 ///
@@ -34,10 +39,17 @@ pub struct RateLimit {
     pub requests: Option<u32>,
     /// The most tokens (input plus output) in one window.
     pub tokens: Option<u64>,
+    /// The most input (prompt) tokens in one window.
+    pub input_tokens: Option<u64>,
+    /// The most output (completion) tokens in one window.
+    pub output_tokens: Option<u64>,
     /// The window the counts apply to.
     pub window: Duration,
     /// The most calls in flight at once.
     pub max_concurrency: Option<usize>,
+    /// Shared limits only: how much of a window's budget may be spent at once, as the time
+    /// the budget takes to refill (zero: calls are spaced evenly at the limit's rate).
+    pub burst: Duration,
 }
 
 impl Default for RateLimit {
@@ -45,8 +57,11 @@ impl Default for RateLimit {
         RateLimit {
             requests: None,
             tokens: None,
+            input_tokens: None,
+            output_tokens: None,
             window: Duration::from_secs(60),
             max_concurrency: None,
+            burst: Duration::ZERO,
         }
     }
 }
@@ -67,6 +82,36 @@ impl RateLimit {
     pub fn tokens_per_minute(mut self, n: u64) -> Self {
         self.tokens = Some(n);
         self
+    }
+
+    /// At most `n` input (prompt) tokens per window (a minute by default), as Anthropic counts
+    /// them apart from output tokens.
+    pub fn input_tokens_per_minute(mut self, n: u64) -> Self {
+        self.input_tokens = Some(n);
+        self
+    }
+
+    /// At most `n` output (completion) tokens per window (a minute by default).
+    pub fn output_tokens_per_minute(mut self, n: u64) -> Self {
+        self.output_tokens = Some(n);
+        self
+    }
+
+    /// Shared limits only: lets up to `burst`'s worth of each budget go at once (default zero:
+    /// calls are spaced evenly at the rate). A provider enforcing per-minute limits in shorter
+    /// slices (OpenAI checks them per second or so) tolerates a burst shorter than its slice;
+    /// the budget a burst spends is earned back before the next one.
+    pub fn burst(mut self, burst: Duration) -> Self {
+        self.burst = burst.min(self.window);
+        self
+    }
+
+    /// Whether the limit counts requests or tokens (and not only concurrency).
+    pub(crate) fn counts_anything(&self) -> bool {
+        self.requests.is_some()
+            || self.tokens.is_some()
+            || self.input_tokens.is_some()
+            || self.output_tokens.is_some()
     }
 
     /// Changes the window the request and token counts apply to, for providers with
@@ -93,7 +138,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Entry {
     id: u64,
     at: Instant,
-    tokens: u64,
+    input: u64,
+    output: u64,
+}
+
+impl Entry {
+    fn tokens(&self) -> u64 {
+        self.input + self.output
+    }
+}
+
+/// What one token budget counts of an entry.
+type Count = fn(&Entry) -> u64;
+
+/// A call's estimated or reported tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Tokens {
+    pub(crate) input: u64,
+    pub(crate) output: u64,
 }
 
 /// The sliding window of one model or provider.
@@ -115,7 +177,7 @@ impl Window {
     }
 
     /// How long until `tokens` more fit, given the entries (already pruned).
-    fn wait_for(&self, entries: &VecDeque<Entry>, tokens: u64, now: Instant) -> Duration {
+    fn wait_for(&self, entries: &VecDeque<Entry>, tokens: Tokens, now: Instant) -> Duration {
         let expiry = |e: &Entry| (e.at + self.limit.window).saturating_duration_since(now);
         let mut wait = Duration::ZERO;
         if let Some(max) = self.limit.requests {
@@ -124,13 +186,23 @@ impl Window {
                 wait = wait.max(expiry(&entries[entries.len() - max]));
             }
         }
-        if let Some(max) = self.limit.tokens {
-            let mut used: u64 = entries.iter().map(|e| e.tokens).sum();
+        let budgets: [(Option<u64>, u64, Count); 3] = [
+            (
+                self.limit.tokens,
+                tokens.input + tokens.output,
+                Entry::tokens,
+            ),
+            (self.limit.input_tokens, tokens.input, |e| e.input),
+            (self.limit.output_tokens, tokens.output, |e| e.output),
+        ];
+        for (max, wanted, count) in budgets {
+            let Some(max) = max else { continue };
+            let mut used: u64 = entries.iter().map(count).sum();
             for e in entries {
-                if used + tokens <= max {
+                if used + wanted <= max {
                     break;
                 }
-                used -= e.tokens;
+                used -= count(e);
                 wait = wait.max(expiry(e));
             }
         }
@@ -143,22 +215,19 @@ impl Window {
         }
     }
 
-    fn reconcile(&self, id: u64, tokens: u64) {
+    fn reconcile(&self, id: u64, tokens: Tokens) {
         let freed = {
             let mut guard = lock(&self.entries);
             match guard.0.iter_mut().find(|e| e.id == id) {
-                Some(e) if tokens < e.tokens => {
-                    e.tokens = tokens;
-                    true
-                }
                 Some(e) => {
-                    e.tokens = tokens;
-                    false
+                    let freed = tokens.input < e.input || tokens.output < e.output;
+                    (e.input, e.output) = (tokens.input, tokens.output);
+                    freed
                 }
                 None => false,
             }
         };
-        if freed && self.limit.tokens.is_some() {
+        if freed && self.limit.counts_anything() {
             self.freed.notify_waiters();
         }
     }
@@ -186,7 +255,7 @@ pub(crate) struct Permit {
 
 impl Permit {
     /// Replaces the call's estimated tokens with what the provider reported.
-    pub(crate) fn reconcile(&self, tokens: u64) {
+    pub(crate) fn reconcile(&self, tokens: Tokens) {
         for (window, id) in &self.reservations {
             window.reconcile(*id, tokens);
         }
@@ -207,6 +276,16 @@ impl Limiter {
             .iter()
             .find(|(pattern, _)| matches_pattern(pattern, model))
             .map(|(_, limit)| *limit)
+    }
+
+    /// The limit on all of `provider`'s calls, if one is set.
+    pub(crate) fn provider_limit(&self, provider: &str) -> Option<RateLimit> {
+        self.provider_rules.get(provider).copied()
+    }
+
+    /// The limit on each model matching `model`'s rule, if one is set.
+    pub(crate) fn model_limit(&self, model: &str) -> Option<RateLimit> {
+        self.model_rule(model)
     }
 
     /// The scopes that apply to a call, provider first: `(key, limit)`.
@@ -253,7 +332,7 @@ impl Limiter {
 
     /// Waits until a call of `tokens` estimated tokens to `model` at `provider` may start, and
     /// reserves its place.
-    pub(crate) async fn acquire(&self, provider: &str, model: &str, tokens: u64) -> Permit {
+    pub(crate) async fn acquire(&self, provider: &str, model: &str, tokens: Tokens) -> Permit {
         let scopes = self.scopes(provider, model);
         let mut concurrency = Vec::new();
         for (key, limit) in &scopes {
@@ -267,7 +346,7 @@ impl Limiter {
         }
         let windows: Vec<Arc<Window>> = scopes
             .iter()
-            .filter(|(_, l)| l.requests.is_some() || l.tokens.is_some())
+            .filter(|(_, l)| l.counts_anything())
             .map(|(key, limit)| self.window(key, *limit))
             .collect();
         loop {
@@ -304,7 +383,7 @@ impl Limiter {
     /// Reserves `tokens` in every window at once, or says how long to wait.
     fn try_reserve(
         windows: &[Arc<Window>],
-        tokens: u64,
+        tokens: Tokens,
     ) -> Result<Vec<(Arc<Window>, u64)>, Duration> {
         let now = Instant::now();
         // Always locked in the same order (provider, then model), so never deadlocks.
@@ -328,7 +407,8 @@ impl Limiter {
                 entries.push_back(Entry {
                     id: *next_id,
                     at: now,
-                    tokens,
+                    input: tokens.input,
+                    output: tokens.output,
                 });
                 (window.clone(), *next_id)
             })
@@ -356,6 +436,10 @@ async fn first_of<F: std::future::Future + Unpin>(mut futures: Vec<F>) {
 mod tests {
     use super::*;
 
+    fn t(input: u64) -> Tokens {
+        Tokens { input, output: 0 }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn requests_per_window_are_capped() {
         let mut limiter = Limiter::default();
@@ -366,7 +450,7 @@ mod tests {
         let start = Instant::now();
         let mut starts = Vec::new();
         for _ in 0..5 {
-            let _permit = limiter.acquire("p", "m1", 1).await;
+            let _permit = limiter.acquire("p", "m1", t(1)).await;
             starts.push(start.elapsed());
         }
         assert_eq!(starts[1], Duration::ZERO);
@@ -379,12 +463,12 @@ mod tests {
         let mut limiter = Limiter::default();
         limiter.add_provider_rule("p".into(), RateLimit::new().tokens_per_minute(100));
         let start = Instant::now();
-        let first = limiter.acquire("p", "a", 90).await;
+        let first = limiter.acquire("p", "a", t(90)).await;
         // Only 10 tokens were really used: the next 80-token call fits at once.
-        first.reconcile(10);
-        let _second = limiter.acquire("p", "b", 80).await;
+        first.reconcile(t(10));
+        let _second = limiter.acquire("p", "b", t(80)).await;
         assert_eq!(start.elapsed(), Duration::ZERO);
-        let _third = limiter.acquire("p", "b", 80).await;
+        let _third = limiter.acquire("p", "b", t(80)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(60));
     }
 
@@ -394,16 +478,16 @@ mod tests {
         limiter.add_provider_rule("p".into(), RateLimit::new().tokens_per_minute(100));
         let limiter = Arc::new(limiter);
         let start = Instant::now();
-        let first = limiter.acquire("p", "a", 90).await;
+        let first = limiter.acquire("p", "a", t(90)).await;
         let waiter = tokio::spawn({
             let limiter = limiter.clone();
             async move {
-                let _permit = limiter.acquire("p", "b", 80).await;
+                let _permit = limiter.acquire("p", "b", t(80)).await;
                 start.elapsed()
             }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        first.reconcile(10);
+        first.reconcile(t(10));
         assert_eq!(waiter.await.unwrap(), Duration::from_secs(1));
     }
 
@@ -412,7 +496,7 @@ mod tests {
         let mut limiter = Limiter::default();
         limiter.add_provider_rule("p".into(), RateLimit::new().tokens_per_minute(10));
         let start = Instant::now();
-        let _permit = limiter.acquire("p", "m", 1_000).await;
+        let _permit = limiter.acquire("p", "m", t(1_000)).await;
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
@@ -421,9 +505,9 @@ mod tests {
         let limiter = Limiter::default();
         let start = Instant::now();
         limiter.pause("p", start + Duration::from_secs(2));
-        let _permit = limiter.acquire("p", "other-model", 1).await;
+        let _permit = limiter.acquire("p", "other-model", t(1)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(2));
-        let _permit = limiter.acquire("q", "m", 1).await;
+        let _permit = limiter.acquire("q", "m", t(1)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
 
@@ -431,11 +515,27 @@ mod tests {
     async fn concurrency_is_capped_until_permits_drop() {
         let mut limiter = Limiter::default();
         limiter.add_model_rule("*".into(), RateLimit::new().max_concurrency(1));
-        let first = limiter.acquire("p", "m", 1).await;
-        let second = tokio::time::timeout(Duration::from_millis(50), limiter.acquire("p", "m", 1));
+        let first = limiter.acquire("p", "m", t(1)).await;
+        let second =
+            tokio::time::timeout(Duration::from_millis(50), limiter.acquire("p", "m", t(1)));
         assert!(second.await.is_err());
         drop(first);
-        let third = tokio::time::timeout(Duration::from_secs(5), limiter.acquire("p", "m", 1));
+        let third = tokio::time::timeout(Duration::from_secs(5), limiter.acquire("p", "m", t(1)));
         assert!(third.await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn output_tokens_have_a_budget_of_their_own() {
+        let mut limiter = Limiter::default();
+        limiter.add_model_rule("*".into(), RateLimit::new().output_tokens_per_minute(100));
+        let start = Instant::now();
+        let big_input = Tokens {
+            input: 1_000,
+            output: 60,
+        };
+        let _first = limiter.acquire("p", "m", big_input).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        let _second = limiter.acquire("p", "m", big_input).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
     }
 }

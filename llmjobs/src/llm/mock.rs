@@ -31,6 +31,7 @@
 //! ```
 
 mod batch;
+mod limits;
 mod reply;
 
 use std::collections::{HashMap, VecDeque};
@@ -56,6 +57,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::{LlmClientBuilder, ProviderConfig};
 pub use batch::{MockBatch, MockBatchApi, MockBatchClock};
+pub use limits::MockRateLimit;
 pub use reply::MockReply;
 use reply::{Prompt, Wire};
 
@@ -85,6 +87,8 @@ pub struct ReceivedRequest {
     pub headers: Vec<(String, String)>,
     /// When the mock received it.
     pub received_at: Instant,
+    /// Whether the mock's rate limit ([`MockLlmServer::set_rate_limit`]) refused it with a 429.
+    pub rate_limited: bool,
 }
 
 impl ReceivedRequest {
@@ -113,6 +117,7 @@ struct State {
     model_replies: Mutex<HashMap<String, VecDeque<MockReply>>>,
     model_defaults: Mutex<HashMap<String, MockReply>>,
     requests: Mutex<Vec<ReceivedRequest>>,
+    limits: Mutex<limits::Limits>,
     serial: AtomicU64,
     batches: batch::Batches,
 }
@@ -281,6 +286,19 @@ impl MockLlmServer {
         edit(&mut scripts[index]);
     }
 
+    /// Enforces `limit` on the requests to `model` (the name as sent), as a provider would:
+    /// past it, requests are answered 429 with `Retry-After` and reset headers (see
+    /// [`MockRateLimit`]). The limit is checked after the request's reply is chosen, so a
+    /// refused request uses up a scripted reply meant for it.
+    pub fn set_rate_limit(&self, model: impl Into<String>, limit: MockRateLimit) {
+        lock(&self.state.limits).set(model.into(), limit);
+    }
+
+    /// How many requests the rate limits refused with a 429.
+    pub fn rate_limited_count(&self) -> u64 {
+        lock(&self.state.limits).refused
+    }
+
     /// How many requests arrived (on the two API routes).
     pub fn request_count(&self) -> usize {
         lock(&self.state.requests).len()
@@ -381,6 +399,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
         }
     };
     let prompt = Prompt::read(route, &body);
+    let reply = state.next_reply(&prompt);
+    let refusal = lock(&state.limits).admit(&prompt, &reply);
     lock(&state.requests).push(ReceivedRequest {
         route,
         model: prompt.model.clone(),
@@ -388,9 +408,14 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
         body,
         headers,
         received_at,
+        rate_limited: refusal.is_some(),
     });
-    let reply = state.next_reply(&prompt);
-    let mut delay = *lock(&state.delay);
+    // A provider refuses at once; only answers take the configured latency.
+    let mut delay = match refusal {
+        Some(_) => Duration::ZERO,
+        None => *lock(&state.delay),
+    };
+    let reply = refusal.unwrap_or(reply);
     let mut inner = &reply;
     while let MockReply::Delayed(d, next) = inner {
         delay += *d;

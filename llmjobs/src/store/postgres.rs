@@ -34,6 +34,8 @@ mod locks;
 mod migrate;
 mod notify;
 mod prune;
+#[cfg(feature = "llm")]
+mod rate;
 mod read;
 mod release;
 mod retry;
@@ -485,6 +487,11 @@ impl Store for PgStore {
         self.stop.cancel();
         self.pool.close().await;
         self.liveness.release().await;
+    }
+
+    #[cfg(feature = "llm")]
+    fn rate_store(&self) -> Option<Arc<dyn super::rate::RateStore>> {
+        Some(Arc::new(rate::PgRates::new(self.pool.clone())))
     }
 
     fn failure(&self) -> Option<String> {

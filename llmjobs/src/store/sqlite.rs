@@ -24,6 +24,8 @@ mod columns;
 mod inspect;
 mod list;
 mod migrate;
+#[cfg(feature = "llm")]
+mod rate;
 mod usage;
 mod writer;
 
@@ -195,6 +197,11 @@ pub(crate) struct SqliteStore {
     url: String,
     /// Set by `close`: later reads and writes fail with [`Error::Shutdown`].
     closed: AtomicBool,
+    /// The shared rate limits' connection, opened when first asked for (file databases only).
+    #[cfg(feature = "llm")]
+    target: SqliteTarget,
+    #[cfg(feature = "llm")]
+    rates: OnceLock<Option<Arc<rate::SqliteRates>>>,
 }
 
 impl SqliteStore {
@@ -254,6 +261,10 @@ impl SqliteStore {
             readers,
             url: url.to_string(),
             closed: AtomicBool::new(false),
+            #[cfg(feature = "llm")]
+            target: target.clone(),
+            #[cfg(feature = "llm")]
+            rates: OnceLock::new(),
         })
     }
 
@@ -692,6 +703,21 @@ impl Store for SqliteStore {
         if let Readers::Pool(pool) = &self.readers {
             pool.idle.lock().expect("reader pool lock").clear();
         }
+    }
+
+    #[cfg(feature = "llm")]
+    fn rate_store(&self) -> Option<Arc<dyn super::rate::RateStore>> {
+        let rates = self.rates.get_or_init(|| {
+            self.target.path()?;
+            match rate::SqliteRates::open(&self.target) {
+                Ok(rates) => Some(Arc::new(rates)),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot open the shared rate limits; keeping them per process");
+                    None
+                }
+            }
+        });
+        rates.clone().map(|r| r as Arc<dyn super::rate::RateStore>)
     }
 
     fn failure(&self) -> Option<String> {

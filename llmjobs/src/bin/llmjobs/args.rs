@@ -51,6 +51,10 @@ pub(crate) struct ServeArgs {
     /// Where to listen; beyond loopback it needs a token in LLMJOBS_HTTP_TOKEN.
     #[arg(long, default_value = "127.0.0.1:8787", value_name = "HOST:PORT")]
     pub(crate) addr: std::net::SocketAddr,
+    /// Let anyone who reaches the port cancel and retry jobs without a token. Without it (and
+    /// without LLMJOBS_HTTP_TOKEN), cancel and retry answer 401.
+    #[arg(long)]
+    pub(crate) allow_unauthenticated_changes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -20,9 +20,20 @@ pub(crate) async fn run(url: &str, args: ServeArgs) -> Outcome {
         .map_err(|e| crate::Failure::msg(format!("cannot listen on {}: {e}", args.addr)))?;
     let addr = listener.local_addr()?;
     outln!("serving the job API and the dashboard at http://{addr}/ (this command runs no jobs)");
-    HttpApi::new(jobs)
-        .dashboard(inspector)
-        .serve_on(listener)
-        .await?;
+    let mut api = HttpApi::new(jobs).dashboard(inspector);
+    if args.allow_unauthenticated_changes {
+        api = api.allow_unauthenticated_changes();
+    } else if std::env::var(llmjobs::http::TOKEN_ENV).is_ok_and(|t| !t.is_empty()) {
+        outln!(
+            "cancel and retry need the token in {}",
+            llmjobs::http::TOKEN_ENV
+        );
+    } else {
+        outln!(
+            "cancel and retry are refused (401): set {} or pass --allow-unauthenticated-changes",
+            llmjobs::http::TOKEN_ENV
+        );
+    }
+    api.serve_on(listener).await?;
     Ok(())
 }

@@ -27,7 +27,11 @@ pub(crate) async fn overview(State(dash): State<Arc<Dashboard>>) -> Result<Json<
     let counts = dash.api.jobs.counts().await?;
     let now = SystemTime::now();
     let since = now - SPAN;
-    let finished = dash.inspector.finished_since(since, CHART_LIMIT).await?;
+    let finished = dash
+        .inspector()
+        .await?
+        .finished_since(since, CHART_LIMIT)
+        .await?;
     let buckets = (SPAN.as_secs() / BUCKET.as_secs()) as usize;
     let mut chart = [
         vec![0u64; buckets],
@@ -77,9 +81,10 @@ pub(crate) async fn job(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = job_id(&id)?;
-    let record = dash.inspector.job(id).await?;
+    let record = dash.inspector().await?.job(id).await?;
     let steps: Vec<Value> = dash
-        .inspector
+        .inspector()
+        .await?
         .steps(id)
         .await?
         .into_iter()
@@ -95,11 +100,13 @@ pub(crate) async fn job(
     let usage = usage_of(record.result.as_ref(), record.status.progress.as_ref());
     let owner = record.status.owner.clone();
     let earlier_runs = record.status.earlier_runs.clone();
+    let attempt_errors = record.status.attempt_errors.clone();
     Ok(Json(json!({
-        "job": JobView::new(record.status, record.result),
-        "args": record.args,
+        "job": JobView::new(record.status, record.result, &dash.api.redact),
+        "args": dash.api.redact.applied(record.args),
         "owner": owner,
         "earlier_runs": earlier_runs,
+        "attempt_errors": attempt_errors,
         "steps": steps,
         "usage": usage,
     })))

@@ -7,10 +7,7 @@
 //! `?job=<id>`, and, once more, any of those that has just left that set (so its end is seen).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{Query, State};
@@ -22,6 +19,7 @@ use tokio::sync::mpsc;
 use super::Dashboard;
 use crate::http::error::ApiError;
 use crate::http::routes::job_id;
+use crate::http::sse::EventStream;
 use crate::http::view::JobView;
 use crate::{Error, JobFilter, JobId, JobState, JobStatus};
 
@@ -41,9 +39,13 @@ pub(crate) async fn events(
     Query(query): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let focus = query.job.as_deref().map(job_id).transpose()?;
+    // It counts among the API's open event streams, under the same bound.
+    let Some(permit) = dash.api.sse.admit() else {
+        return Ok(crate::http::limits::busy());
+    };
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(follow(dash, focus, tx));
-    Ok(Sse::new(EventStream { rx })
+    Ok(Sse::new(EventStream::new(rx, permit))
         .keep_alive(KeepAlive::default())
         .into_response())
 }
@@ -91,6 +93,7 @@ async fn changes(
     sent: &mut Sent,
 ) -> crate::Result<Vec<Event>> {
     let jobs = &dash.api.jobs;
+    let redact = &dash.api.redact;
     let mut events = Vec::new();
     let counts = json(&jobs.counts().await?);
     if counts != sent.counts {
@@ -129,7 +132,7 @@ async fn changes(
         if now.contains_key(&id) {
             continue;
         }
-        let text = json(&JobView::new(status, None));
+        let text = json(&JobView::new(status, None, redact));
         if sent.jobs.get(&id) != Some(&text) {
             events.push(Event::default().event("job").data(&text));
         }
@@ -143,17 +146,4 @@ async fn changes(
 
 fn json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
-}
-
-/// The events of one connection, as a stream.
-struct EventStream {
-    rx: mpsc::Receiver<Event>,
-}
-
-impl futures_core::Stream for EventStream {
-    type Item = Result<Event, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx).map(|event| event.map(Ok))
-    }
 }

@@ -6,11 +6,11 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::IntoParams;
 
 use super::{job_id, view, wait_of, wait_view};
 use crate::http::error::ApiError;
-use crate::http::view::JobView;
+use crate::http::view::{CancelView, JobPage, JobView};
 use crate::{CancelOutcome, JobFilter, JobState};
 
 type ApiState = State<Arc<crate::http::State>>;
@@ -18,7 +18,20 @@ type ApiState = State<Arc<crate::http::State>>;
 /// The most jobs one page lists.
 const MAX_PAGE: u32 = 500;
 
-/// `GET /jobs/{id}`.
+/// The job's status, with its result once completed.
+#[utoipa::path(
+    get,
+    path = "/jobs/{job}",
+    tag = "jobs",
+    security((), ("bearer" = [])),
+    params(("job" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 400, description = "Not a job id", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Served beyond loopback without the token", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such job", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn show(
     State(state): ApiState,
     Path(id): Path<String>,
@@ -26,12 +39,30 @@ pub(crate) async fn show(
     Ok(Json(view(&state, job_id(&id)?).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct WaitQuery {
+    /// How long to wait (`30s`, `500ms`, `2m`, or seconds); without it, the server's longest
+    /// wait.
     timeout: Option<String>,
 }
 
-/// `GET /jobs/{id}/wait?timeout=30s`.
+/// Waits for the job to end: `200` once it has, `202` if it is still running at the timeout.
+/// Waiting changes nothing about the job.
+#[utoipa::path(
+    get,
+    path = "/jobs/{job}/wait",
+    tag = "jobs",
+    security((), ("bearer" = [])),
+    params(("job" = String, Path, description = "The job id"), WaitQuery),
+    responses(
+        (status = 200, description = "The job has ended (completed, failed or cancelled)", body = JobView),
+        (status = 202, description = "Still pending or running at the timeout", body = JobView),
+        (status = 400, description = "Not a job id, or not a duration", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Served beyond loopback without the token", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such job", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn wait(
     State(state): ApiState,
     Path(id): Path<String>,
@@ -46,19 +77,36 @@ pub(crate) async fn wait(
     Ok((code, Json(view)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only jobs in this state: `pending`, `running`, `completed`, `failed` or `cancelled`.
     state: Option<String>,
+    /// Only jobs of this name.
     name: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Jobs per page, from 1 to 500 (default 50).
     limit: Option<u32>,
 }
 
-/// `GET /jobs?state=&name=&cursor=&limit=`: newest first; `next_cursor` pages on.
+/// Jobs, newest first, a page at a time: `next_cursor` pages on.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = "jobs",
+    security((), ("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, description = "A bad state, cursor or limit", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Served beyond loopback without the token", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn list(
     State(state): ApiState,
     Query(query): Query<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -84,16 +132,33 @@ pub(crate) async fn list(
         Some(last) if page.len() == limit as usize => Some(last.id),
         _ => None,
     };
-    let jobs: Vec<JobView> = page.into_iter().map(|s| JobView::new(s, None)).collect();
-    Ok(Json(json!({ "jobs": jobs, "next_cursor": next_cursor })))
+    let jobs: Vec<JobView> = page
+        .into_iter()
+        .map(|s| JobView::new(s, None, &state.redact))
+        .collect();
+    Ok(Json(JobPage { jobs, next_cursor }))
 }
 
-/// `DELETE /jobs/{id}`: `200` when it is cancelled (or had already ended: nothing changes),
-/// `202` when the worker running it has been asked to stop.
+/// Cancels the job: `200` when it is cancelled (or had already ended: nothing changes), `202`
+/// when the worker running it has been asked to stop.
+#[utoipa::path(
+    delete,
+    path = "/jobs/{job}",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(("job" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "Cancelled, or it had already ended", body = CancelView),
+        (status = 202, description = "Its worker has been asked to stop", body = CancelView),
+        (status = 400, description = "Not a job id", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No token, or the wrong one", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such job", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn cancel(
     State(state): ApiState,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<CancelView>), ApiError> {
     let id = job_id(&id)?;
     let (code, outcome) = match state.jobs.cancel(id).await? {
         CancelOutcome::Cancelled => (StatusCode::OK, "cancelled"),
@@ -101,10 +166,30 @@ pub(crate) async fn cancel(
         CancelOutcome::AlreadyFinished(_) => (StatusCode::OK, "already_finished"),
     };
     let job = view(&state, id).await?;
-    Ok((code, Json(json!({ "cancel": outcome, "job": job }))))
+    Ok((
+        code,
+        Json(CancelView {
+            cancel: outcome,
+            job,
+        }),
+    ))
 }
 
-/// `POST /jobs/{id}/retry`: the job, pending again; `409` unless it failed or was cancelled.
+/// Puts a failed or cancelled job back to pending; `409` for any other.
+#[utoipa::path(
+    post,
+    path = "/jobs/{job}/retry",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(("job" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The job, pending again", body = JobView),
+        (status = 400, description = "Not a job id", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No token, or the wrong one", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such job", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "The job has not failed and was not cancelled", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn retry(
     State(state): ApiState,
     Path(id): Path<String>,

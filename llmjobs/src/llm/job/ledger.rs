@@ -103,6 +103,7 @@ fn error_kind(error: &LlmError) -> Option<&'static str> {
         LlmError::Stream { .. } => "stream",
         LlmError::RetriesExhausted { last, .. } => return error_kind(last),
         LlmError::Config(_)
+        | LlmError::SharedLimits(_)
         | LlmError::UnknownProvider { .. }
         | LlmError::MissingApiKey { .. }
         | LlmError::InvalidRequest { .. }

@@ -41,6 +41,11 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/postgres/0004_attempt_errors.sql"),
     },
     Migration {
+        version: 5,
+        description: "shared rate limits",
+        sql: include_str!("../../../migrations/postgres/0005_shared_rate_limits.sql"),
+    },
+    Migration {
         version: 6,
         description: "usage ledger and completion cache",
         sql: include_str!(

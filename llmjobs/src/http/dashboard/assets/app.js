@@ -311,6 +311,15 @@ function drawJob(detail) {
   runs.push(['this run', stateBadge(job), job.attempts + ' of ' + job.max_attempts,
     job.error || '—', when(job.completed_at)]);
   parts.push(section('Attempts', table(['Run', 'State', 'Attempts', 'Last error', 'Ended'], runs)));
+  const ended = (a) => when(new Date(a.ended_at_ms).toISOString());
+  const failures = [];
+  detail.earlier_runs.forEach((run, i) => (run.attempt_errors || []).forEach((a) =>
+    failures.push(['run ' + (i + 1), String(a.attempt), a.error, ended(a)])));
+  (detail.attempt_errors || []).forEach((a) =>
+    failures.push(['this run', String(a.attempt), a.error, ended(a)]));
+  if (failures.length) {
+    parts.push(section('Attempt errors', table(['Run', 'Attempt', 'Error', 'Ended'], failures)));
+  }
   parts.push(section('Step journal', detail.steps.length
     ? table(['#', 'Step', 'Output', 'Recorded'], detail.steps.map((s) => [
       String(s.position), s.name, s.size + ' B', when(s.recorded_at)]))
