@@ -11,6 +11,7 @@ use syn::{Lit, LitBool, LitInt, LitStr, Path, Token};
 const VALID_ARGUMENTS: &str = "`name = \"...\"`, `max_concurrency = N`, `timeout = \"30s\"`, \
                                `retries = N`, `long_running`, `concurrency_key = PARAMETER`, \
                                `key_limit = N`, `priority = N`, `idempotency_key = PARAMETER`, \
+                               `budget_usd = 0.5`, `budget_tokens = N`, \
                                `cron = \"0 */5 * * * *\"`, `cron_timezone = \"Europe/Paris\"` \
                                and `crate = \"path\"`";
 
@@ -31,6 +32,10 @@ pub(crate) struct Args {
     pub(crate) priority: Option<i32>,
     /// The parameter whose value is the call's idempotency key (`idempotency_key = order_id`).
     pub(crate) idempotency_key: Option<syn::Ident>,
+    /// What each job may spend on LLM calls, in dollars (`budget_usd = 0.5`).
+    pub(crate) budget_usd: Option<f64>,
+    /// What each job may spend on LLM calls, in tokens (`budget_tokens = 100000`).
+    pub(crate) budget_tokens: Option<u64>,
     /// The cron expression the job is spawned on (`cron = "0 */5 * * * *"`), checked.
     pub(crate) cron: Option<LitStr>,
     /// The IANA time zone the expression is read in (`cron_timezone = "Europe/Paris"`).
@@ -137,6 +142,17 @@ impl Args {
                 self.key_limit = Some((limit, lit));
             }
             "priority" => self.priority = Some(priority(&meta)?),
+            "budget_usd" => self.budget_usd = Some(dollars(&meta)?),
+            "budget_tokens" => {
+                let (tokens, lit) = whole_number(&meta, "budget_tokens = 100000")?;
+                if tokens == 0 {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`budget_tokens` must be at least 1: a budget of 0 would refuse every call",
+                    ));
+                }
+                self.budget_tokens = Some(u64::from(tokens));
+            }
             "idempotency_key" => {
                 let ident: syn::Ident = meta.value()?.parse().map_err(|e| {
                     syn::Error::new(
@@ -222,6 +238,21 @@ fn whole_number(meta: &ParseNestedMeta<'_>, example: &str) -> syn::Result<(u32, 
         .base10_parse::<u32>()
         .map_err(|_| syn::Error::new(lit.span(), expected()))?;
     Ok((n, lit))
+}
+
+/// A positive amount of dollars after `=` (`0.5`, `2`).
+fn dollars(meta: &ParseNestedMeta<'_>) -> syn::Result<f64> {
+    let expected = "expected an amount of US dollars above zero, as in `budget_usd = 0.5`";
+    let (value, span) = match meta.value()?.parse::<Lit>() {
+        Ok(Lit::Float(lit)) => (lit.base10_parse::<f64>().ok(), lit.span()),
+        Ok(Lit::Int(lit)) => (lit.base10_parse::<f64>().ok(), lit.span()),
+        Ok(other) => (None, other.span()),
+        Err(e) => (None, e.span()),
+    };
+    match value {
+        Some(usd) if usd.is_finite() && usd > 0.0 => Ok(usd),
+        _ => Err(syn::Error::new(span, expected)),
+    }
 }
 
 /// A whole number after `=`, negative or not, that fits an `i32`.
@@ -392,6 +423,8 @@ mod tests {
             "key_limit",
             "priority",
             "idempotency_key",
+            "budget_usd",
+            "budget_tokens",
             "cron",
             "cron_timezone",
             "crate",
@@ -519,5 +552,16 @@ mod tests {
     #[test]
     fn crate_must_be_a_path() {
         assert!(error(quote!(crate = "not a path")).contains("path of the llmjobs crate"));
+    }
+
+    #[test]
+    fn budgets_take_positive_dollars_and_tokens() {
+        let args = parse(quote!(budget_usd = 0.5, budget_tokens = 2000)).unwrap();
+        assert_eq!(args.budget_usd, Some(0.5));
+        assert_eq!(args.budget_tokens, Some(2000));
+        assert_eq!(parse(quote!(budget_usd = 2)).unwrap().budget_usd, Some(2.0));
+        assert!(error(quote!(budget_usd = 0)).contains("above zero"));
+        assert!(error(quote!(budget_usd = "1")).contains("above zero"));
+        assert!(error(quote!(budget_tokens = 0)).contains("at least 1"));
     }
 }

@@ -253,7 +253,7 @@ impl JobFn {
             None => LitStr::new(&ident.unraw().to_string(), ident.span()),
         };
         let output = &self.output;
-        let config = config_calls(args);
+        let config = config_calls(krate, args);
         let key_fn = args.concurrency_key.as_ref().map(|key| {
             quote_spanned! {key.span()=>
                 fn concurrency_key(&self) -> ::core::option::Option<::std::string::String> {
@@ -404,7 +404,7 @@ impl Param {
 }
 
 /// `.max_concurrency(4).timeout(...)`: the builder calls that make the job's `JobConfig`.
-fn config_calls(args: &Args) -> TokenStream {
+fn config_calls(krate: &syn::Path, args: &Args) -> TokenStream {
     let mut calls = TokenStream::new();
     if let Some(limit) = args.max_concurrency {
         let limit = Literal::u32_unsuffixed(limit);
@@ -430,6 +430,24 @@ fn config_calls(args: &Args) -> TokenStream {
         let magnitude = Literal::u32_unsuffixed(priority.unsigned_abs());
         let sign = (priority < 0).then(|| quote!(-));
         calls.extend(quote!(.priority(#sign #magnitude)));
+    }
+    let budget = match (args.budget_usd, args.budget_tokens) {
+        (Some(usd), tokens) => {
+            let usd = Literal::f64_unsuffixed(usd);
+            let tokens = tokens.map(|t| {
+                let t = Literal::u64_unsuffixed(t);
+                quote!(.and_tokens(#t))
+            });
+            Some(quote!(#krate::Budget::usd(#usd) #tokens))
+        }
+        (None, Some(tokens)) => {
+            let tokens = Literal::u64_unsuffixed(tokens);
+            Some(quote!(#krate::Budget::tokens(#tokens)))
+        }
+        (None, None) => None,
+    };
+    if let Some(budget) = budget {
+        calls.extend(quote!(.budget(#budget)));
     }
     if let Some(cron) = &args.cron {
         calls.extend(quote!(.cron(#cron)));

@@ -446,6 +446,38 @@ impl JobContext {
         }
     }
 
+    /// The job database, for the LLM bridge's ledger, cache and budgets.
+    pub(crate) fn store(&self) -> &dyn crate::store::Store {
+        &*self.inner.shared.store
+    }
+
+    /// The runtime's LLM cache and budget settings.
+    pub(crate) fn llm_policy(&self) -> &crate::llm::LlmPolicy {
+        &self.inner.shared.settings.llm_policy
+    }
+
+    /// The budget of this job's LLM calls: its call's own, else its kind's.
+    pub(crate) async fn llm_budget(&self) -> Result<Option<crate::Budget>, Error> {
+        if let Some(stored) = self.inner.shared.store.job_budget(self.inner.id).await? {
+            let budget = serde_json::from_str(&stored).map_err(|e| Error::CorruptRow {
+                id: self.inner.id.to_string(),
+                reason: format!("its LLM budget is not a budget: {e}"),
+            })?;
+            return Ok(Some(budget));
+        }
+        Ok(self
+            .inner
+            .shared
+            .registry
+            .get(self.inner.name)
+            .and_then(|entry| entry.config.budget))
+    }
+
+    /// The tokens and cost of the job's LLM calls so far.
+    pub(crate) fn llm_totals(&self) -> crate::llm::UsageTotals {
+        *self.services().llm_usage.lock().expect("usage lock")
+    }
+
     /// Adds an LLM answer's usage to the job's totals; the new totals.
     pub(crate) fn add_llm_usage(
         &self,

@@ -191,6 +191,8 @@ pub(crate) trait Reader: Send + Sync + 'static {
     async fn prunable(&self, before: i64) -> Result<u64>;
     /// Jobs that ended at or after `since`, the latest first, at most `limit`.
     async fn finished_since(&self, since: i64, limit: u32) -> Result<Vec<RowWithArgs>>;
+    /// The usage ledger's sums.
+    async fn usage(&self, filter: crate::UsageFilter) -> Result<Vec<crate::UsageGroup>>;
 }
 
 impl Inspector {
@@ -286,6 +288,12 @@ impl Inspector {
             .into_iter()
             .filter_map(|row| record(row).ok())
             .collect())
+    }
+
+    /// The usage ledger's sums, as [`Jobs::usage`](crate::Jobs::usage) reads them; none from
+    /// a database that predates the ledger.
+    pub async fn usage(&self, filter: crate::UsageFilter) -> Result<Vec<crate::UsageGroup>> {
+        self.reader.usage(filter).await
     }
 
     /// A job's step journal, in call order: what a resumed attempt replays instead of running.

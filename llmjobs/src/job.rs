@@ -108,6 +108,9 @@ pub struct JobConfig {
     /// The IANA time zone the [`cron`](JobConfig::cron) expression is read in
     /// (`"Europe/Paris"`). `None`: UTC.
     pub cron_timezone: Option<&'static str>,
+    /// What each job of this kind may spend on LLM calls (`#[llm_job(budget_usd = 0.5)]`);
+    /// a call can set its own with [`JobCall::budget`]. `None`: no limit.
+    pub budget: Option<crate::Budget>,
 }
 
 impl JobConfig {
@@ -122,7 +125,14 @@ impl JobConfig {
             priority: 0,
             cron: None,
             cron_timezone: None,
+            budget: None,
         }
+    }
+
+    /// Sets [`JobConfig::budget`].
+    pub const fn budget(mut self, budget: crate::Budget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Sets [`JobConfig::max_concurrency`].
@@ -192,6 +202,8 @@ pub struct JobCall<T> {
     long_running_forced: bool,
     /// Set by [`JobCall::wait_at_most`]: the longest [`Jobs::run_with_timeout`](crate::Jobs::run_with_timeout) waits.
     wait_limit: Option<Duration>,
+    /// Set by [`JobCall::budget`]: this call's own LLM budget.
+    budget: Option<crate::Budget>,
     _output: PhantomData<fn() -> T>,
 }
 
@@ -208,6 +220,7 @@ impl<T> JobCall<T> {
             long_running: args.is_long_running(),
             long_running_forced: false,
             wait_limit: None,
+            budget: None,
             priority: config.priority,
             config,
             _output: PhantomData,
@@ -229,6 +242,7 @@ impl<T> JobCall<T> {
             long_running: false,
             long_running_forced: false,
             wait_limit: None,
+            budget: None,
             _output: PhantomData,
         }
     }
@@ -298,6 +312,19 @@ impl<T> JobCall<T> {
         self
     }
 
+    /// Limits what this job may spend on LLM calls, in place of its kind's budget
+    /// ([`JobConfig::budget`], `#[llm_job(budget_usd = …)]`). Kept with the job, so it holds
+    /// across retries and restarts; see [`Budget`](crate::Budget) for how calls are checked.
+    pub fn budget(mut self, budget: crate::Budget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The budget set by [`JobCall::budget`], if any.
+    pub fn budget_value(&self) -> Option<crate::Budget> {
+        self.budget
+    }
+
     /// The cap set by [`JobCall::wait_at_most`], if any.
     pub fn wait_limit(&self) -> Option<Duration> {
         self.wait_limit
@@ -360,6 +387,7 @@ impl<T> Clone for JobCall<T> {
             long_running: self.long_running,
             long_running_forced: self.long_running_forced,
             wait_limit: self.wait_limit,
+            budget: self.budget,
             _output: PhantomData,
         }
     }
@@ -385,6 +413,8 @@ struct WireCall<'a> {
     run_at_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     wait_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    budget: Option<crate::Budget>,
 }
 
 fn is_zero(p: &i32) -> bool {
@@ -406,6 +436,7 @@ impl<T> Serialize for JobCall<T> {
             wait_ms: self
                 .wait_limit
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            budget: self.budget,
         }
         .serialize(serializer)
     }
@@ -428,6 +459,7 @@ impl<'de, T> Deserialize<'de> for JobCall<T> {
             long_running: wire.long_running,
             long_running_forced: wire.long_running,
             wait_limit: wire.wait_ms.map(Duration::from_millis),
+            budget: wire.budget,
             _output: PhantomData,
         })
     }
@@ -530,6 +562,7 @@ impl<T> JobCall<T> {
             long_running: self.long_running,
             long_running_forced: self.long_running_forced,
             wait_limit: self.wait_limit,
+            budget: self.budget,
             _output: PhantomData,
         }
     }

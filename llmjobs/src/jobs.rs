@@ -312,6 +312,23 @@ impl Jobs {
         JobCounts::by_name(self.shared.store.counts().await?)
     }
 
+    /// The usage ledger's sums: tokens, cost, calls, errors and cache hits of the provider calls
+    /// jobs made, as `filter` selects and groups them (by model, job name, day). Failed tries
+    /// count: they were sent, and may have been paid for.
+    ///
+    /// ```no_run
+    /// # async fn demo(jobs: llmjobs::Jobs) -> llmjobs::Result<()> {
+    /// use llmjobs::{UsageFilter, UsageKey};
+    /// for group in jobs.usage(UsageFilter::new().by(UsageKey::Model)).await? {
+    ///     println!("{:?}: {} calls, ${:.4}", group.model, group.calls, group.cost_usd);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn usage(&self, filter: crate::UsageFilter) -> Result<Vec<crate::UsageGroup>> {
+        self.shared.store.usage(filter).await
+    }
+
     /// Cancels a job: at once if it is pending; if it is running, in whichever process runs it
     /// (within about a second). Cancelling a finished job changes nothing and says so.
     pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome> {
@@ -450,6 +467,8 @@ impl Default for JobsBuilder {
                 classifiers: Vec::new(),
                 #[cfg(feature = "llm")]
                 llm: Err("not configured yet".into()),
+                #[cfg(feature = "llm")]
+                llm_policy: crate::llm::LlmPolicy::default(),
                 concurrency: 64,
                 global_concurrency: None,
                 lease: Duration::from_secs(30),
@@ -586,6 +605,24 @@ impl JobsBuilder {
         F: Fn(&CallInfo<'_>) -> Option<bool> + Send + Sync + 'static,
     {
         self.settings.classifiers.push(Arc::new(classify));
+        self
+    }
+
+    /// Turns on the completion cache for LLM calls made by jobs (`ctx.llm()`, `llm_call`),
+    /// shared by every process on the database: see [`CompletionCache`](crate::llm::CompletionCache).
+    #[cfg(feature = "llm")]
+    pub fn llm_cache(mut self, cache: crate::llm::CompletionCache) -> Self {
+        self.settings.llm_policy.cache = Some(cache);
+        self
+    }
+
+    /// Caps what the LLM calls of jobs may spend through one provider (one API key) over a
+    /// sliding window, across every process on the database: see
+    /// [`KeyBudget`](crate::llm::KeyBudget). A call that would go over is not sent, and its job
+    /// fails permanently. May be given for several providers.
+    #[cfg(feature = "llm")]
+    pub fn budget_per_key(mut self, budget: crate::llm::KeyBudget) -> Self {
+        self.settings.llm_policy.key_budgets.push(budget);
         self
     }
 

@@ -58,6 +58,7 @@ mod runtime;
 mod schedule;
 mod status;
 mod store;
+mod usage;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -75,3 +76,4 @@ pub use llmjobs_macros::llm_job;
 pub use runtime::{Backoff, CallInfo, ProgressEvent};
 pub use schedule::{CatchUp, Schedule, ScheduleInfo};
 pub use status::{AttemptError, EarlierRun, JobCounts, JobFilter, JobState, JobStatus};
+pub use usage::{Budget, CallOutcome, UsageFilter, UsageGroup, UsageKey};

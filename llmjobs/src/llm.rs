@@ -89,13 +89,17 @@ pub use client::{LlmClient, LlmClientBuilder};
 pub use error::LlmError;
 pub use escalation::Stage;
 pub use fallback::{DEFAULT_FALLBACK_PATIENCE, FallbackSkip};
+pub(crate) use job::LlmPolicy;
 pub(crate) use job::share_through;
 pub use job::{
-    BatchOptions, BatchOutput, JobLlm, LlmBatch, LlmCall, UsageTotals, llm_batch, llm_batch_with,
-    llm_call,
+    BatchOptions, BatchOutput, CompletionCache, DEFAULT_OUTPUT_ESTIMATE, JobLlm, KeyBudget,
+    LlmBatch, LlmCall, UsageTotals, llm_batch, llm_batch_with, llm_call,
 };
 pub use limits::RateLimit;
-pub use pricing::{BATCH_PRICE_FACTOR, Price};
+pub use pricing::{
+    ANTHROPIC_CACHE_READ_FACTOR, ANTHROPIC_CACHE_WRITE_FACTOR, BATCH_PRICE_FACTOR,
+    OPENAI_CACHE_READ_FACTOR, Price,
+};
 pub use provider::command::{CommandSpec, MCP_CONFIG_FILE};
 pub use request::{
     ChatRequest, Content, ContentPart, DEFAULT_LONG_RUNNING_PATTERNS, ImageUrl, Message,

@@ -52,6 +52,9 @@ pub(crate) struct Settings {
     /// The client behind `ctx.llm()`, or why there is none.
     #[cfg(feature = "llm")]
     pub(crate) llm: Result<crate::llm::LlmClient, String>,
+    /// The completion cache and the per-key budgets of `ctx.llm()` calls.
+    #[cfg(feature = "llm")]
+    pub(crate) llm_policy: crate::llm::LlmPolicy,
     pub(crate) concurrency: u32,
     pub(crate) global_concurrency: Option<u32>,
     pub(crate) lease: Duration,
@@ -319,6 +322,9 @@ impl Shared {
                 .settings
                 .idempotency_window
                 .map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX)),
+            budget: call
+                .budget_value()
+                .and_then(|b| serde_json::to_string(&b).ok()),
         })
     }
 

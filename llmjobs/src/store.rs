@@ -13,6 +13,7 @@ pub(crate) mod rate;
 mod schedule;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+pub(crate) mod usage;
 
 pub(crate) use schedule::{Fired, ScheduleDef, ScheduleRow, TickJobs};
 
@@ -35,6 +36,8 @@ pub(crate) struct NewJob {
     /// How long after its job ends a key still holds (milliseconds); `None`: until the job is
     /// pruned.
     pub(crate) idempotency_window: Option<i64>,
+    /// The LLM budget the call set (JSON of a [`crate::Budget`]), kept beside the job.
+    pub(crate) budget: Option<String>,
 }
 
 /// What inserting a job did.
@@ -493,6 +496,25 @@ pub(crate) trait Store: Send + Sync + 'static {
         false
     }
 
+    /// Appends rows to the usage ledger.
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
+    async fn record_usage(&self, entries: Vec<LedgerEntry>) -> Result<()>;
+
+    /// The LLM budget a call set on job `id` (JSON), if it set one.
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
+    async fn job_budget(&self, id: JobId) -> Result<Option<String>>;
+
+    /// The usage ledger's sums that `filter` asks for.
+    async fn usage(&self, filter: crate::UsageFilter) -> Result<Vec<crate::UsageGroup>>;
+
+    /// The completion cache's answer under `key`, unless it expired by `now`.
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
+    async fn cached_answer(&self, key: String, now: i64) -> Result<Option<String>>;
+
+    /// Puts an answer in the completion cache, replacing any under its key.
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
+    async fn cache_answer(&self, entry: CacheEntry) -> Result<()>;
+
     /// Waits until every write accepted so far is durable, then stops accepting writes.
     async fn close(&self);
 
@@ -509,6 +531,21 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Makes the database fail for real, for llmjobs' own tests.
     #[cfg(feature = "_fault-injection")]
     async fn inject(&self, fault: Fault) -> Result<()>;
+}
+
+pub(crate) use crate::usage::LedgerEntry;
+
+/// An answer for the completion cache.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "llm"), allow(dead_code))] // made by the LLM bridge
+pub(crate) struct CacheEntry {
+    /// The hash of the normalised request.
+    pub(crate) key: String,
+    pub(crate) model: String,
+    /// The answer, as JSON.
+    pub(crate) response: String,
+    /// When it expires, in milliseconds since the epoch.
+    pub(crate) expires_at: i64,
 }
 
 /// A failure [`Store::inject`] causes.

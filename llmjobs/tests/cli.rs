@@ -425,6 +425,51 @@ async fn stats_counts_by_name_and_measures_the_window() {
     assert!(value["run_time"]["p99_ms"].is_u64(), "{value}");
 }
 
+/// `stats` takes tokens and cost by model from the usage ledger: every provider call, the
+/// failed tries too; jobs that report usage themselves keep their figures.
+#[cfg(feature = "mock")]
+#[tokio::test]
+async fn stats_reads_tokens_and_cost_by_model_from_the_usage_ledger() {
+    use llmjobs::llm::mock::{MockLlmServer, MockReply};
+    use llmjobs::llm::{ChatRequest, ChatResponse, Price, RetryPolicy, llm_call};
+    let f = fixture().await;
+    let mock = MockLlmServer::start().await.unwrap();
+    mock.push_reply(MockReply::server_error());
+    let client = mock
+        .client_builder()
+        .retry(RetryPolicy::new().base_delay(Duration::from_millis(1)))
+        .price("openai/*", Price::per_million_tokens(1000.0, 1000.0))
+        .build()
+        .unwrap();
+    let jobs = Jobs::builder()
+        .url(&f.url)
+        .llm(client)
+        .open()
+        .await
+        .unwrap();
+    let request = ChatRequest::new("openai/gpt-4o-mini").user("Name a colour.");
+    let answer: ChatResponse = jobs.run(llm_call(request)).await.unwrap();
+    jobs.shutdown().await;
+    assert_eq!(mock.request_count(), 2, "a 500, then the answer");
+
+    let value = json(&ok(llmjobs(&f.url, &["stats", "--json"])));
+    let usage = &value["usage"]["openai/gpt-4o-mini"];
+    assert_eq!(usage["jobs"], 1, "{value}");
+    assert_eq!(usage["input_tokens"], answer.usage.input_tokens);
+    assert_eq!(usage["output_tokens"], answer.usage.output_tokens);
+    let cost = usage["cost_usd"].as_f64().unwrap();
+    assert!((cost - answer.cost.unwrap()).abs() < 1e-9, "{value}");
+    assert_eq!(value["usage"]["(cli_echo)"]["input_tokens"], 100);
+    let out = ok(llmjobs(&f.url, &["stats"]));
+    for part in [
+        "tokens and cost of the LLM calls",
+        "openai/gpt-4o-mini",
+        "(cli_echo)",
+    ] {
+        assert!(out.contains(part), "{part:?} missing:\n{out}");
+    }
+}
+
 #[tokio::test]
 async fn schema_and_migrate_check_say_the_database_is_usable() {
     let f = fixture().await;

@@ -459,6 +459,8 @@ impl LlmClient {
         let usage = parsed.usage.unwrap_or_else(|| Usage {
             input_tokens: request.estimated_input_tokens(),
             output_tokens: estimate_tokens(parsed.text.len()),
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
             estimated: true,
         });
         let cost = self

@@ -170,6 +170,22 @@ pub enum LlmError {
         /// Whether a retry can help (false only when the command's error event said so).
         retryable: bool,
     },
+    /// A budget would be exceeded by this call, so it was not sent (see
+    /// [`Budget`](crate::Budget)).
+    #[error(
+        "{budget} would be exceeded by a call to model `{model}`, so it was not sent: {spent} \
+         spent so far, and the call could cost up to {call}"
+    )]
+    BudgetExceeded {
+        /// The model name as requested.
+        model: String,
+        /// Which budget, and its limit (`the job's budget of $0.50`).
+        budget: String,
+        /// What was spent against it so far (`$0.4812, 20,310 tokens`).
+        spent: String,
+        /// The estimate of what the call could cost (`$0.0210, 1,124 tokens`).
+        call: String,
+    },
     /// Every try of a retryable failure failed; the last error is kept as the source.
     #[error("gave up after {tries} tries: {last}")]
     RetriesExhausted {
@@ -214,6 +230,7 @@ impl LlmError {
             | LlmError::InvalidRequest { .. }
             | LlmError::Unsupported { .. }
             | LlmError::ContextLength { .. }
+            | LlmError::BudgetExceeded { .. }
             | LlmError::NeedsReview { .. } => false,
         }
     }

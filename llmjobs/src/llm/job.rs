@@ -2,6 +2,9 @@
 //! [`llm_call`] job; the built-in [`llm_batch`] job is in `job/batch.rs`.
 
 mod batch;
+mod budget;
+mod cache;
+mod ledger;
 
 mod shared_limits;
 
@@ -19,6 +22,9 @@ use super::{
 use crate::{Job, JobCall, JobContext, JobError, Progress};
 
 pub use batch::{BatchOptions, BatchOutput, LlmBatch, llm_batch, llm_batch_with};
+pub(crate) use budget::LlmPolicy;
+pub use budget::{DEFAULT_OUTPUT_ESTIMATE, KeyBudget};
+pub use cache::CompletionCache;
 
 /// How often, at most, streamed output is reported as progress.
 const STREAM_REPORT_INTERVAL: Duration = Duration::from_millis(50);
@@ -63,6 +69,7 @@ impl JobLlm {
         let stage = Mutex::new(Stage::Answer);
         let runner = JournalRunner {
             ctx: &self.ctx,
+            client,
             stage: &stage,
         };
         let result = client.call_with(request, &runner, None).await;
@@ -152,6 +159,16 @@ impl JobLlm {
                     )),
             );
         }
+        if let LlmError::BudgetExceeded { .. } = &error {
+            // The status shows what was spent when the budget stopped the job.
+            let totals = self.ctx.llm_totals();
+            self.ctx.report(
+                Progress::stage("budget")
+                    .with_tokens(totals.input_tokens, totals.output_tokens)
+                    .with_cost(totals.cost_usd)
+                    .with_message(error.to_string()),
+            );
+        }
         Err(error.into_job_error())
     }
 
@@ -162,6 +179,7 @@ impl JobLlm {
         let stage = Mutex::new(Stage::Answer);
         let runner = JournalRunner {
             ctx: &self.ctx,
+            client,
             stage: &stage,
         };
         let mut text = String::new();
@@ -207,6 +225,7 @@ fn response_model(response: &ChatResponse) -> Option<&str> {
 /// step's place, and a resumed job replays it.
 struct JournalRunner<'c> {
     ctx: &'c JobContext,
+    client: &'c LlmClient,
     /// The stage of the attempt under way, for the stream's progress reports.
     stage: &'c Mutex<Stage>,
 }
@@ -240,8 +259,13 @@ impl AttemptRunner for JournalRunner<'_> {
             let result = self
                 .ctx
                 .step(&name, async {
-                    attempt.send().await.map_err(|e| {
-                        let kind = e.job_error_kind();
+                    self.send(attempt).await.map_err(|e| {
+                        let kind = match e {
+                            // Not journaled (as a permanent error would be): the job still
+                            // fails permanently, but a retry of it checks the budget again.
+                            LlmError::BudgetExceeded { .. } => crate::ErrorKind::Retryable,
+                            _ => e.job_error_kind(),
+                        };
                         let message = e.to_string();
                         *failure.lock().expect("failure slot") = Some(e);
                         JobError::msg(message).with_kind(kind)
@@ -271,6 +295,34 @@ impl AttemptRunner for JournalRunner<'_> {
                 }
             }
         })
+    }
+}
+
+impl JournalRunner<'_> {
+    /// One provider call, unless the completion cache answers it or a budget forbids it;
+    /// recorded in the usage ledger either way it is answered.
+    async fn send(&self, attempt: Attempt<'_>) -> Result<ChatResponse, LlmError> {
+        let request = attempt.request();
+        let model = request.model.clone();
+        let policy = self.ctx.llm_policy();
+        let cached = policy
+            .cache
+            .and_then(|cache| Some((cache, cache.key_for(request)?)));
+        if let Some((cache, key)) = &cached
+            && let Some(hit) = cache.lookup(self.ctx, key).await
+        {
+            ledger::record_cache_hit(self.ctx, &model, &hit).await;
+            return Ok(hit);
+        }
+        budget::check(self.ctx, self.client, request).await?;
+        let provider = self.client.provider_for(&model).unwrap_or_default();
+        let started = Instant::now();
+        let result = attempt.send().await;
+        ledger::record(self.ctx, &model, &provider, &result, started.elapsed()).await;
+        if let (Ok(response), Some((cache, key))) = (&result, cached) {
+            cache.store(self.ctx, key, response).await;
+        }
+        result
     }
 }
 

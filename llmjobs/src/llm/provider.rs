@@ -205,7 +205,7 @@ impl StreamState {
             StreamState::Anthropic(s) => s.parsed.usage,
         };
         match self {
-            StreamState::Anthropic(s) => (s.input_tokens, s.output_tokens),
+            StreamState::Anthropic(s) => s.tokens_so_far(),
             StreamState::OpenAi(_) => (
                 usage.map(|u| u.input_tokens),
                 usage.map(|u| u.output_tokens),

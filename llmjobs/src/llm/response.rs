@@ -118,10 +118,18 @@ impl ChatResponse {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens, those read from or written to the provider's prompt cache included.
     pub input_tokens: u64,
     /// Answer tokens.
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from the provider's prompt cache (OpenAI
+    /// `prompt_tokens_details.cached_tokens`, Anthropic `cache_read_input_tokens`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
+    /// Of `input_tokens`, those written to the provider's prompt cache (Anthropic
+    /// `cache_creation_input_tokens`; OpenAI reports none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
     /// Whether the counts are this client's estimate because the provider reported none.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub estimated: bool,
@@ -133,14 +141,28 @@ impl Usage {
         Usage {
             input_tokens,
             output_tokens,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
             estimated: false,
         }
+    }
+
+    /// The same counts, of which `read` prompt tokens were read from the provider's prompt
+    /// cache and `written` were written to it.
+    pub fn with_cache(mut self, read: u64, written: u64) -> Self {
+        self.cache_read_tokens = read;
+        self.cache_write_tokens = written;
+        self
     }
 
     /// Input plus output tokens.
     pub fn total(&self) -> u64 {
         self.input_tokens + self.output_tokens
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl std::ops::Add for Usage {
@@ -150,6 +172,8 @@ impl std::ops::Add for Usage {
         Usage {
             input_tokens: self.input_tokens + other.input_tokens,
             output_tokens: self.output_tokens + other.output_tokens,
+            cache_read_tokens: self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens: self.cache_write_tokens + other.cache_write_tokens,
             estimated: self.estimated || other.estimated,
         }
     }

@@ -41,6 +41,7 @@ mod release;
 mod retry;
 mod schedule;
 mod steps;
+pub(crate) mod usage;
 
 pub(crate) use inspect::PgReader;
 
@@ -377,6 +378,26 @@ impl Store for PgStore {
 
     async fn cancel_requests(&self, owner: Arc<str>) -> Result<Vec<JobId>> {
         read::cancel_requests(self.pool()?, &owner).await
+    }
+
+    async fn record_usage(&self, entries: Vec<super::LedgerEntry>) -> Result<()> {
+        usage::record(self.pool()?, &entries).await
+    }
+
+    async fn job_budget(&self, id: JobId) -> Result<Option<String>> {
+        usage::job_budget(self.pool()?, id).await
+    }
+
+    async fn usage(&self, filter: crate::UsageFilter) -> Result<Vec<crate::UsageGroup>> {
+        usage::aggregate(self.pool()?, &filter).await
+    }
+
+    async fn cached_answer(&self, key: String, now: i64) -> Result<Option<String>> {
+        usage::cached(self.pool()?, &key, now).await
+    }
+
+    async fn cache_answer(&self, entry: super::CacheEntry) -> Result<()> {
+        usage::cache(self.pool()?, &entry, crate::status::now_ms()).await
     }
 
     async fn load_steps(&self, id: JobId) -> Result<Vec<StepRecord>> {

@@ -26,6 +26,7 @@ mod list;
 mod migrate;
 #[cfg(feature = "llm")]
 mod rate;
+mod usage;
 mod writer;
 
 use columns::lenient;
@@ -399,6 +400,16 @@ fn counter_rows(conn: &Connection) -> Result<Vec<(String, String, u64)>> {
     )
 }
 
+impl SqliteStore {
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
+    async fn llm_write(&self, write: writer::LlmWrite) -> Result<()> {
+        match self.write(WriteOp::Llm(write)).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
 fn query_all<T>(
     conn: &Connection,
     sql: &str,
@@ -547,6 +558,26 @@ impl Store for SqliteStore {
             })
             .await?;
         Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    async fn record_usage(&self, entries: Vec<super::LedgerEntry>) -> Result<()> {
+        self.llm_write(writer::LlmWrite::Record(entries)).await
+    }
+
+    async fn job_budget(&self, id: JobId) -> Result<Option<String>> {
+        self.read(move |conn| usage::job_budget(conn, id)).await
+    }
+
+    async fn usage(&self, filter: crate::UsageFilter) -> Result<Vec<crate::UsageGroup>> {
+        self.read(move |conn| usage::aggregate(conn, &filter)).await
+    }
+
+    async fn cached_answer(&self, key: String, now: i64) -> Result<Option<String>> {
+        self.read(move |conn| usage::cached(conn, &key, now)).await
+    }
+
+    async fn cache_answer(&self, entry: super::CacheEntry) -> Result<()> {
+        self.llm_write(writer::LlmWrite::Cache(entry)).await
     }
 
     async fn load_steps(&self, id: JobId) -> Result<Vec<StepRecord>> {

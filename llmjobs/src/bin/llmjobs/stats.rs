@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::{Duration, SystemTime};
 
-use llmjobs::{Inspector, JobCounts, JobRecord, JobState};
+use std::collections::BTreeSet;
+
+use llmjobs::{Inspector, JobCounts, JobRecord, JobState, UsageFilter, UsageGroup, UsageKey};
 use serde_json::{Value, json};
 
 use crate::Outcome;
@@ -19,8 +21,18 @@ pub(crate) async fn run(url: &str, args: StatsArgs) -> Outcome {
     let db = Inspector::open(url).await?;
     let by_name = db.counts_by_name().await?;
     let now = SystemTime::now();
-    let finished = db.finished_since(now - args.window, MAX_SAMPLE).await?;
-    let stats = Stats::of(&finished, args.window, now);
+    let since = now - args.window;
+    let finished = db.finished_since(since, MAX_SAMPLE).await?;
+    let ledger = db
+        .usage(UsageFilter::new().since(since).by(UsageKey::Model))
+        .await?;
+    let ledger_names = db
+        .usage(UsageFilter::new().since(since).by(UsageKey::JobName))
+        .await?
+        .into_iter()
+        .filter_map(|g| g.job_name)
+        .collect();
+    let stats = Stats::of(&finished, args.window, now).with_ledger(&ledger, &ledger_names);
     if args.json {
         outln!(
             "{}",
@@ -32,13 +44,15 @@ pub(crate) async fn run(url: &str, args: StatsArgs) -> Outcome {
     Ok(())
 }
 
-/// Usage summed over one model's jobs.
+/// Usage summed over one model's jobs (or calls).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Usage {
     pub(crate) jobs: u64,
     pub(crate) input_tokens: u64,
     pub(crate) output_tokens: u64,
     pub(crate) cost_usd: Option<f64>,
+    /// The names of the jobs counted from their progress reports.
+    pub(crate) from_progress: BTreeSet<String>,
 }
 
 /// The window's figures.
@@ -52,7 +66,9 @@ pub(crate) struct Stats {
     pub(crate) queue_waits: Vec<Duration>,
     /// Sorted.
     pub(crate) run_times: Vec<Duration>,
-    /// By model (`args.model` of LLM calls), else by job name in parentheses.
+    /// By model, from the usage ledger (the provider calls made in the window); jobs of names
+    /// without ledger rows that report tokens or cost in their progress, by `args.model`,
+    /// else by job name in parentheses.
     pub(crate) usage: BTreeMap<String, Usage>,
     /// Jobs finished in each of the last minutes of the window (at most [`MINUTES`]), oldest
     /// first; the last is the minute up to now.
@@ -103,6 +119,7 @@ impl Stats {
                     .map_or_else(|| format!("({})", s.name), str::to_string);
                 let usage = stats.usage.entry(model).or_default();
                 usage.jobs += 1;
+                usage.from_progress.insert(s.name.clone());
                 usage.input_tokens += p.input_tokens.unwrap_or(0);
                 usage.output_tokens += p.output_tokens.unwrap_or(0);
                 if let Some(cost) = p.cost_usd {
@@ -113,6 +130,29 @@ impl Stats {
         stats.queue_waits.sort();
         stats.run_times.sort();
         stats
+    }
+
+    /// Replaces the figures of jobs whose calls the usage ledger holds with the ledger's, by
+    /// model: it counts every provider call (failed tries and retried attempts too), and calls
+    /// of jobs still running. Jobs of other names (which report usage themselves) stay.
+    pub(crate) fn with_ledger(
+        mut self,
+        by_model: &[UsageGroup],
+        ledger_names: &BTreeSet<String>,
+    ) -> Stats {
+        self.usage
+            .retain(|_, u| u.from_progress.iter().all(|n| !ledger_names.contains(n)));
+        for group in by_model {
+            let model = group.model.clone().unwrap_or_default();
+            let usage = self.usage.entry(model).or_default();
+            usage.jobs += group.jobs;
+            usage.input_tokens += group.input_tokens;
+            usage.output_tokens += group.output_tokens;
+            if let Some(cost) = group.known_cost() {
+                usage.cost_usd = Some(usage.cost_usd.unwrap_or(0.0) + cost);
+            }
+        }
+        self
     }
 
     fn finished(&self) -> u64 {
@@ -208,7 +248,7 @@ impl Stats {
         if !self.usage.is_empty() {
             let _ = writeln!(
                 out,
-                "\ntokens and cost of the jobs finished in the last {window}"
+                "\ntokens and cost of the LLM calls made in the last {window}"
             );
             let _ = writeln!(
                 out,
@@ -282,5 +322,44 @@ mod tests {
         assert_eq!(percentile(&sample, 0.99), Some(Duration::from_millis(99)));
         assert_eq!(percentile(&sample, 1.0), Some(Duration::from_millis(100)));
         assert_eq!(percentile(&[], 0.5), None);
+    }
+
+    fn group(model: &str, jobs: u64, input: u64, cost: f64) -> UsageGroup {
+        let mut g = UsageGroup::default();
+        g.model = Some(model.into());
+        g.calls = jobs;
+        g.jobs = jobs;
+        g.input_tokens = input;
+        g.cost_usd = cost;
+        g
+    }
+
+    #[test]
+    fn the_ledger_replaces_progress_figures_of_the_jobs_it_covers() {
+        let window = Duration::from_secs(900);
+        let mut stats = Stats::of(&[], window, SystemTime::now());
+        let from_progress = |name: &str| Usage {
+            jobs: 1,
+            input_tokens: 7,
+            output_tokens: 0,
+            cost_usd: Some(1.0),
+            from_progress: BTreeSet::from([name.to_string()]),
+        };
+        stats
+            .usage
+            .insert("openai/a".into(), from_progress("llmjobs.llm_call"));
+        stats.usage.insert("(mine)".into(), from_progress("mine"));
+        let ledger = [
+            group("openai/a", 2, 100, 0.5),
+            group("anthropic/b", 1, 10, 0.25),
+        ];
+        let names = BTreeSet::from(["llmjobs.llm_call".to_string()]);
+        let stats = stats.with_ledger(&ledger, &names);
+        let models: Vec<&str> = stats.usage.keys().map(String::as_str).collect();
+        assert_eq!(models, ["(mine)", "anthropic/b", "openai/a"]);
+        assert_eq!(stats.usage["openai/a"].input_tokens, 100, "not 107");
+        assert_eq!(stats.usage["openai/a"].jobs, 2);
+        assert_eq!(stats.usage["(mine)"].cost_usd, Some(1.0));
+        assert_eq!(stats.usage["anthropic/b"].cost_usd, Some(0.25));
     }
 }

@@ -40,6 +40,18 @@ pub enum MockReply {
     DropConnection,
     /// Another reply, after a delay.
     Delayed(Duration, Box<MockReply>),
+    /// An answer with this text whose usage reports prompt tokens read from and written to
+    /// the provider's prompt cache, in the route's own fields (OpenAI
+    /// `prompt_tokens_details.cached_tokens`; Anthropic `cache_read_input_tokens` and
+    /// `cache_creation_input_tokens`, left out of its `input_tokens`).
+    CachedText {
+        /// The answer.
+        text: String,
+        /// Prompt tokens read from the cache.
+        cache_read: u64,
+        /// Prompt tokens written to the cache (OpenAI reports none).
+        cache_write: u64,
+    },
 }
 
 impl MockReply {
@@ -74,6 +86,16 @@ impl MockReply {
     /// A 500.
     pub fn server_error() -> Self {
         MockReply::status(500, "The mock server had an internal error")
+    }
+
+    /// An answer with this text, `cache_read` of whose prompt tokens were read from the
+    /// prompt cache and `cache_write` written to it.
+    pub fn cached_text(text: impl Into<String>, cache_read: u64, cache_write: u64) -> Self {
+        MockReply::CachedText {
+            text: text.into(),
+            cache_read,
+            cache_write,
+        }
     }
 
     /// This reply after `delay`.
@@ -292,6 +314,21 @@ pub(super) fn render(route: MockRoute, prompt: &Prompt, reply: &MockReply, seria
         }
         MockReply::ResetMidStream | MockReply::DropConnection => Wire::Drop,
         MockReply::Delayed(_, inner) => render(route, prompt, inner, serial),
+        MockReply::CachedText {
+            text,
+            cache_read,
+            cache_write,
+        } => answer_cached(
+            route,
+            prompt,
+            text,
+            serial,
+            Ending::Complete,
+            Cached {
+                read: *cache_read,
+                write: *cache_write,
+            },
+        ),
     }
 }
 
@@ -305,8 +342,42 @@ enum Ending {
     },
 }
 
+/// Prompt tokens read from and written to the prompt cache, as an answer reports them.
+#[derive(Clone, Copy, Default)]
+struct Cached {
+    read: u64,
+    write: u64,
+}
+
+impl Cached {
+    /// The usage object of `route`.
+    fn usage(self, route: MockRoute, input: u64, output: u64) -> Value {
+        match route {
+            MockRoute::OpenAiChat => json!({
+                "prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output,
+                "prompt_tokens_details": {"cached_tokens": self.read},
+            }),
+            MockRoute::AnthropicMessages => json!({
+                "input_tokens": input - self.read - self.write, "output_tokens": output,
+                "cache_read_input_tokens": self.read, "cache_creation_input_tokens": self.write,
+            }),
+        }
+    }
+}
+
 fn answer(route: MockRoute, prompt: &Prompt, text: &str, serial: u64, ending: Ending) -> Wire {
-    let input = prompt.input_tokens();
+    answer_cached(route, prompt, text, serial, ending, Cached::default())
+}
+
+fn answer_cached(
+    route: MockRoute,
+    prompt: &Prompt,
+    text: &str,
+    serial: u64,
+    ending: Ending,
+    cached: Cached,
+) -> Wire {
+    let input = prompt.input_tokens().max(cached.read + cached.write);
     let output = (text.len() as u64).div_ceil(4).max(1);
     let length = ending == Ending::Length;
     let (finish, stop_reason) = if length {
@@ -327,7 +398,7 @@ fn answer(route: MockRoute, prompt: &Prompt, text: &str, serial: u64, ending: En
                 "created": 0,
                 "model": prompt.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
-                "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output},
+                "usage": cached.usage(route, input, output),
             }),
             MockRoute::AnthropicMessages => json!({
                 "id": format!("msg_mock_{serial}"),
@@ -337,7 +408,7 @@ fn answer(route: MockRoute, prompt: &Prompt, text: &str, serial: u64, ending: En
                 "content": [{"type": "text", "text": text}],
                 "stop_reason": stop_reason,
                 "stop_sequence": null,
-                "usage": {"input_tokens": input, "output_tokens": output},
+                "usage": cached.usage(route, input, output),
             }),
         };
         let mut body = body.to_string();
@@ -357,9 +428,11 @@ fn answer(route: MockRoute, prompt: &Prompt, text: &str, serial: u64, ending: En
         split_words(text)
     };
     let mut chunks = match route {
-        MockRoute::OpenAiChat => openai_events(prompt, &words, input, output, serial, finish),
+        MockRoute::OpenAiChat => {
+            openai_events(prompt, &words, input, output, serial, finish, cached)
+        }
         MockRoute::AnthropicMessages => {
-            anthropic_events(prompt, &words, input, output, serial, stop_reason)
+            anthropic_events(prompt, &words, input, output, serial, stop_reason, cached)
         }
     };
     match ending {
@@ -397,6 +470,7 @@ fn openai_events(
     output: u64,
     serial: u64,
     finish: &str,
+    cached: Cached,
 ) -> Vec<String> {
     let chunk = |choices: Value, usage: Value| {
         let event = json!({
@@ -426,7 +500,7 @@ fn openai_events(
     if prompt.include_usage {
         events.push(chunk(
             json!([]),
-            json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output}),
+            cached.usage(MockRoute::OpenAiChat, input, output),
         ));
     }
     events.push("data: [DONE]\n\n".to_string());
@@ -440,6 +514,7 @@ fn anthropic_events(
     output: u64,
     serial: u64,
     stop_reason: &str,
+    cached: Cached,
 ) -> Vec<String> {
     let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
     let mut events = vec![
@@ -448,7 +523,7 @@ fn anthropic_events(
             json!({"type": "message_start", "message": {
             "id": format!("msg_mock_{serial}"), "type": "message", "role": "assistant",
             "model": prompt.model, "content": [], "stop_reason": null,
-            "usage": {"input_tokens": input, "output_tokens": 1}}}),
+            "usage": cached.usage(MockRoute::AnthropicMessages, input, 1)}}),
         ),
         event(
             "content_block_start",

@@ -170,6 +170,46 @@ fn tool_use_block(call: &Value) -> Value {
     json!({"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": input})
 }
 
+/// Anthropic's usage: its `input_tokens` leave out the cached ones, which are counted here as
+/// part of the input (as OpenAI counts them), and also apart, to be priced as Anthropic prices
+/// them.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    input: Option<u64>,
+    output: Option<u64>,
+    cache_read: Option<u64>,
+    cache_write: Option<u64>,
+}
+
+impl Counts {
+    fn of(u: &Value) -> Counts {
+        let (input, output) = usage(u);
+        Counts {
+            input,
+            output,
+            cache_read: u64_at(u, "cache_read_input_tokens"),
+            cache_write: u64_at(u, "cache_creation_input_tokens"),
+        }
+    }
+
+    /// Later counts (of a stream's `message_delta`) over earlier ones.
+    fn or(self, earlier: Counts) -> Counts {
+        Counts {
+            input: self.input.or(earlier.input),
+            output: self.output.or(earlier.output),
+            cache_read: self.cache_read.or(earlier.cache_read),
+            cache_write: self.cache_write.or(earlier.cache_write),
+        }
+    }
+
+    fn usage(self) -> Option<Usage> {
+        self.input.map(|i| {
+            Usage::new(i, self.output.unwrap_or(0))
+                .with_cache(self.cache_read.unwrap_or(0), self.cache_write.unwrap_or(0))
+        })
+    }
+}
+
 fn usage(u: &Value) -> (Option<u64>, Option<u64>) {
     let input = [
         "input_tokens",
@@ -199,12 +239,12 @@ pub(super) fn parse(ctx: CallCtx<'_>, v: &Value, raw: &str) -> Result<Parsed, Ll
         .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
         .cloned()
         .collect();
-    let (input, output) = v.get("usage").map(usage).unwrap_or((None, None));
+    let counts = v.get("usage").map(Counts::of).unwrap_or_default();
     Ok(Parsed {
         text,
         model: v.get("model").and_then(Value::as_str).map(str::to_string),
         id: v.get("id").and_then(Value::as_str).map(str::to_string),
-        usage: input.map(|i| Usage::new(i, output.unwrap_or(0))),
+        usage: counts.usage(),
         finish_reason: v
             .get("stop_reason")
             .and_then(Value::as_str)
@@ -219,13 +259,18 @@ pub(crate) struct StreamState {
     pub(super) parsed: Parsed,
     /// `message_stop` was received.
     pub(super) done: bool,
-    pub(super) input_tokens: Option<u64>,
-    pub(super) output_tokens: Option<u64>,
+    /// The usage reported so far.
+    counts: Counts,
     /// Tool-use blocks by content index, with their partial JSON input.
     tool_blocks: Vec<(usize, Value, String)>,
 }
 
 impl StreamState {
+    /// The input and output tokens reported so far.
+    pub(super) fn tokens_so_far(&self) -> (Option<u64>, Option<u64>) {
+        (self.counts.input, self.counts.output)
+    }
+
     pub(super) fn on_event(
         &mut self,
         ctx: CallCtx<'_>,
@@ -259,9 +304,7 @@ impl StreamState {
                     .get("model")
                     .and_then(Value::as_str)
                     .map(str::to_string);
-                let (input, output) = message.get("usage").map(usage).unwrap_or((None, None));
-                self.input_tokens = input;
-                self.output_tokens = output;
+                self.counts = message.get("usage").map(Counts::of).unwrap_or_default();
             }
             "content_block_start" => {
                 let block = v.get("content_block").unwrap_or(&Value::Null);
@@ -314,9 +357,7 @@ impl StreamState {
                     self.parsed.finish_reason = Some(FinishReason::from_provider(reason));
                 }
                 if let Some(u) = v.get("usage") {
-                    let (input, output) = usage(u);
-                    self.input_tokens = input.or(self.input_tokens);
-                    self.output_tokens = output.or(self.output_tokens);
+                    self.counts = Counts::of(u).or(self.counts);
                 }
             }
             "message_stop" => self.done = true,
@@ -348,9 +389,7 @@ impl StreamState {
             }
             self.parsed.tool_calls.push(block);
         }
-        self.parsed.usage = self
-            .input_tokens
-            .map(|i| Usage::new(i, self.output_tokens.unwrap_or(0)));
+        self.parsed.usage = self.counts.usage();
         Ok(self.parsed)
     }
 }

@@ -68,12 +68,21 @@ fn to_value<T: serde::Serialize>(value: &T) -> Value {
 
 fn usage(v: &Value) -> Option<Usage> {
     let u = v.get("usage").filter(|u| u.is_object())?;
-    Some(Usage::new(
-        u64_at(u, "prompt_tokens").or_else(|| u64_at(u, "input_tokens"))?,
-        u64_at(u, "completion_tokens")
-            .or_else(|| u64_at(u, "output_tokens"))
-            .unwrap_or(0),
-    ))
+    Some(
+        Usage::new(
+            u64_at(u, "prompt_tokens").or_else(|| u64_at(u, "input_tokens"))?,
+            u64_at(u, "completion_tokens")
+                .or_else(|| u64_at(u, "output_tokens"))
+                .unwrap_or(0),
+        )
+        .with_cache(
+            u.pointer("/prompt_tokens_details/cached_tokens")
+                .or_else(|| u.pointer("/input_tokens_details/cached_tokens"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            0,
+        ),
+    )
 }
 
 /// Parses a complete response.

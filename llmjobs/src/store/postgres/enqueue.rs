@@ -55,6 +55,7 @@ pub(super) async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Res
         rows.push(job, runs);
     }
     rows.insert(conn).await?;
+    super::usage::insert_budgets(conn, jobs).await?;
     Ok(replies)
 }
 

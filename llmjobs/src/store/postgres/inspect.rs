@@ -174,4 +174,8 @@ impl Reader for PgReader {
             })
             .collect()
     }
+
+    async fn usage(&self, filter: crate::UsageFilter) -> Result<Vec<crate::UsageGroup>> {
+        super::usage::aggregate(&self.pool, &filter).await
+    }
 }

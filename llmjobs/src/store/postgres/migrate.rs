@@ -45,7 +45,13 @@ const MIGRATIONS: &[Migration] = &[
         description: "shared rate limits",
         sql: include_str!("../../../migrations/postgres/0005_shared_rate_limits.sql"),
     },
-    // 6 is taken by work not merged yet.
+    Migration {
+        version: 6,
+        description: "usage ledger and completion cache",
+        sql: include_str!(
+            "../../../migrations/postgres/0006_usage_ledger_and_completion_cache.sql"
+        ),
+    },
     Migration {
         version: 7,
         description: "counters split into slots",

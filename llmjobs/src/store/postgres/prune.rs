@@ -16,7 +16,8 @@ pub(super) async fn prune_chunk(pool: &PgPool, before: i64, limit: u32) -> Resul
         "WITH doomed AS (SELECT id FROM llmjobs_jobs WHERE completed_at < $1 \
              AND status <> 'pending' AND status <> 'running' \
              ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
-         steps AS (DELETE FROM llmjobs_steps WHERE job_id IN (SELECT id FROM doomed)) \
+         steps AS (DELETE FROM llmjobs_steps WHERE job_id IN (SELECT id FROM doomed)), \
+         budgets AS (DELETE FROM llmjobs_job_budgets WHERE job_id IN (SELECT id FROM doomed)) \
          DELETE FROM llmjobs_jobs WHERE id IN (SELECT id FROM doomed)",
     )
     .bind(before)

@@ -193,4 +193,9 @@ impl Reader for SqliteReader {
         })
         .await
     }
+
+    async fn usage(&self, filter: crate::UsageFilter) -> Result<Vec<crate::UsageGroup>> {
+        self.read(move |conn| super::usage::aggregate(conn, &filter))
+            .await
+    }
 }

@@ -53,6 +53,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "shared rate limits",
         sql: include_str!("../../../migrations/sqlite/0007_shared_rate_limits.sql"),
     },
+    Migration {
+        version: 8,
+        description: "usage ledger and completion cache",
+        sql: include_str!("../../../migrations/sqlite/0008_usage_ledger_and_completion_cache.sql"),
+    },
 ];
 
 /// The newest migration this build knows.

@@ -26,6 +26,7 @@ mod cancel;
 mod claim;
 mod enqueue;
 mod finish;
+mod ledger;
 mod progress;
 mod prune;
 
@@ -36,6 +37,7 @@ mod schedule;
 mod steps;
 mod tally;
 
+pub(super) use ledger::LlmWrite;
 pub(super) use schedule::read_schedules;
 
 use finish::Completion;
@@ -130,6 +132,9 @@ pub(super) enum WriteOp {
     },
     /// Fires ticks of a schedule, each with its job.
     FireTicks(crate::store::TickJobs),
+    /// Writes the usage ledger or the completion cache.
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
+    Llm(LlmWrite),
 }
 
 #[derive(Debug)]
@@ -482,6 +487,10 @@ fn apply(conn: &Connection, op: &WriteOp, tally: &mut Tally) -> Result<Reply> {
         }
         WriteOp::RemoveSchedule { name } => Reply::Changed(schedule::remove_schedule(conn, name)?),
         WriteOp::FireTicks(ticks) => Reply::Fired(schedule::fire_ticks(conn, ticks, now, tally)?),
+        WriteOp::Llm(write) => {
+            ledger::apply(conn, write, now)?;
+            Reply::Done
+        }
     })
 }
 
@@ -509,6 +518,7 @@ mod tests {
             created_at: 0,
             idempotency_key: None,
             idempotency_window: None,
+            budget: None,
             claimed_by: Some(LocalClaim {
                 owner: owner.into(),
                 lease_until: i64::MAX,

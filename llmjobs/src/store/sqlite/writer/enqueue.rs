@@ -99,6 +99,7 @@ pub(super) fn insert_jobs(
         rows.push(InsertRow::of(job, runs));
     }
     insert_rows(conn, &rows)?;
+    super::ledger::insert_budgets(conn, rows.iter().map(|row| row.job))?;
     for row in &rows {
         let state = if row.owner.is_some() {
             JobState::Running

@@ -18,13 +18,18 @@ pub(crate) const VACUUM_PAGES: u32 = 1024;
 /// Deletes up to `limit` of the jobs that ended before `before`, oldest first, with their
 /// steps; returns how many jobs.
 pub(super) fn prune_chunk(conn: &Connection, before: i64, limit: u32) -> Result<u64> {
-    // The same rows three times (their steps, their counts, the rows): the retention index
+    // The same rows four times (their steps, their budgets, their counts, the rows): the retention index
     // orders them, and nothing else writes between. Finished jobs count under no key.
     const OLDEST: &str = "FROM llmjobs_jobs WHERE completed_at < ?1 \
          AND status <> 'pending' AND status <> 'running' ORDER BY completed_at, rowid LIMIT ?2";
     execute(
         conn,
         &format!("DELETE FROM llmjobs_steps WHERE job_id IN (SELECT id {OLDEST})"),
+        rusqlite::params![before, limit],
+    )?;
+    execute(
+        conn,
+        &format!("DELETE FROM llmjobs_job_budgets WHERE job_id IN (SELECT id {OLDEST})"),
         rusqlite::params![before, limit],
     )?;
     execute(

@@ -217,6 +217,7 @@ mod tests {
             claimed_by: None,
             idempotency_key: None,
             idempotency_window: None,
+            budget: None,
         }
     }
 
