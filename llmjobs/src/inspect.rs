@@ -269,7 +269,7 @@ impl Inspector {
     }
 
     /// How many jobs [`Jobs::prune`](crate::Jobs::prune) with `older_than` would delete now:
-    /// finished jobs that ended more than `older_than` ago.
+    /// finished jobs that ended `older_than` ago or earlier.
     pub async fn count_prunable(&self, older_than: std::time::Duration) -> Result<u64> {
         let before =
             crate::status::now_ms() - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);

@@ -386,8 +386,9 @@ impl Jobs {
         Ok(JobHandle::new(id, self.clone()))
     }
 
-    /// Deletes finished jobs (completed, failed or cancelled) that ended more than `older_than`
-    /// ago, with their journals. Pending and running jobs are never deleted.
+    /// Deletes finished jobs (completed, failed or cancelled) that ended `older_than` ago or
+    /// earlier (with `Duration::ZERO`, every finished job), with their journals. Pending and
+    /// running jobs are never deleted.
     ///
     /// Deletes a few hundred jobs per transaction, so spawns and completions go on between
     /// chunks; then truncates the write-ahead log and gives the freed space back to the file

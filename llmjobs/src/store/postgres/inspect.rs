@@ -143,7 +143,7 @@ impl Reader for PgReader {
     async fn prunable(&self, before: i64) -> Result<u64> {
         // The condition of the prune itself (prune.rs), on the index of finished jobs.
         let (n,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM llmjobs_jobs WHERE completed_at < $1 \
+            "SELECT count(*) FROM llmjobs_jobs WHERE completed_at <= $1 \
              AND status <> 'pending' AND status <> 'running'",
         )
         .bind(before)

@@ -13,7 +13,7 @@ pub(super) const PRUNE_CHUNK: u32 = 500;
 /// steps; returns how many jobs. Rows another transaction holds are left for the next chunk.
 pub(super) async fn prune_chunk(pool: &PgPool, before: i64, limit: u32) -> Result<u64> {
     let deleted = sqlx::query(
-        "WITH doomed AS (SELECT id FROM llmjobs_jobs WHERE completed_at < $1 \
+        "WITH doomed AS (SELECT id FROM llmjobs_jobs WHERE completed_at <= $1 \
              AND status <> 'pending' AND status <> 'running' \
              ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
          steps AS (DELETE FROM llmjobs_steps WHERE job_id IN (SELECT id FROM doomed)), \

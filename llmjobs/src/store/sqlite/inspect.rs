@@ -173,7 +173,7 @@ impl Reader for SqliteReader {
         self.read(move |conn| {
             // The condition of the prune itself (writer/prune.rs), on the retention index.
             let n: i64 = conn.query_row(
-                "SELECT count(*) FROM llmjobs_jobs WHERE completed_at < ?1 \
+                "SELECT count(*) FROM llmjobs_jobs WHERE completed_at <= ?1 \
                  AND status <> 'pending' AND status <> 'running'",
                 [before],
                 |row| row.get(0),

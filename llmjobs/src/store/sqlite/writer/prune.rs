@@ -20,7 +20,7 @@ pub(crate) const VACUUM_PAGES: u32 = 1024;
 pub(super) fn prune_chunk(conn: &Connection, before: i64, limit: u32) -> Result<u64> {
     // The same rows four times (their steps, their budgets, their counts, the rows): the retention index
     // orders them, and nothing else writes between. Finished jobs count under no key.
-    const OLDEST: &str = "FROM llmjobs_jobs WHERE completed_at < ?1 \
+    const OLDEST: &str = "FROM llmjobs_jobs WHERE completed_at <= ?1 \
          AND status <> 'pending' AND status <> 'running' ORDER BY completed_at, rowid LIMIT ?2";
     execute(
         conn,
