@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use crate::{ErrorKind, JobError};
-
 use super::{Capability, ChatResponse};
 
 /// How many characters of a provider's error body an [`LlmError`] keeps.
@@ -12,8 +10,9 @@ const BODY_EXCERPT_CHARS: usize = 500;
 /// Everything that can go wrong when calling a model.
 ///
 /// Each error knows whether a retry can help ([`LlmError::is_retryable`]) and, for rate limits,
-/// how long to wait first ([`LlmError::retry_after`]). [`LlmError::into_job_error`] turns it into
-/// a [`JobError`] of the matching [`ErrorKind`].
+/// how long to wait first ([`LlmError::retry_after`]). In a job, [`LlmError::into_job_error`]
+/// turns it into a [`JobError`](crate::JobError) of the matching
+/// [`ErrorKind`](crate::ErrorKind).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LlmError {
@@ -263,32 +262,6 @@ impl LlmError {
     pub fn needs_review(&self) -> bool {
         matches!(self, LlmError::NeedsReview { .. })
     }
-
-    /// How a job that failed with this error should be treated.
-    ///
-    /// Permanent: bad requests, authentication, unknown models, context length, configuration
-    /// errors, and [`LlmError::NeedsReview`] (retrying the job would pay for the same answers
-    /// again). Retry-after: rate limits that said how long to wait. Retryable: everything else.
-    pub fn job_error_kind(&self) -> ErrorKind {
-        if self.needs_review() {
-            ErrorKind::NeedsReview
-        } else if !self.is_retryable() {
-            ErrorKind::Permanent
-        } else if let Some(delay) = self.retry_after() {
-            ErrorKind::RetryAfter(delay)
-        } else {
-            ErrorKind::Retryable
-        }
-    }
-
-    /// Converts into a [`JobError`] whose kind follows [`LlmError::job_error_kind`].
-    ///
-    /// (`?` also converts an `LlmError` into a `JobError`, through the blanket conversion for
-    /// every error type, but that conversion always makes the error retryable.)
-    pub fn into_job_error(self) -> JobError {
-        let kind = self.job_error_kind();
-        JobError::from(self).with_kind(kind)
-    }
 }
 
 /// An error and its causes as one line, skipping causes that repeat the previous message.
@@ -358,18 +331,6 @@ mod tests {
         for status in [400, 401, 403, 404, 413, 422] {
             assert!(!http(status, None).is_retryable(), "{status}");
         }
-    }
-
-    #[test]
-    fn job_error_kind_follows_the_classification() {
-        assert_eq!(http(401, None).job_error_kind(), ErrorKind::Permanent);
-        assert_eq!(http(500, None).job_error_kind(), ErrorKind::Retryable);
-        let d = Duration::from_secs(2);
-        assert_eq!(
-            http(429, Some(d)).job_error_kind(),
-            ErrorKind::RetryAfter(d)
-        );
-        assert!(http(400, None).into_job_error().is_permanent());
     }
 
     #[test]

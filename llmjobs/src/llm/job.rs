@@ -4,6 +4,7 @@
 mod batch;
 mod budget;
 mod cache;
+mod errors;
 mod ledger;
 
 mod shared_limits;
