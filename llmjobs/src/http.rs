@@ -350,12 +350,18 @@ impl HttpApi {
 }
 
 /// Every route the API serves, as a method and a path relative to where it is mounted
-/// (`/jobs/{job}`, with the OpenAI-compatible endpoint when the `llm` feature is on). The
-/// router is built from this list, and `GET /openapi.json` documents each entry.
+/// (`/jobs/{job}`, with the OpenAI-compatible endpoint when the `llm` feature is on, and the
+/// dashboard's unless [`HttpApi::no_dashboard`]). The router is built from these lists, and
+/// `GET /openapi.json` documents each entry.
 pub fn served_routes() -> Vec<(axum::http::Method, &'static str)> {
     routes::table()
         .into_iter()
         .map(|route| (route.method, route.path))
+        .chain(
+            dashboard::PATHS
+                .into_iter()
+                .map(|path| (axum::http::Method::GET, path)),
+        )
         .collect()
 }
 

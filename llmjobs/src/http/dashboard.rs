@@ -3,6 +3,9 @@
 
 mod data;
 mod live;
+mod openapi;
+
+pub(crate) use openapi::DashboardApi;
 
 use std::sync::Arc;
 
@@ -33,10 +36,18 @@ impl Dashboard {
 /// (a browser cannot send one when it navigates); the data routes go through the API's token
 /// check like its other reads.
 pub(crate) fn routes(api: Arc<super::State>, inspector: Option<Inspector>) -> Router {
+    let [
+        page_path,
+        script_path,
+        style_path,
+        overview_path,
+        job_path,
+        events_path,
+    ] = PATHS;
     let data = Router::new()
-        .route("/dashboard/overview", get(data::overview))
-        .route("/dashboard/jobs/{job}", get(data::job))
-        .route("/dashboard/events", get(live::events))
+        .route(overview_path, get(data::overview))
+        .route(job_path, get(data::job))
+        .route(events_path, get(live::events))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             super::auth::require_token,
@@ -46,11 +57,22 @@ pub(crate) fn routes(api: Arc<super::State>, inspector: Option<Inspector>) -> Ro
             inspector: tokio::sync::OnceCell::new_with(inspector),
         }));
     Router::new()
-        .route("/", get(page))
-        .route("/dashboard/app.js", get(script))
-        .route("/dashboard/app.css", get(style))
+        .route(page_path, get(page))
+        .route(script_path, get(script))
+        .route(style_path, get(style))
         .merge(data)
 }
+
+/// The dashboard's routes, all `GET`, in the order [`routes`] serves them: the page, its
+/// script and style, then the data routes. The OpenAPI document describes each.
+pub(crate) const PATHS: [&str; 6] = [
+    "/",
+    "/dashboard/app.js",
+    "/dashboard/app.css",
+    "/dashboard/overview",
+    "/dashboard/jobs/{job}",
+    "/dashboard/events",
+];
 
 /// Every response of the page forbids framing (clickjacking) and anything fetched from
 /// elsewhere.
@@ -64,21 +86,45 @@ const SECURITY: [(header::HeaderName, &str); 3] = [
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
 ];
 
-async fn page() -> impl IntoResponse {
+/// The dashboard: a web page over the job API.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "dashboard",
+    security(()),
+    responses((status = 200, description = "The dashboard page (no job data; needs no token)", content_type = "text/html", body = String))
+)]
+pub(crate) async fn page() -> impl IntoResponse {
     asset(
         "text/html; charset=utf-8",
         include_str!("dashboard/assets/index.html"),
     )
 }
 
-async fn script() -> impl IntoResponse {
+/// The dashboard's script.
+#[utoipa::path(
+    get,
+    path = "/dashboard/app.js",
+    tag = "dashboard",
+    security(()),
+    responses((status = 200, description = "The page's JavaScript", content_type = "text/javascript", body = String))
+)]
+pub(crate) async fn script() -> impl IntoResponse {
     asset(
         "text/javascript; charset=utf-8",
         include_str!("dashboard/assets/app.js"),
     )
 }
 
-async fn style() -> impl IntoResponse {
+/// The dashboard's style sheet.
+#[utoipa::path(
+    get,
+    path = "/dashboard/app.css",
+    tag = "dashboard",
+    security(()),
+    responses((status = 200, description = "The page's CSS", content_type = "text/css", body = String))
+)]
+pub(crate) async fn style() -> impl IntoResponse {
     asset(
         "text/css; charset=utf-8",
         include_str!("dashboard/assets/app.css"),

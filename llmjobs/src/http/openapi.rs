@@ -69,10 +69,10 @@ impl Modify for BearerScheme {
     }
 }
 
-/// The whole document: the job routes, and the OpenAI-compatible endpoint when the `llm`
-/// feature is on.
+/// The whole document: the job routes, the dashboard's, and the OpenAI-compatible endpoint
+/// when the `llm` feature is on.
 pub(crate) fn document() -> Document {
-    let doc = JobsApi::openapi();
+    let doc = JobsApi::openapi().merge_from(super::dashboard::DashboardApi::openapi());
     #[cfg(feature = "llm")]
     let doc = doc.merge_from(super::openai::OpenAiApi::openapi());
     doc

@@ -22,6 +22,17 @@ const CHART_LIMIT: u32 = 20_000;
 
 /// Counts by state and by name, and per-minute completions, failures and cancellations over
 /// the last hour (oldest minute first).
+#[utoipa::path(
+    get,
+    path = "/dashboard/overview",
+    tag = "dashboard",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "`counts` by state, `by_name`, and `chart`: per-minute `completed`, `failed` and `cancelled` over the last hour", body = Object),
+        (status = 401, description = "Served beyond loopback without the token", body = crate::http::openapi::ErrorBody),
+        (status = 500, description = "The database could not be read (or, in memory, cannot be opened twice)", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn overview(State(dash): State<Arc<Dashboard>>) -> Result<Json<Value>, ApiError> {
     let by_name = dash.api.jobs.counts_by_name().await?;
     let counts = dash.api.jobs.counts().await?;
@@ -76,6 +87,20 @@ fn row_of(state: JobState) -> Option<usize> {
 
 /// A job as the job API shows it, with its arguments, its earlier runs, the worker that runs
 /// it, its step journal, and the tokens and cost its result reports.
+#[utoipa::path(
+    get,
+    path = "/dashboard/jobs/{job}",
+    operation_id = "dashboard_job",
+    tag = "dashboard",
+    security((), ("bearer" = [])),
+    params(("job" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "`job` (as `GET /jobs/{id}`), `args`, `owner`, `earlier_runs`, `attempt_errors`, `steps`, `usage`", body = Object),
+        (status = 400, description = "Not a job id", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Served beyond loopback without the token", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such job", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn job(
     State(dash): State<Arc<Dashboard>>,
     Path(id): Path<String>,

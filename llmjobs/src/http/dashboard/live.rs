@@ -34,6 +34,21 @@ pub(crate) struct EventsQuery {
     job: Option<String>,
 }
 
+/// Server-Sent Events for the whole page.
+#[utoipa::path(
+    get,
+    path = "/dashboard/events",
+    operation_id = "dashboard_events",
+    tag = "dashboard",
+    security((), ("bearer" = [])),
+    params(("job" = Option<String>, Query, description = "A job id to follow besides the running and newest ones")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `counts` (by state) when they change, `job` (as `GET /jobs/{id}` shows it, without its result) when a followed job changes", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Not a job id", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Served beyond loopback without the token", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "Too many event streams are open (`Retry-After`)", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn events(
     State(dash): State<Arc<Dashboard>>,
     Query(query): Query<EventsQuery>,
