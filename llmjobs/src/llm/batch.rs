@@ -14,9 +14,8 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use super::provider::{self, CallCtx};
-use super::request::estimate_tokens;
 use super::router::{ProviderConfig, ProviderKind};
-use super::{ChatRequest, ChatResponse, LlmClient, LlmError, Usage};
+use super::{ChatRequest, ChatResponse, LlmClient, LlmError};
 
 /// One request of a provider batch, named by an id unique within the batch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -456,28 +455,8 @@ impl LlmClient {
                 status: None,
                 message: e.to_string(),
             })?;
-        let usage = parsed.usage.unwrap_or_else(|| Usage {
-            input_tokens: request.estimated_input_tokens(),
-            output_tokens: estimate_tokens(parsed.text.len()),
-            cache_read_tokens: 0,
-            cache_write_tokens: 0,
-            estimated: true,
-        });
-        let cost = self
-            .price_of(&request.model)
-            .map(|price| price.batch().cost(&usage));
-        let mut response = ChatResponse::new(
-            parsed.text,
-            parsed.model.unwrap_or_else(|| request.model.clone()),
-            provider.name.clone(),
-        );
-        response.id = parsed.id;
-        response.usage = usage;
-        response.cost = cost;
-        response.finish_reason = parsed.finish_reason;
-        response.set_tool_calls(parsed.tool_calls);
-        response.total_usage = usage;
-        response.total_cost = cost;
+        let price = self.price_of(&request.model).map(|price| price.batch());
+        let response = super::client::priced_response(parsed, request, provider, price);
         Ok(response)
     }
 

@@ -253,6 +253,27 @@ impl LlmClient {
             inner.default_max_tokens,
         )?;
         let headers = provider::headers(provider)?;
+        tracing::debug!(provider = %provider.name, model = %req.model, attempt, streaming, "sending LLM request");
+        let request = inner
+            .http
+            .post(provider::endpoint(provider))
+            .headers(headers)
+            .json(&body);
+        let exchange = self.exchange(ctx, provider, request, attempt, on_event);
+        self.limited(ctx, req, provider, exchange).await
+    }
+
+    /// Runs `call`, one exchange with `provider`, under the rate limits: it waits for its
+    /// place, holds it while it runs, shares a rate limit's pause with every caller of the
+    /// model, and settles the place with the tokens the answer used.
+    async fn limited(
+        &self,
+        ctx: CallCtx<'_>,
+        req: &ChatRequest,
+        provider: &ProviderConfig,
+        call: impl Future<Output = Result<Parsed, LlmError>>,
+    ) -> Result<ChatResponse, LlmError> {
+        let inner = &*self.inner;
         let estimate = Tokens {
             input: req.estimated_input_tokens(),
             output: req.max_tokens.map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from),
@@ -261,17 +282,7 @@ impl LlmClient {
             .limits
             .acquire(&inner.limiter, &provider.name, &req.model, estimate)
             .await?;
-        tracing::debug!(provider = %provider.name, model = %req.model, attempt, streaming, "sending LLM request");
-
-        let request = inner
-            .http
-            .post(provider::endpoint(provider))
-            .headers(headers)
-            .json(&body);
-        let result = permit
-            .hold(self.exchange(ctx, provider, request, attempt, on_event))
-            .await;
-        let parsed = match result {
+        let parsed = match permit.hold(call).await {
             Ok(parsed) => parsed,
             Err(error) => {
                 if error.is_rate_limited() {
@@ -366,14 +377,6 @@ impl LlmClient {
             provider: &provider.name,
             model: &req.model,
         };
-        let estimate = Tokens {
-            input: req.estimated_input_tokens(),
-            output: req.max_tokens.map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from),
-        };
-        let permit = self
-            .limits
-            .acquire(&inner.limiter, &provider.name, &req.model, estimate)
-            .await?;
         tracing::debug!(provider = %provider.name, model = %req.model, attempt, "running the provider's command");
         let run = async {
             tokio::time::timeout(
@@ -383,21 +386,7 @@ impl LlmClient {
             .await
             .map_err(|_| timeout(ctx, inner.timeout))?
         };
-        let parsed = match permit.hold(run).await {
-            Ok(parsed) => parsed,
-            Err(error) => {
-                permit.settle(Tokens::default()).await;
-                return Err(error);
-            }
-        };
-        let response = self.finish_response(ctx, req, provider, parsed);
-        permit
-            .settle(Tokens {
-                input: response.usage.input_tokens,
-                output: response.usage.output_tokens,
-            })
-            .await;
-        Ok(response)
+        self.limited(ctx, req, provider, run).await
     }
 
     async fn read_stream(
@@ -449,28 +438,39 @@ impl LlmClient {
         provider: &ProviderConfig,
         parsed: Parsed,
     ) -> ChatResponse {
-        let usage = parsed.usage.unwrap_or_else(|| Usage {
-            input_tokens: req.estimated_input_tokens(),
-            output_tokens: estimate_tokens(parsed.text.len()),
-            cache_read_tokens: 0,
-            cache_write_tokens: 0,
-            estimated: true,
-        });
-        let cost = self.inner.prices.get(ctx.model).map(|p| p.cost(&usage));
-        let mut response = ChatResponse::new(
-            parsed.text,
-            parsed.model.unwrap_or_else(|| ctx.model.to_string()),
-            provider.name.clone(),
-        );
-        response.id = parsed.id;
-        response.usage = usage;
-        response.cost = cost;
-        response.finish_reason = parsed.finish_reason;
-        response.set_tool_calls(parsed.tool_calls);
-        response.total_usage = usage;
-        response.total_cost = cost;
-        response
+        priced_response(parsed, req, provider, self.inner.prices.get(ctx.model))
     }
+}
+
+/// The answer `parsed` to `req` from `provider`, its usage estimated when the provider gave
+/// none, and priced at `price`.
+pub(super) fn priced_response(
+    parsed: Parsed,
+    req: &ChatRequest,
+    provider: &ProviderConfig,
+    price: Option<super::Price>,
+) -> ChatResponse {
+    let usage = parsed.usage.unwrap_or_else(|| Usage {
+        input_tokens: req.estimated_input_tokens(),
+        output_tokens: estimate_tokens(parsed.text.len()),
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
+        estimated: true,
+    });
+    let cost = price.map(|p| p.cost(&usage));
+    let mut response = ChatResponse::new(
+        parsed.text,
+        parsed.model.unwrap_or_else(|| req.model.clone()),
+        provider.name.clone(),
+    );
+    response.id = parsed.id;
+    response.usage = usage;
+    response.cost = cost;
+    response.finish_reason = parsed.finish_reason;
+    response.set_tool_calls(parsed.tool_calls);
+    response.total_usage = usage;
+    response.total_cost = cost;
+    response
 }
 
 /// What the provider batch calls ([`super::batch`]) need of the client.
