@@ -99,6 +99,12 @@ async fn a_server_restarted_under_running_jobs_loses_none_and_the_runtimes_recon
         "spawn during the outage failed after {:.1?}: {error}",
         started.elapsed()
     );
+    assert!(
+        error
+            .to_string()
+            .contains("no connection to the PostgreSQL server within 10 s"),
+        "the error says what is wrong: {error}"
+    );
 
     assert!(tokio::task::spawn_blocking(start_cluster).await.unwrap());
     // The same runtimes, not reopened: every job ends, each completed with its own result.

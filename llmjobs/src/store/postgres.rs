@@ -54,8 +54,9 @@ const SCHEMA_PARAM: &str = "llmjobs_schema";
 /// Connections in the pool of one process.
 const MAX_CONNECTIONS: u32 = 16;
 
-/// How long an operation waits for a pooled connection before failing.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an operation waits for a pooled connection before failing: while the server is
+/// down, a spawn fails after this long, saying so.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many times a transaction that lost a deadlock or a serialization race is run again.
 const CONFLICT_RETRIES: u32 = 8;
@@ -161,7 +162,20 @@ impl std::fmt::Debug for PgStore {
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        Error::Database(Box::new(e))
+        match e {
+            // sqlx's own words ("pool timed out while waiting for an open connection") do not
+            // say that the likely cause is the server.
+            sqlx::Error::PoolTimedOut => Error::Database(
+                format!(
+                    "no connection to the PostgreSQL server within {} s: it is down or \
+                     unreachable, or all {MAX_CONNECTIONS} of this process's connections stayed \
+                     busy",
+                    ACQUIRE_TIMEOUT.as_secs()
+                )
+                .into(),
+            ),
+            e => Error::Database(Box::new(e)),
+        }
     }
 }
 
