@@ -262,6 +262,8 @@ struct Cluster {
     data: PathBuf,
     log: PathBuf,
     port: u16,
+    /// The certificate of the authority that signed the server's, when the cluster serves TLS.
+    tls_ca: Option<PathBuf>,
 }
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
@@ -384,13 +386,32 @@ fn throwaway() -> Result<Server, String> {
 
     let conf = data.join("postgresql.conf");
     let socket_dir = dir.to_string_lossy().replace('\'', "''");
+    let tls_ca = match SERVE_TLS
+        .load(Ordering::SeqCst)
+        .then(|| make_certificates(&dir, &data, &run_as))
+    {
+        None => None,
+        Some(Ok(ca)) => Some(ca),
+        Some(Err(e)) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "the test cluster serves no TLS (its certificates could not be made: {e})"
+            );
+            None
+        }
+    };
+    let tls = if tls_ca.is_some() {
+        "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
+    } else {
+        ""
+    };
     let settings = format!(
         "\n# llmjobs test harness (tests/support/pg.rs): a throwaway cluster\n\
          listen_addresses = '127.0.0.1'\n\
          unix_socket_directories = '{socket_dir}'\n\
          max_connections = 200\n\
          fsync = off\n\
-         full_page_writes = off\n"
+         full_page_writes = off\n{tls}"
     );
     std::fs::OpenOptions::new()
         .append(true)
@@ -460,8 +481,91 @@ fn throwaway() -> Result<Server, String> {
             data,
             log,
             port,
+            tls_ca,
         }),
     })
+}
+
+/// Whether this process's throwaway cluster serves TLS ([`serve_tls`]).
+static SERVE_TLS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process's throwaway cluster serve TLS, with a certificate authority of its own
+/// ([`tls_ca`]); call it before the process's first [`pg_url`]. Off by default: TLS handshakes
+/// in debug builds double the time of the other PostgreSQL tests, which connect with
+/// `sslmode=prefer` and would take it.
+pub fn serve_tls() {
+    SERVE_TLS.store(true, Ordering::SeqCst);
+}
+
+/// Makes a certificate authority in `dir` and, in the data folder `data`, a server certificate
+/// it signed for `localhost` and `127.0.0.1` (EC P-256, valid two days) with its key, owned by
+/// the user the server runs as; returns the authority's certificate.
+fn make_certificates(dir: &Path, data: &Path, run_as: &RunAs) -> Result<PathBuf, String> {
+    let openssl = which("openssl").ok_or("no openssl on PATH")?;
+    let ca_key = dir.join("ca.key");
+    let ca = dir.join("ca.crt");
+    let key = data.join("server.key");
+    let csr = dir.join("server.csr");
+    let cert = data.join("server.crt");
+    let ext = dir.join("server.ext");
+    std::fs::write(&ext, "subjectAltName = DNS:localhost, IP:127.0.0.1\n")
+        .map_err(|e| format!("write {}: {e}", ext.display()))?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut make_ca = Command::new(&openssl);
+    make_ca
+        .args(["req", "-x509"])
+        .args(ec)
+        .args(["-days", "2", "-subj", "/CN=llmjobs test CA"])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca);
+    run(&mut make_ca).map_err(|e| format!("openssl (the authority): {e}"))?;
+    let mut make_csr = Command::new(&openssl);
+    make_csr
+        .arg("req")
+        .args(ec)
+        .args(["-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr);
+    run(&mut make_csr).map_err(|e| format!("openssl (the server's request): {e}"))?;
+    let mut sign = Command::new(&openssl);
+    sign.args(["x509", "-req", "-days", "2", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-CAcreateserial")
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert);
+    run(&mut sign).map_err(|e| format!("openssl (signing): {e}"))?;
+    // The server refuses a key that others can read.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", key.display()))?;
+    run_as.give(&key)?;
+    run_as.give(&cert)?;
+    Ok(ca)
+}
+
+/// The certificate of the authority that signed this process's throwaway cluster's server
+/// certificate (for `sslmode=verify-full&sslrootcert=...`), or `None` on a server given by
+/// `LLMJOBS_TEST_PG_URL`, or when the cluster serves no TLS (not asked for with [`serve_tls`],
+/// or it said why when it started).
+pub fn tls_ca() -> Option<PathBuf> {
+    cluster().and_then(|cluster| cluster.tls_ca.clone())
 }
 
 /// The watchdog of a throwaway cluster: `sh -c CLUSTER_WATCHDOG watchdog <dir> <keep> <stop
