@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use llmjobs::http::HttpApi;
 use llmjobs::{Error, JobContext, JobError, JobState, Jobs, llm_job};
-use llmjobs_testkit::http::{TestServer, id_of, send};
+use llmjobs_testkit::http::{TestServer, id_of, read_until, send};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -445,26 +445,11 @@ async fn events_stream_progress_then_the_end() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut seen = String::new();
-    let read_until = async |seen: &mut String, response: &mut reqwest::Response, what: &str| {
-        let found = tokio::time::timeout(Duration::from_secs(30), async {
-            while !seen.contains(what) {
-                match response.chunk().await.unwrap() {
-                    Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
-                    None => return,
-                }
-            }
-        })
-        .await;
-        assert!(
-            found.is_ok() && seen.contains(what),
-            "no `{what}` in {seen}"
-        );
-    };
-    read_until(&mut seen, &mut response, "event: status").await;
-    read_until(&mut seen, &mut response, "event: progress").await;
+    read_until(&mut response, &mut seen, "event: status").await;
+    read_until(&mut response, &mut seen, "event: progress").await;
     assert!(seen.contains("halfway"), "{seen}");
     open_gate("sse");
-    read_until(&mut seen, &mut response, "event: end").await;
+    read_until(&mut response, &mut seen, "event: end").await;
     let end = seen.split("event: end").nth(1).unwrap();
     assert!(end.contains(r#""state":"completed""#), "{end}");
     assert!(end.contains(r#""result":"done""#), "{end}");

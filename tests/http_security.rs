@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use llmjobs::http::HttpApi;
 use llmjobs::{JobContext, JobError, Jobs, llm_job};
-use llmjobs_testkit::http::{TestServer, id_of};
+use llmjobs_testkit::http::{TestServer, id_of, read_until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -87,23 +87,6 @@ fn events_of(text: &str) -> Vec<(String, String, String)> {
             Some((field("id:")?, field("event:")?, field("data:")?))
         })
         .collect()
-}
-
-/// Reads the stream until `what` appears in it (or it ends: then the assertion says so).
-async fn read_until(response: &mut reqwest::Response, seen: &mut String, what: &str) {
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        while !seen.contains(what) {
-            match response.chunk().await.unwrap() {
-                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
-                None => return,
-            }
-        }
-    })
-    .await;
-    assert!(
-        found.is_ok() && seen.contains(what),
-        "no `{what}` in {seen}"
-    );
 }
 
 #[tokio::test]

@@ -86,3 +86,21 @@ pub async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
 pub fn id_of(body: &Value) -> String {
     body["id"].as_str().expect("a job id").to_string()
 }
+
+/// Reads an event stream into `seen` until `what` appears in it; fails the test if the stream
+/// ends, or 30 s pass, first.
+pub async fn read_until(response: &mut reqwest::Response, seen: &mut String, what: &str) {
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while !seen.contains(what) {
+            match response.chunk().await.expect("read the stream") {
+                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                None => return,
+            }
+        }
+    })
+    .await;
+    assert!(
+        found.is_ok() && seen.contains(what),
+        "no `{what}` in {seen}"
+    );
+}
