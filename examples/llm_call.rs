@@ -58,11 +58,12 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         run.background
     );
 
-    // A live status line until every call has ended.
+    // A live status line until every call has ended. A call handed to human review ends in the
+    // `failed` state (flagged `needs_review`), so it counts there until the table below.
     loop {
         let counts = jobs.counts().await?;
         print!(
-            "\r  pending {:>3}  running {:>3}  completed {:>3}  failed {:>3}  ({:.1}s) ",
+            "\r  pending {:>3}  running {:>3}  completed {:>3}  failed or for review {:>3}  ({:.1}s) ",
             counts.pending,
             counts.running,
             counts.completed,
