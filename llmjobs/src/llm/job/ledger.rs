@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::budget::Hold;
 use crate::JobContext;
-use crate::llm::{ChatResponse, LlmError};
+use crate::llm::{BatchItemErrorKind, BatchItemResult, BatchRequest, ChatResponse, LlmError};
 use crate::status::now_ms;
 use crate::usage::{CallOutcome, LedgerEntry};
 
@@ -66,7 +66,42 @@ pub(super) async fn record_cache_hit(ctx: &JobContext, model: &str, response: &C
     write(ctx, vec![entry]).await;
 }
 
-async fn write(ctx: &JobContext, entries: Vec<LedgerEntry>) {
+/// The rows of a provider batch's requests (their `outcomes`, in the same order): answers
+/// with their usage at the batch price, and errors. A batch item has no latency of its own.
+pub(super) fn batch_entries(
+    ctx: &JobContext,
+    provider: &str,
+    requests: &[BatchRequest],
+    outcomes: &[BatchItemResult],
+) -> Vec<LedgerEntry> {
+    requests
+        .iter()
+        .zip(outcomes)
+        .map(|(request, result)| {
+            let model = &request.request.model;
+            match &result.outcome {
+                Ok(answer) => {
+                    entry(ctx, model, provider, CallOutcome::Ok, Duration::ZERO).with_usage(answer)
+                }
+                Err(error) => {
+                    let mut entry = entry(ctx, model, provider, CallOutcome::Error, Duration::ZERO);
+                    entry.error_kind = Some(
+                        match error.kind {
+                            BatchItemErrorKind::Failed => "batch_failed",
+                            BatchItemErrorKind::Expired => "batch_expired",
+                            BatchItemErrorKind::Cancelled => "batch_cancelled",
+                            BatchItemErrorKind::Missing => "batch_missing",
+                        }
+                        .to_string(),
+                    );
+                    entry
+                }
+            }
+        })
+        .collect()
+}
+
+pub(super) async fn write(ctx: &JobContext, entries: Vec<LedgerEntry>) {
     if let Err(e) = ctx.store().record_usage(entries).await {
         tracing::warn!(job = %ctx.id(), error = %e, "could not write an LLM call to the usage ledger");
     }
