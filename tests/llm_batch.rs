@@ -1,6 +1,6 @@
 //! Provider batch jobs (`llm_batch`) against the mock server's OpenAI and Anthropic batch APIs:
 //! results by custom id, batch pricing, per-request errors, resubmission, restarts that resume
-//! polling without resubmitting, and cancellation.
+//! polling without resubmitting, cancellation, and the usage ledger and budgets.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +10,7 @@ use llmjobs::llm::{
     BatchItemErrorKind, BatchOptions, BatchOutput, BatchRequest, ChatRequest, LlmClient, Price,
     llm_batch_with,
 };
-use llmjobs::{Error, JobFilter, JobState, Jobs, Outcome};
+use llmjobs::{Budget, Error, JobFilter, JobState, Jobs, Outcome, UsageFilter, UsageKey};
 use llmjobs_testkit::{TempDb, WorkerProcess};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_llmjobs-test-worker");
@@ -513,4 +513,67 @@ async fn on_postgres_a_restart_resumes_the_batch_without_resubmitting() {
     assert_eq!(output.answer("req-1").unwrap().text, "Mock answer to: two");
     assert_eq!(mock.batches().len(), 1, "the batch was submitted once");
     second.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_request_of_a_batch_is_a_ledger_row_at_the_batch_price() {
+    let mock = MockLlmServer::start().await.unwrap();
+    mock.always_reply_matching(
+        "gpt-4o-mini",
+        "broken",
+        MockReply::status(400, "this request is malformed"),
+    );
+    let db = TempDb::new();
+    let jobs = jobs_with(&mock, &db).await;
+    let call = llm_batch_with(requests(OPENAI, &["fine", "broken", "fine too"]), fast());
+    let handle = jobs.spawn(call).await.unwrap();
+    let output = handle.wait().await.unwrap();
+    let groups = jobs
+        .usage(UsageFilter::new().job(handle.id()).by(UsageKey::Model))
+        .await
+        .unwrap();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    let usage = &groups[0];
+    assert_eq!(usage.model.as_deref(), Some(OPENAI));
+    assert_eq!((usage.calls, usage.errors), (3, 1), "{usage:?}");
+    assert_eq!(usage.input_tokens, output.usage.input_tokens);
+    assert_eq!(usage.output_tokens, output.usage.output_tokens);
+    assert!((usage.cost_usd - output.cost_usd.unwrap()).abs() < 1e-12);
+    jobs.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_batch_that_could_exceed_its_budget_is_not_submitted() {
+    let mock = MockLlmServer::start().await.unwrap();
+    let db = TempDb::new();
+    let jobs = jobs_with(&mock, &db).await;
+    let capped = |prompts: &[&str]| -> Vec<BatchRequest> {
+        requests(OPENAI, prompts)
+            .into_iter()
+            .map(|mut r| {
+                r.request = r.request.max_tokens(100);
+                r
+            })
+            .collect()
+    };
+    // Three requests of up to 100 answer tokens each (plus their prompts) cannot fit in 250.
+    let refused = llm_batch_with(capped(&["a", "b", "c"]), fast()).budget(Budget::tokens(250));
+    let handle = jobs.spawn(refused).await.unwrap();
+    let error = handle.wait().await.unwrap_err().to_string();
+    assert!(error.contains("the job's budget of 250 tokens"), "{error}");
+    assert!(mock.batches().is_empty(), "the batch was never submitted");
+    let status = handle.status().await.unwrap();
+    assert_eq!((status.state, status.attempts), (JobState::Failed, 1));
+
+    // One that fits is submitted, and its answers count against the job's budget.
+    let fits = llm_batch_with(capped(&["a", "b"]), fast()).budget(Budget::tokens(1_000));
+    let handle = jobs.spawn(fits).await.unwrap();
+    let output = handle.wait().await.unwrap();
+    assert_eq!(output.succeeded, 2);
+    let usage = jobs
+        .usage(UsageFilter::new().job(handle.id()))
+        .await
+        .unwrap();
+    assert_eq!(usage[0].calls, 2, "{usage:?}");
+    jobs.shutdown().await;
 }

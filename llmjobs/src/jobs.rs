@@ -627,6 +627,16 @@ impl JobsBuilder {
         self
     }
 
+    /// How long a budget reservation holds without being renewed (default 30 s): a call
+    /// reserves what it could cost before it is sent and renews the reservation every third
+    /// of this while it runs, so a process that dies mid-call gives its room back this long
+    /// after its last renewal. See [`Budget`](crate::Budget).
+    #[cfg(feature = "llm")]
+    pub fn budget_lease(mut self, lease: std::time::Duration) -> Self {
+        self.settings.llm_policy.budget_lease = Some(lease);
+        self
+    }
+
     /// The model patterns (`"max/*"`, `"o1-*"`) whose [`llm_call`](crate::llm::llm_call)s go
     /// straight to the background, instead of the default
     /// [`DEFAULT_LONG_RUNNING_PATTERNS`](crate::llm::DEFAULT_LONG_RUNNING_PATTERNS). Requests

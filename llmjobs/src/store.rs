@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::status::{JobFilter, JobState, JobStatus, from_ms};
 use crate::{Error, JobId, Result};
 
+pub(crate) mod budget;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 // Shared LLM rate limits: only the LLM client uses them.
@@ -514,6 +515,21 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Puts an answer in the completion cache, replacing any under its key.
     #[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
     async fn cache_answer(&self, entry: CacheEntry) -> Result<()>;
+
+    /// Reserves a call's most possible cost against its budgets, in one transaction that
+    /// takes turns with every other reservation of the same budgets, or says which budget it
+    /// does not fit in.
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
+    async fn reserve_budget(&self, claim: budget::BudgetClaim) -> Result<budget::BudgetDecision>;
+
+    /// Extends a budget reservation by `lease_ms` from now.
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
+    async fn renew_budget(&self, id: String, lease_ms: i64) -> Result<()>;
+
+    /// Replaces a budget reservation with the ledger rows of what was really spent, in one
+    /// transaction.
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))] // used by the LLM bridge
+    async fn settle_budget(&self, id: String, entries: Vec<LedgerEntry>) -> Result<()>;
 
     /// Waits until every write accepted so far is durable, then stops accepting writes.
     async fn close(&self);

@@ -200,14 +200,22 @@ impl UsageGroup {
 /// [`JobsBuilder::budget_per_key`](crate::JobsBuilder::budget_per_key).
 ///
 /// Before each provider call, the spend so far (from the usage ledger: every call of every
-/// attempt, failed and retried ones included, since they were paid) plus the most the call
-/// could cost must fit: its prompt at the input price (the client's estimate of its tokens,
+/// attempt, failed and retried ones included, since they were paid; plus what the calls in
+/// flight reserved) plus the most the call could cost must fit: its prompt at the input price (the client's estimate of its tokens,
 /// [`ChatRequest::estimated_input_tokens`](crate::llm::ChatRequest::estimated_input_tokens), at the higher of the input and cache-write
 /// prices) plus `max_tokens` (or [`DEFAULT_OUTPUT_ESTIMATE`](crate::llm::DEFAULT_OUTPUT_ESTIMATE)) at the output price. A call that
 /// does not fit is not sent: the call fails with [`LlmError::BudgetExceeded`](crate::llm::LlmError::BudgetExceeded), naming the
 /// budget and the spend, and its job fails permanently. A dollar budget cannot be kept for a
 /// model with no price ([`LlmClientBuilder::price`](crate::llm::LlmClientBuilder::price)):
 /// such a call is refused too.
+///
+/// The check and the reservation of the call's most possible cost are one transaction that
+/// takes turns with every other reservation of the same budget, in any process on the
+/// database, so calls that start together never overshoot a budget; the call's ledger row
+/// replaces its reservation when it ends. Reservations are leases
+/// ([`JobsBuilder::budget_lease`](crate::JobsBuilder::budget_lease)): a dead process's room
+/// comes back. A provider batch ([`llm_batch`](crate::llm::llm_batch)) reserves the most its
+/// requests could cost at the batch price before it is submitted.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Budget {

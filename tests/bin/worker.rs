@@ -12,12 +12,19 @@
 //!   llmjobs-test-worker hold DB MOCK_URL                spawn one `llm_call` to `openai/held` under a
 //!                                                       shared limit of one call at a time (3 s
 //!                                                       leases), then run jobs forever
+//!   llmjobs-test-worker budget DB MOCK_URL              spawn one call to `openai/held` under a key
+//!                                                       budget of $0.15 for `openai` ($1 per
+//!                                                       thousand answer tokens, 3 s budget leases;
+//!                                                       the call reserves $0.10), then run jobs
+//!                                                       forever
 
 use std::time::Duration;
 
 use llmjobs::llm::mock::MockLlmServer;
-use llmjobs::llm::{BatchOptions, BatchRequest, ChatRequest, RateLimit, llm_batch_with, llm_call};
-use llmjobs::{JobContext, JobError, JobFilter, JobState, Jobs, llm_job};
+use llmjobs::llm::{
+    BatchOptions, BatchRequest, ChatRequest, KeyBudget, Price, RateLimit, llm_batch_with, llm_call,
+};
+use llmjobs::{Budget, JobContext, JobError, JobFilter, JobState, Jobs, llm_job};
 use llmjobs_testkit::append_line;
 
 /// Logs its start and end to `log`, sleeping in between like a slow LLM call.
@@ -134,6 +141,14 @@ async fn three_calls(ctx: JobContext, log: String) -> Result<Vec<String>, JobErr
     Ok(answers)
 }
 
+/// One call of at most 100 answer tokens to `openai/held`, under the worker's key budget; a job
+/// only this binary runs, so no test runtime takes it over once the worker is killed.
+#[llm_job]
+async fn budgeted_call(ctx: JobContext) -> Result<String, JobError> {
+    let request = ChatRequest::new("openai/held").user("held").max_tokens(100);
+    Ok(ctx.llm().call(&request).await?.text)
+}
+
 /// Two journaled steps, each logged as `run ID STEP` inside the step and `committed ID STEP`
 /// after it returns (so after its journal entry is durable).
 #[llm_job]
@@ -178,7 +193,7 @@ async fn self_destruct_twice(ctx: JobContext, log: String) -> Result<(), JobErro
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: llmjobs-test-worker (spawn DB LOG COUNT SLEEP_MS | steps DB LOG | long DB LOG | llm3 DB LOG MOCK_URL | batch DB MOCK_URL COUNT | torture DB LOG COUNT | run DB [MOCK_URL] | hold DB MOCK_URL)";
+    let usage = "usage: llmjobs-test-worker (spawn DB LOG COUNT SLEEP_MS | steps DB LOG | long DB LOG | llm3 DB LOG MOCK_URL | batch DB MOCK_URL COUNT | torture DB LOG COUNT | run DB [MOCK_URL] | hold DB MOCK_URL | budget DB MOCK_URL)";
     let mode = args.get(1).ok_or(usage)?;
     let db = args.get(2).ok_or(usage)?;
     let mut builder = Jobs::builder().url(db.as_str()).concurrency(8);
@@ -199,6 +214,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .shared_limits_lease(Duration::from_secs(3))
             .build()?;
         builder = builder.llm(client);
+    }
+    if mode == "budget" {
+        let url = args.get(3).ok_or(usage)?;
+        let client = MockLlmServer::client_builder_for(url)
+            .price("openai/*", Price::per_million_tokens(0.0, 1000.0))
+            .build()?;
+        let budget = KeyBudget::new("openai", Budget::usd(0.15), Duration::from_secs(3600));
+        builder = builder
+            .llm(client)
+            .budget_per_key(budget)
+            .budget_lease(Duration::from_secs(3));
     }
     let jobs = builder.open().await?;
     match mode.as_str() {
@@ -246,6 +272,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hold" => {
             jobs.spawn(llm_call(ChatRequest::new("openai/held").user("held")))
                 .await?;
+            std::future::pending::<()>().await;
+        }
+        "budget" => {
+            jobs.spawn(budgeted_call()).await?;
             std::future::pending::<()>().await;
         }
         "torture" => {

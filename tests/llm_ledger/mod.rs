@@ -14,7 +14,9 @@ use llmjobs::{
     Budget, Error, JobContext, JobError, JobState, Jobs, JobsBuilder, UsageFilter, UsageGroup,
     UsageKey, llm_job,
 };
-use llmjobs_testkit::TempDb;
+use llmjobs_testkit::{TempDb, WorkerProcess};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_llmjobs-test-worker");
 
 /// Expands to one `#[tokio::test]` per behaviour, each on a fresh database from `$backend`
 /// (`impl Future<Output = Option<Backend>>`; `None`: this backend cannot be had here, and the
@@ -28,6 +30,9 @@ macro_rules! ledger_tests {
             a_job_budget_stops_the_call_that_would_exceed_it_before_it_is_sent,
             a_call_budget_refuses_a_call_that_cannot_fit_and_is_kept_with_the_job,
             a_key_budget_over_a_window_holds_across_two_runtimes,
+            concurrent_calls_from_two_runtimes_never_overshoot_a_key_budget,
+            a_call_in_flight_holds_its_room_but_is_no_spend_in_usage,
+            a_dead_processes_reservation_expires_with_its_lease,
             a_cache_hit_is_shared_across_runtimes_and_expires_after_its_ttl,
         );
     };
@@ -109,6 +114,15 @@ async fn total(jobs: &Jobs, filter: UsageFilter) -> UsageGroup {
     let mut groups = jobs.usage(filter).await.unwrap();
     assert!(groups.len() <= 1, "{groups:?}");
     groups.pop().unwrap_or_default()
+}
+
+/// Waits for `condition`, checking every 10 ms, for at most 60 s.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -395,6 +409,144 @@ pub(crate) async fn a_key_budget_over_a_window_holds_across_two_runtimes(backend
         .unwrap();
     first.shutdown().await;
     second.shutdown().await;
+}
+
+/// A call of at most 100 answer tokens: at [`answer_price`], it reserves $0.10.
+fn call_of_100_tokens(i: u32) -> llmjobs::JobCall<ChatResponse> {
+    llm_call(
+        ChatRequest::new("openai/gpt-4o-mini")
+            .user(format!("Question {i}"))
+            .max_tokens(100),
+    )
+}
+
+pub(crate) async fn concurrent_calls_from_two_runtimes_never_overshoot_a_key_budget(
+    backend: Backend,
+) {
+    let mock = MockLlmServer::start().await.unwrap();
+    for _ in 0..8 {
+        mock.push_reply(answer_of_90_tokens());
+    }
+    // Every call is still in flight when the others start.
+    mock.set_delay(Duration::from_millis(500));
+    // Each call reserves $0.10 and costs $0.09: three fit in $0.35 whatever the timing (three
+    // in flight hold $0.30; three answered spent $0.27), a fourth never does.
+    let budget = KeyBudget::new("openai", Budget::usd(0.35), Duration::from_secs(3600));
+    let open = || async {
+        backend
+            .builder(client(&mock, &[("openai/*", answer_price())]))
+            .budget_per_key(budget.clone())
+            .open()
+            .await
+            .unwrap()
+    };
+    let (first, second) = (open().await, open().await);
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let jobs = if i % 2 == 0 { &first } else { &second };
+        handles.push(jobs.spawn(call_of_100_tokens(i)).await.unwrap());
+    }
+    let mut refused = 0;
+    for handle in handles {
+        if let Err(e) = handle.wait().await {
+            let message = e.to_string();
+            assert!(
+                message.contains("the budget of provider `openai`"),
+                "{message}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        mock.request_count(),
+        3,
+        "exactly the calls that fit were sent"
+    );
+    assert_eq!(refused, 5);
+    let usage = total(&first, UsageFilter::new()).await;
+    assert_eq!(usage.calls, 3, "{usage:?}");
+    assert!(close(usage.cost_usd, 0.27), "{usage:?}");
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+pub(crate) async fn a_call_in_flight_holds_its_room_but_is_no_spend_in_usage(backend: Backend) {
+    let mock = MockLlmServer::start().await.unwrap();
+    mock.push_reply(answer_of_90_tokens());
+    mock.set_delay(Duration::from_millis(1500));
+    let budget = KeyBudget::new("openai", Budget::usd(0.15), Duration::from_secs(3600));
+    let jobs = backend
+        .builder(client(&mock, &[("openai/*", answer_price())]))
+        .budget_per_key(budget)
+        .open()
+        .await
+        .unwrap();
+    let in_flight = jobs.spawn(call_of_100_tokens(1)).await.unwrap();
+    eventually("the first call to be sent", || mock.request_count() == 1).await;
+    // Its $0.10 reservation leaves no room for a second call of $0.10.
+    let err = jobs
+        .run(call_of_100_tokens(2))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("(of which $0.1000, "), "{err}");
+    assert!(err.contains("reserved by calls in flight"), "{err}");
+    assert_eq!(mock.request_count(), 1);
+    // The reservation is no spend: usage reports show nothing yet.
+    assert!(jobs.usage(UsageFilter::new()).await.unwrap().is_empty());
+    let db = llmjobs::Inspector::open(&backend.url()).await.unwrap();
+    assert!(db.usage(UsageFilter::new()).await.unwrap().is_empty());
+    in_flight.wait().await.unwrap();
+    let usage = total(&jobs, UsageFilter::new()).await;
+    assert_eq!(usage.calls, 1, "the answer replaced the reservation");
+    assert!(close(usage.cost_usd, 0.09), "{usage:?}");
+    jobs.shutdown().await;
+}
+
+/// A worker process reserves $0.10 of a $0.15 key budget (3-second leases) for a call the mock
+/// holds for ten minutes, and is killed. Another runtime's calls of $0.10 are refused while the
+/// dead worker's reservation holds, and sent once it has expired.
+pub(crate) async fn a_dead_processes_reservation_expires_with_its_lease(backend: Backend) {
+    let mock = MockLlmServer::start().await.unwrap();
+    mock.push_reply_for(
+        "held",
+        MockReply::text("too late").delayed(Duration::from_secs(600)),
+    );
+    let budget = KeyBudget::new("openai", Budget::usd(0.15), Duration::from_secs(3600));
+    let jobs = backend
+        .builder(client(&mock, &[("openai/*", answer_price())]))
+        .budget_per_key(budget)
+        .open()
+        .await
+        .unwrap();
+    let url = backend.url();
+    let holder = WorkerProcess::start(WORKER, &["budget", &url, &mock.base_url()]);
+    eventually("the held call to arrive", || mock.request_count() == 1).await;
+    holder.kill();
+    let killed_at = Instant::now();
+    let err = jobs
+        .run(call_of_100_tokens(1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("reserved by calls in flight"), "{err}");
+    let sent = loop {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "the dead worker's reservation never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if jobs.run(call_of_100_tokens(2)).await.is_ok() {
+            break killed_at.elapsed();
+        }
+    };
+    // The lease was renewed at most a second before the kill, so it held two seconds more.
+    assert!(
+        sent >= Duration::from_millis(1_500),
+        "the room was given back while the dead worker's lease held ({sent:?})"
+    );
+    assert_eq!(mock.request_count(), 2);
+    jobs.shutdown().await;
 }
 
 pub(crate) async fn a_cache_hit_is_shared_across_runtimes_and_expires_after_its_ttl(

@@ -315,11 +315,24 @@ impl JournalRunner<'_> {
             ledger::record_cache_hit(self.ctx, &model, &hit).await;
             return Ok(hit);
         }
-        budget::check(self.ctx, self.client, request).await?;
-        let provider = self.client.provider_for(&model).unwrap_or_default();
+        let provider = self.client.provider_for(&model).ok();
+        let estimate = || budget::Estimate::of(request, self.client.price_of(&model));
+        let hold = budget::reserve(self.ctx, &model, provider.as_deref(), estimate).await?;
         let started = Instant::now();
-        let result = attempt.send().await;
-        ledger::record(self.ctx, &model, &provider, &result, started.elapsed()).await;
+        let result = match &hold {
+            Some(hold) => hold.keep(attempt.send()).await,
+            None => attempt.send().await,
+        };
+        let provider = provider.unwrap_or_default();
+        ledger::record(
+            self.ctx,
+            &model,
+            &provider,
+            &result,
+            started.elapsed(),
+            hold,
+        )
+        .await;
         if let (Ok(response), Some((cache, key))) = (&result, cached) {
             cache.store(self.ctx, key, response).await;
         }

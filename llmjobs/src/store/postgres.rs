@@ -23,6 +23,7 @@ use crate::status::{JobFilter, JobState};
 use crate::{Durability, Error, JobId, Result};
 
 mod batch;
+mod budget;
 mod cancel;
 mod claim;
 mod enqueue;
@@ -412,6 +413,21 @@ impl Store for PgStore {
 
     async fn cache_answer(&self, entry: super::CacheEntry) -> Result<()> {
         usage::cache(self.pool()?, &entry, crate::status::now_ms()).await
+    }
+
+    async fn reserve_budget(
+        &self,
+        claim: super::budget::BudgetClaim,
+    ) -> Result<super::budget::BudgetDecision> {
+        transaction!(self, |conn| budget::reserve(conn, &claim))
+    }
+
+    async fn renew_budget(&self, id: String, lease_ms: i64) -> Result<()> {
+        budget::renew(&mut *self.pool()?.acquire().await?, &id, lease_ms).await
+    }
+
+    async fn settle_budget(&self, id: String, entries: Vec<super::LedgerEntry>) -> Result<()> {
+        transaction!(self, |conn| budget::settle(conn, &id, &entries))
     }
 
     async fn load_steps(&self, id: JobId) -> Result<Vec<StepRecord>> {

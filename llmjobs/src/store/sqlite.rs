@@ -580,6 +580,29 @@ impl Store for SqliteStore {
         self.llm_write(writer::LlmWrite::Cache(entry)).await
     }
 
+    async fn reserve_budget(
+        &self,
+        claim: super::budget::BudgetClaim,
+    ) -> Result<super::budget::BudgetDecision> {
+        match self
+            .write(WriteOp::Llm(writer::LlmWrite::Reserve(claim)))
+            .await?
+        {
+            Reply::Budget(decision) => Ok(decision),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn renew_budget(&self, id: String, lease_ms: i64) -> Result<()> {
+        self.llm_write(writer::LlmWrite::Renew { id, lease_ms })
+            .await
+    }
+
+    async fn settle_budget(&self, id: String, entries: Vec<super::LedgerEntry>) -> Result<()> {
+        self.llm_write(writer::LlmWrite::Settle { id, entries })
+            .await
+    }
+
     async fn load_steps(&self, id: JobId) -> Result<Vec<StepRecord>> {
         self.read(move |conn| {
             query_all(

@@ -9,12 +9,22 @@
 //!
 //! Polling between `create` and `results` is not journaled: a resumed job asks the provider
 //! where the journaled batch is and polls on, and never submits it again.
+//!
+//! **Budgets and the ledger.** A batch is one submission that cannot be taken back, so it is
+//! checked before it is created: the most all its requests could cost at the batch price is
+//! reserved against the job's budget and its provider's key budgets (`budget.rs`), and a batch
+//! that does not fit is not submitted. The reservation is held while the batch runs and
+//! replaced by one usage-ledger row per request when its results come in (written with the
+//! `results` step: a crash between the two writes the rows again, which errs on the side of
+//! the budget). A batch resumed after a crash holds no reservation while it polls.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::budget::{self, Estimate, Hold};
+use super::ledger;
 use crate::llm::{
     BatchInfo, BatchItemError, BatchItemErrorKind, BatchItemResult, BatchRequest, ChatResponse,
     LlmClient, LlmError, Usage,
@@ -208,16 +218,26 @@ impl Runner {
         let mut pending = requests;
         let mut round = 1;
         loop {
-            let batch = self.submit(round, &provider, &pending).await?;
+            let (batch, hold) = self.submit(round, &provider, &pending).await?;
             batch_ids.push(batch.batch.id.clone());
-            let finished = self.poll(batch, settled).await?;
+            let finished = match &hold {
+                Some(hold) => hold.keep(self.poll(batch, settled)).await?,
+                None => self.poll(batch, settled).await?,
+            };
             let outcomes: Vec<BatchItemResult> = self
                 .ctx
                 .step(&format!("batch {round} results"), async {
-                    self.client
+                    let outcomes = self
+                        .client
                         .batch_results(&finished, &pending)
                         .await
-                        .map_err(LlmError::into_job_error)
+                        .map_err(LlmError::into_job_error)?;
+                    let rows = ledger::batch_entries(&self.ctx, &provider, &pending, &outcomes);
+                    match hold {
+                        Some(hold) => hold.settle(rows).await,
+                        None => ledger::write(&self.ctx, rows).await,
+                    }
+                    Ok::<_, JobError>(outcomes)
                 })
                 .await?;
             let may_resubmit = round <= self.options.resubmit_rounds;
@@ -251,13 +271,14 @@ impl Runner {
         }
     }
 
-    /// Round `round`'s batch: created now, found after a crash, or replayed from the journal.
+    /// Round `round`'s batch: created now (with its budget reservation, if a budget applies),
+    /// found after a crash, or replayed from the journal.
     async fn submit(
         &self,
         round: u32,
         provider: &str,
         requests: &[BatchRequest],
-    ) -> Result<Submitted, JobError> {
+    ) -> Result<(Submitted, Option<Hold>), JobError> {
         let marker = format!("llmjobs-{}-{round}", self.ctx.id());
         let file: Option<String> = self
             .ctx
@@ -269,6 +290,10 @@ impl Runner {
             })
             .await?;
         let mut how = How::Resumed;
+        let mut hold = None;
+        // A refusal is not journaled (as a permanent error would be): the job still fails
+        // permanently, but a retry of it checks the budget again.
+        let mut refused = None;
         let batch: BatchInfo = self
             .ctx
             .step(&format!("batch {round} create"), async {
@@ -283,14 +308,37 @@ impl Runner {
                     return Ok::<_, JobError>(found);
                 }
                 how = How::Created;
+                hold = self.reserve(provider, requests).await.map_err(|e| {
+                    let error = JobError::msg(e.to_string()).with_kind(crate::ErrorKind::Retryable);
+                    refused = Some(e);
+                    error
+                })?;
                 self.client
                     .batch_create(requests, file.as_deref(), &marker)
                     .await
                     .map_err(LlmError::into_job_error)
             })
-            .await?;
+            .await
+            .map_err(|e| refused.take().map_or(e, LlmError::into_job_error))?;
         tracing::info!(batch = %batch.id, provider, round, "{} batch", how.verb());
-        Ok(Submitted { batch, how, round })
+        Ok((Submitted { batch, how, round }, hold))
+    }
+
+    /// Reserves the most `requests` could cost at the batch price against the budgets of the
+    /// job and of `provider`.
+    async fn reserve(
+        &self,
+        provider: &str,
+        requests: &[BatchRequest],
+    ) -> Result<Option<Hold>, LlmError> {
+        let model = requests.first().map_or("", |r| r.request.model.as_str());
+        let ceiling = || {
+            requests.iter().fold(Estimate::ZERO, |sum, r| {
+                let price = self.client.price_of(&r.request.model).map(|p| p.batch());
+                sum.plus(Estimate::of(&r.request, price))
+            })
+        };
+        budget::reserve(&self.ctx, model, Some(provider), ceiling).await
     }
 
     /// Polls the batch until it is over, with back-off; a cancel of the job meanwhile cancels

@@ -2,23 +2,43 @@
 
 use std::time::Duration;
 
+use super::budget::Hold;
 use crate::JobContext;
-use crate::llm::{ChatResponse, LlmError};
+use crate::llm::{BatchItemErrorKind, BatchItemResult, BatchRequest, ChatResponse, LlmError};
 use crate::status::now_ms;
 use crate::usage::{CallOutcome, LedgerEntry};
 
-/// Records a call to `model` that ended with `result` after `latency`. Errors raised before
-/// anything was sent (no route, no key, an open circuit, a budget) are no call and are not
-/// recorded. A ledger that cannot be written is logged, never the call's failure: the answer
-/// was paid for either way.
+/// Records a call to `model` that ended with `result` after `latency`, in place of its budget
+/// reservation if it held one. Errors raised before anything was sent (no route, no key, an
+/// open circuit, a budget) are no call and are not recorded. A ledger that cannot be written
+/// is logged, never the call's failure: the answer was paid for either way.
 pub(super) async fn record(
     ctx: &JobContext,
     model: &str,
     provider: &str,
     result: &Result<ChatResponse, LlmError>,
     latency: Duration,
+    hold: Option<Hold>,
 ) {
-    let entry = match result {
+    let entry = call_entry(ctx, model, provider, result, latency);
+    match hold {
+        Some(hold) => hold.settle(entry.into_iter().collect()).await,
+        None => {
+            if let Some(entry) = entry {
+                write(ctx, vec![entry]).await;
+            }
+        }
+    }
+}
+
+fn call_entry(
+    ctx: &JobContext,
+    model: &str,
+    provider: &str,
+    result: &Result<ChatResponse, LlmError>,
+    latency: Duration,
+) -> Option<LedgerEntry> {
+    Some(match result {
         Ok(response) => {
             entry(ctx, model, &response.provider, CallOutcome::Ok, latency).with_usage(response)
         }
@@ -28,10 +48,9 @@ pub(super) async fn record(
                 entry.error_kind = Some(kind.to_string());
                 entry
             }
-            None => return,
+            None => return None,
         },
-    };
-    write(ctx, entry).await;
+    })
 }
 
 /// Records an answer the completion cache gave: no tokens, no cost.
@@ -44,11 +63,46 @@ pub(super) async fn record_cache_hit(ctx: &JobContext, model: &str, response: &C
         Duration::ZERO,
     );
     entry.cost_usd = Some(0.0);
-    write(ctx, entry).await;
+    write(ctx, vec![entry]).await;
 }
 
-async fn write(ctx: &JobContext, entry: LedgerEntry) {
-    if let Err(e) = ctx.store().record_usage(vec![entry]).await {
+/// The rows of a provider batch's requests (their `outcomes`, in the same order): answers
+/// with their usage at the batch price, and errors. A batch item has no latency of its own.
+pub(super) fn batch_entries(
+    ctx: &JobContext,
+    provider: &str,
+    requests: &[BatchRequest],
+    outcomes: &[BatchItemResult],
+) -> Vec<LedgerEntry> {
+    requests
+        .iter()
+        .zip(outcomes)
+        .map(|(request, result)| {
+            let model = &request.request.model;
+            match &result.outcome {
+                Ok(answer) => {
+                    entry(ctx, model, provider, CallOutcome::Ok, Duration::ZERO).with_usage(answer)
+                }
+                Err(error) => {
+                    let mut entry = entry(ctx, model, provider, CallOutcome::Error, Duration::ZERO);
+                    entry.error_kind = Some(
+                        match error.kind {
+                            BatchItemErrorKind::Failed => "batch_failed",
+                            BatchItemErrorKind::Expired => "batch_expired",
+                            BatchItemErrorKind::Cancelled => "batch_cancelled",
+                            BatchItemErrorKind::Missing => "batch_missing",
+                        }
+                        .to_string(),
+                    );
+                    entry
+                }
+            }
+        })
+        .collect()
+}
+
+pub(super) async fn write(ctx: &JobContext, entries: Vec<LedgerEntry>) {
+    if let Err(e) = ctx.store().record_usage(entries).await {
         tracing::warn!(job = %ctx.id(), error = %e, "could not write an LLM call to the usage ledger");
     }
 }

@@ -40,6 +40,15 @@ pub(super) fn idempotency_key(idempotency_key: &str) -> i64 {
     key("llmjobs.idempotency", idempotency_key)
 }
 
+/// The lock of a budget: its reservations take turns.
+pub(super) fn budget(spender: &crate::store::budget::Spender) -> i64 {
+    use crate::store::budget::Spender;
+    match spender {
+        Spender::Job(id) => key("llmjobs.budget.job", &id.to_string()),
+        Spender::Provider { name, .. } => key("llmjobs.budget.provider", name),
+    }
+}
+
 /// The liveness lock of a worker.
 pub(super) fn owner(owner: &str) -> i64 {
     key("llmjobs.owner", owner)

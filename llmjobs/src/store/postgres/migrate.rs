@@ -57,6 +57,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "counters split into slots",
         sql: include_str!("../../../migrations/postgres/0007_counters_split_into_slots.sql"),
     },
+    Migration {
+        version: 8,
+        description: "budget reservations",
+        sql: include_str!("../../../migrations/postgres/0008_budget_reservations.sql"),
+    },
 ];
 
 /// The newest migration this build knows.

@@ -17,7 +17,10 @@ const POSTGRES: Dialect = Dialect {
 };
 
 /// Appends rows to the ledger, in one statement.
-pub(super) async fn record(pool: &PgPool, entries: &[LedgerEntry]) -> Result<()> {
+pub(super) async fn record<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    entries: &[LedgerEntry],
+) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -39,7 +42,7 @@ pub(super) async fn record(pool: &PgPool, entries: &[LedgerEntry]) -> Result<()>
             .push_bind(&e.error_kind)
             .push_bind(e.at);
     });
-    builder.build().execute(pool).await?;
+    builder.build().execute(executor).await?;
     Ok(())
 }
 

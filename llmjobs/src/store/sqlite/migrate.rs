@@ -58,6 +58,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "usage ledger and completion cache",
         sql: include_str!("../../../migrations/sqlite/0008_usage_ledger_and_completion_cache.sql"),
     },
+    Migration {
+        version: 9,
+        description: "budget reservations",
+        sql: include_str!("../../../migrations/sqlite/0009_budget_reservations.sql"),
+    },
 ];
 
 /// The newest migration this build knows.

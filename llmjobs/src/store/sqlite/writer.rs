@@ -22,6 +22,7 @@ use crate::{Error, JobId, Result};
 #[macro_use]
 mod history;
 
+mod budget;
 mod cancel;
 mod claim;
 mod enqueue;
@@ -150,6 +151,7 @@ pub(super) enum Reply {
     Claimed(Vec<ClaimedJob>),
     Cancel(CancelEffect),
     Fired(crate::store::Fired),
+    Budget(crate::store::budget::BudgetDecision),
 }
 
 /// Runs until every sender is gone, then closes the connection. If it panics, `failure` says
@@ -487,10 +489,7 @@ fn apply(conn: &Connection, op: &WriteOp, tally: &mut Tally) -> Result<Reply> {
         }
         WriteOp::RemoveSchedule { name } => Reply::Changed(schedule::remove_schedule(conn, name)?),
         WriteOp::FireTicks(ticks) => Reply::Fired(schedule::fire_ticks(conn, ticks, now, tally)?),
-        WriteOp::Llm(write) => {
-            ledger::apply(conn, write, now)?;
-            Reply::Done
-        }
+        WriteOp::Llm(write) => ledger::apply(conn, write, now)?,
     })
 }
 

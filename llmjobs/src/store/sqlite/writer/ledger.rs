@@ -2,8 +2,9 @@
 
 use rusqlite::Connection;
 
-use super::execute;
+use super::{Reply, budget, execute};
 use crate::Result;
+use crate::store::budget::BudgetClaim;
 use crate::store::usage::{LEDGER_COLUMNS, int};
 use crate::store::{CacheEntry, LedgerEntry, NewJob};
 
@@ -16,11 +17,26 @@ pub(in crate::store::sqlite) enum LlmWrite {
     /// An answer for the completion cache (replacing any under its key); expired answers are
     /// removed on the way.
     Cache(CacheEntry),
+    /// A call's budget reservation, if it fits.
+    Reserve(BudgetClaim),
+    /// A budget reservation's lease, extended.
+    Renew { id: String, lease_ms: i64 },
+    /// A budget reservation, replaced by the ledger rows of what was spent.
+    Settle {
+        id: String,
+        entries: Vec<LedgerEntry>,
+    },
 }
 
-pub(super) fn apply(conn: &Connection, write: &LlmWrite, now: i64) -> Result<()> {
+pub(super) fn apply(conn: &Connection, write: &LlmWrite, now: i64) -> Result<Reply> {
     match write {
-        LlmWrite::Record(entries) => record(conn, entries),
+        LlmWrite::Record(entries) => record(conn, entries)?,
+        LlmWrite::Reserve(claim) => return budget::reserve(conn, claim, now).map(Reply::Budget),
+        LlmWrite::Renew { id, lease_ms } => budget::renew(conn, id, now + lease_ms)?,
+        LlmWrite::Settle { id, entries } => {
+            budget::release(conn, id)?;
+            record(conn, entries)?;
+        }
         LlmWrite::Cache(entry) => {
             execute(
                 conn,
@@ -39,9 +55,9 @@ pub(super) fn apply(conn: &Connection, write: &LlmWrite, now: i64) -> Result<()>
                     entry.expires_at
                 ],
             )?;
-            Ok(())
         }
     }
+    Ok(Reply::Done)
 }
 
 fn record(conn: &Connection, entries: &[LedgerEntry]) -> Result<()> {
