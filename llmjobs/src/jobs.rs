@@ -12,6 +12,9 @@ use crate::status::{JobCounts, JobFilter, JobStatus, now_ms};
 use crate::store::{CancelEffect, Enqueued, LocalClaim, NewJob, RetryEffect, Store};
 use crate::{Error, Job, JobCall, JobHandle, JobId, Outcome, Result};
 
+#[cfg(feature = "postgres")]
+mod spawn_in;
+
 /// How hard a commit works to survive a crash.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]

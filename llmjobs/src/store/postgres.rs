@@ -26,6 +26,7 @@ mod batch;
 mod cancel;
 mod claim;
 mod enqueue;
+mod enqueue_in;
 mod finish;
 mod inspect;
 mod list;
@@ -141,6 +142,8 @@ pub(crate) struct PgStore {
     pool: PgPool,
     /// Spawns and outcomes, written in batches.
     batcher: batch::Batcher,
+    /// The schema llmjobs' tables live in.
+    schema: String,
     /// The channel this schema's wake-ups go out on.
     channel: String,
     /// For the listening connection.
@@ -240,6 +243,7 @@ impl PgStore {
         Ok(PgStore {
             batcher: batch::Batcher::start(pool.clone(), channel.clone()),
             channel,
+            schema: target.schema().to_string(),
             stop: CancellationToken::new(),
             pool,
             liveness: liveness::OwnerHold::new(options.clone()),
@@ -299,6 +303,15 @@ impl Store for PgStore {
             .enqueue(jobs)
             .await
             .map_err(|e| self.after_close(e))
+    }
+
+    async fn enqueue_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>> {
+        self.check_open()?;
+        enqueue_in::enqueue_in(conn, &self.schema, &self.channel, &jobs).await
     }
 
     async fn retry(&self, id: JobId, clear_journal: bool) -> Result<RetryEffect> {

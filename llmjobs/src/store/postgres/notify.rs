@@ -53,7 +53,7 @@ impl Notice {
         !self.available && self.ended.is_empty() && !self.others_ended
     }
 
-    fn payload(&self) -> String {
+    pub(super) fn payload(&self) -> String {
         let mut payload = String::new();
         if self.available {
             payload.push('a');
