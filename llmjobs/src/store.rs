@@ -366,6 +366,9 @@ pub(crate) enum Hint {
     Available,
     /// These jobs ended (or changed state): their waiters read their rows again.
     Ended(Vec<JobId>),
+    /// Cancellation of these running jobs was requested: their owner reads its cancel
+    /// requests now.
+    CancelRequested(Vec<JobId>),
     /// Hints may have been missed (the listening connection was lost, or one commit ended more
     /// jobs than a hint names): look at everything again.
     Missed,

@@ -356,12 +356,24 @@ impl Store for PgStore {
     async fn cancel(&self, id: JobId) -> Result<CancelEffect> {
         let now = crate::status::now_ms();
         let effect = cancel::cancel(self.pool()?, id, now).await?;
-        if effect == CancelEffect::Cancelled {
-            self.notify(notify::Notice {
-                ended: vec![id],
-                ..Default::default()
-            })
-            .await;
+        match effect {
+            CancelEffect::Cancelled => {
+                self.notify(notify::Notice {
+                    ended: vec![id],
+                    ..Default::default()
+                })
+                .await;
+            }
+            // Its owner, in whichever process, stops it now rather than at its next look at
+            // the requests.
+            CancelEffect::Requested => {
+                self.notify(notify::Notice {
+                    cancel_requested: vec![id],
+                    ..Default::default()
+                })
+                .await;
+            }
+            CancelEffect::AlreadyFinal(_) | CancelEffect::NotFound => {}
         }
         Ok(effect)
     }
