@@ -45,7 +45,7 @@ pub(super) async fn maintain(shared: Weak<Shared>, stopped: CancellationToken) {
     let mut ticks = Ticks::new(shared, stopped, Duration::from_millis(250));
     let mut last_heartbeat = tokio::time::Instant::now();
     let mut last_owner_scan: Option<tokio::time::Instant> = None;
-    let mut last_cancel_read: Option<tokio::time::Instant> = None;
+    let mut last_cancel_read = tokio::time::Instant::now();
     while let Some(shared) = ticks.next().await {
         if let Some(cause) = shared.store.failure() {
             shared.give_up(&cause);
@@ -68,10 +68,8 @@ pub(super) async fn maintain(shared: Weak<Shared>, stopped: CancellationToken) {
             // processes at once (see `hints.rs`); reading them at the poll interval, as idle
             // workers look for jobs, is then only the safety net for a lost hint. Otherwise
             // they are read on every tick.
-            if !shared.is_hinted()
-                || last_cancel_read.is_none_or(|t| now - t >= shared.settings.poll_interval)
-            {
-                last_cancel_read = Some(now);
+            if !shared.is_hinted() || now - last_cancel_read >= shared.settings.poll_interval {
+                last_cancel_read = now;
                 shared.read_cancel_requests().await;
             }
         }
