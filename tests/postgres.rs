@@ -7,10 +7,10 @@
 //! Each test has a fresh database from the test kit's harness (`llmjobs_testkit::pg`), and is
 //! skipped, saying why, when no PostgreSQL can be had.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use llmjobs::{Backoff, JobError, JobId, JobState, Jobs, Outcome, llm_job};
+use llmjobs::{Backoff, CancelOutcome, Error, JobError, JobId, JobState, Jobs, Outcome, llm_job};
 use llmjobs_testkit::pg::{PsqlSession, pg_url, psql};
 
 /// A runtime on `url` with short back-offs, as the tests want them.
@@ -441,4 +441,73 @@ async fn two_runtimes_retrying_one_failed_job_at_once_retry_it_once() {
     assert_eq!(status.earlier_runs[0].state, JobState::Failed);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+static UNTIL_CANCELLED_STARTED: AtomicBool = AtomicBool::new(false);
+static UNTIL_CANCELLED_DROPPED: AtomicBool = AtomicBool::new(false);
+
+/// Says when the body that holds it is dropped: how a job observes its cancellation.
+struct DroppedFlag(&'static AtomicBool);
+
+impl Drop for DroppedFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[llm_job]
+async fn pg_runs_until_cancelled() -> Result<(), JobError> {
+    let _dropped = DroppedFlag(&UNTIL_CANCELLED_DROPPED);
+    UNTIL_CANCELLED_STARTED.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_from_another_process_stops_a_running_job_before_its_owners_next_poll() {
+    let Some(url) = pg_url().await else { return };
+    // The owner's safety net reads cancel requests at its poll interval: every minute here.
+    // Only the cancel's NOTIFY can reach it before that.
+    let owner = Jobs::builder()
+        .url(&url)
+        .poll_interval(Duration::from_secs(60))
+        .shutdown_grace(Duration::ZERO)
+        .open()
+        .await
+        .unwrap();
+    let other = Jobs::builder()
+        .url(&url)
+        .run_jobs(false)
+        .open()
+        .await
+        .unwrap();
+    let handle = owner.spawn(pg_runs_until_cancelled()).await.unwrap();
+    eventually(Duration::from_secs(10), "the job to start", || {
+        UNTIL_CANCELLED_STARTED.load(Ordering::SeqCst)
+    })
+    .await;
+    assert_eq!(
+        other.cancel(handle.id()).await.unwrap(),
+        CancelOutcome::Requested
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the owner to drop the job's future, woken by the cancel",
+        || UNTIL_CANCELLED_DROPPED.load(Ordering::SeqCst),
+    )
+    .await;
+    let waited = tokio::time::timeout(
+        Duration::from_secs(5),
+        other.handle::<()>(handle.id()).wait(),
+    )
+    .await
+    .expect("the job ended");
+    assert!(
+        matches!(waited, Err(Error::JobCancelled { .. })),
+        "{waited:?}"
+    );
+    let status = owner.status(handle.id()).await.unwrap();
+    assert_eq!((status.state, status.attempts), (JobState::Cancelled, 1));
+    other.shutdown().await;
+    owner.shutdown().await;
 }

@@ -112,6 +112,17 @@ pub enum Error {
     /// The runtime has been shut down; it accepts no more work.
     #[error("the job runtime is shut down")]
     Shutdown,
+    /// An operation only a PostgreSQL job database can do (enqueueing in the application's
+    /// own transaction: [`Jobs::spawn_in`](crate::Jobs::spawn_in)) on a runtime whose job
+    /// database is not PostgreSQL. Nothing was recorded.
+    #[error(
+        "`{operation}` needs a PostgreSQL job database (`postgres://…`); this runtime's is not \
+         one, so nothing was recorded"
+    )]
+    NotPostgres {
+        /// The method called.
+        operation: &'static str,
+    },
     /// Waiting for the job took longer than the given timeout.
     #[error("timed out after {0:?} waiting for the job")]
     WaitTimeout(Duration),

@@ -12,6 +12,9 @@ use crate::status::{JobCounts, JobFilter, JobStatus, now_ms};
 use crate::store::{CancelEffect, Enqueued, LocalClaim, NewJob, RetryEffect, Store};
 use crate::{Error, Job, JobCall, JobHandle, JobId, Outcome, Result};
 
+#[cfg(feature = "postgres")]
+mod spawn_in;
+
 /// How hard a commit works to survive a crash.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -330,7 +333,9 @@ impl Jobs {
     }
 
     /// Cancels a job: at once if it is pending; if it is running, in whichever process runs it
-    /// (within about a second). Cancelling a finished job changes nothing and says so.
+    /// (on PostgreSQL within milliseconds, woken by a `NOTIFY`, or at the owner's next poll if
+    /// that wake-up was lost; on SQLite within about a quarter of a second).
+    /// Cancelling a finished job changes nothing and says so.
     pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome> {
         match self.shared.store.cancel(id).await? {
             CancelEffect::Cancelled => {
@@ -516,7 +521,11 @@ impl JobsBuilder {
         self
     }
 
-    /// How often an idle worker looks for jobs spawned by other processes (default 250 ms).
+    /// How often an idle worker looks for jobs spawned by other processes (default 250 ms). On
+    /// PostgreSQL, whose `NOTIFY` wakes workers at once, this poll is the safety net for a lost
+    /// wake-up; it is also how often a worker there reads the cancel requests that other
+    /// processes made of its running jobs (no more often than every quarter of a second), which
+    /// a `NOTIFY` likewise brings at once.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.settings.poll_interval = interval;
         self

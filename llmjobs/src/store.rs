@@ -367,6 +367,9 @@ pub(crate) enum Hint {
     Available,
     /// These jobs ended (or changed state): their waiters read their rows again.
     Ended(Vec<JobId>),
+    /// Cancellation of these running jobs was requested: their owner reads its cancel
+    /// requests now.
+    CancelRequested(Vec<JobId>),
     /// Hints may have been missed (the listening connection was lost, or one commit ended more
     /// jobs than a hint names): look at everything again.
     Missed,
@@ -384,6 +387,22 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Inserts every job in one transaction: all of them or, on an error, none.
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
+
+    /// Inserts every job inside the transaction open on `conn`, a connection of the
+    /// application's own (not this store's) to the same database, as [`Store::enqueue_many`]
+    /// would: the jobs exist if and only if that transaction commits, and the other processes
+    /// are woken when it does. Nothing is committed here. Only PostgreSQL can.
+    #[cfg(feature = "postgres")]
+    async fn enqueue_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>> {
+        let _ = (conn, jobs);
+        Err(crate::Error::NotPostgres {
+            operation: "spawn_in",
+        })
+    }
 
     /// Puts a failed or cancelled job back to `pending` with a fresh attempt budget, its earlier
     /// run kept in its history; its journal is cleared when `clear_journal`.

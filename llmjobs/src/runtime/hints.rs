@@ -1,5 +1,6 @@
 //! Wake-ups from other processes: a job spawned elsewhere wakes the dispatcher, a job that
-//! ended elsewhere wakes its waiters here, instead of their next poll.
+//! ended elsewhere wakes its waiters here, and a cancel requested elsewhere of a job running
+//! here stops it, instead of at their next poll.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,7 +26,7 @@ impl Shared {
         self.hinted.load(Ordering::Acquire)
     }
 
-    fn on_hint(&self, hint: Hint) {
+    fn on_hint(self: &Arc<Self>, hint: Hint) {
         match hint {
             Hint::Available => self.wake_dispatcher(),
             Hint::Ended(ids) => {
@@ -35,10 +36,30 @@ impl Shared {
                 // Their slots are free: jobs waiting for a limit may start.
                 self.wake_dispatcher();
             }
+            Hint::CancelRequested(ids) => {
+                if ids.iter().any(|&id| self.runs_here(id)) {
+                    self.stop_cancel_requested();
+                }
+            }
             Hint::Missed => {
                 self.wake_dispatcher();
                 self.wake_all_waiters();
+                self.stop_cancel_requested();
             }
         }
+    }
+
+    /// Reads this worker's cancel requests and stops the jobs they name, in a task of its own
+    /// (a hint is never the truth: the rows are).
+    fn stop_cancel_requested(self: &Arc<Self>) {
+        if self.running_count() == 0 {
+            return;
+        }
+        let shared = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if let Some(shared) = shared.upgrade() {
+                shared.read_cancel_requests().await;
+            }
+        });
     }
 }

@@ -45,6 +45,7 @@ pub(super) async fn maintain(shared: Weak<Shared>, stopped: CancellationToken) {
     let mut ticks = Ticks::new(shared, stopped, Duration::from_millis(250));
     let mut last_heartbeat = tokio::time::Instant::now();
     let mut last_owner_scan: Option<tokio::time::Instant> = None;
+    let mut last_cancel_read = tokio::time::Instant::now();
     while let Some(shared) = ticks.next().await {
         if let Some(cause) = shared.store.failure() {
             shared.give_up(&cause);
@@ -63,13 +64,13 @@ pub(super) async fn maintain(shared: Weak<Shared>, stopped: CancellationToken) {
                     tracing::warn!(error = %e, "renewing leases failed");
                 }
             }
-            match shared.store.cancel_requests(shared.owner.clone()).await {
-                Ok(ids) => {
-                    for id in ids {
-                        shared.cancel_local(id);
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "reading cancel requests failed"),
+            // A store that sends hints (PostgreSQL's NOTIFY) brings cancel requests from other
+            // processes at once (see `hints.rs`); reading them at the poll interval, as idle
+            // workers look for jobs, is then only the safety net for a lost hint. Otherwise
+            // they are read on every tick.
+            if !shared.is_hinted() || now - last_cancel_read >= shared.settings.poll_interval {
+                last_cancel_read = now;
+                shared.read_cancel_requests().await;
             }
         }
         if last_owner_scan.is_none_or(|t| now - t >= Duration::from_secs(1))
@@ -79,6 +80,20 @@ pub(super) async fn maintain(shared: Weak<Shared>, stopped: CancellationToken) {
             if let Err(e) = recover_orphans(&shared).await {
                 tracing::warn!(error = %e, "looking for orphaned jobs failed");
             }
+        }
+    }
+}
+
+impl Shared {
+    /// Stops the jobs of this worker whose cancellation was requested (from another process).
+    pub(super) async fn read_cancel_requests(&self) {
+        match self.store.cancel_requests(self.owner.clone()).await {
+            Ok(ids) => {
+                for id in ids {
+                    self.cancel_local(id);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "reading cancel requests failed"),
         }
     }
 }

@@ -27,6 +27,7 @@ mod budget;
 mod cancel;
 mod claim;
 mod enqueue;
+mod enqueue_in;
 mod finish;
 mod inspect;
 mod list;
@@ -142,6 +143,8 @@ pub(crate) struct PgStore {
     pool: PgPool,
     /// Spawns and outcomes, written in batches.
     batcher: batch::Batcher,
+    /// The schema llmjobs' tables live in.
+    schema: String,
     /// The channel this schema's wake-ups go out on.
     channel: String,
     /// For the listening connection.
@@ -241,6 +244,7 @@ impl PgStore {
         Ok(PgStore {
             batcher: batch::Batcher::start(pool.clone(), channel.clone()),
             channel,
+            schema: target.schema().to_string(),
             stop: CancellationToken::new(),
             pool,
             liveness: liveness::OwnerHold::new(options.clone()),
@@ -302,6 +306,15 @@ impl Store for PgStore {
             .map_err(|e| self.after_close(e))
     }
 
+    async fn enqueue_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>> {
+        self.check_open()?;
+        enqueue_in::enqueue_in(conn, &self.schema, &self.channel, &jobs).await
+    }
+
     async fn retry(&self, id: JobId, clear_journal: bool) -> Result<RetryEffect> {
         let now = crate::status::now_ms();
         let effect = transaction!(self, |conn| retry::retry(conn, id, clear_journal, now))?;
@@ -344,12 +357,24 @@ impl Store for PgStore {
     async fn cancel(&self, id: JobId) -> Result<CancelEffect> {
         let now = crate::status::now_ms();
         let effect = cancel::cancel(self.pool()?, id, now).await?;
-        if effect == CancelEffect::Cancelled {
-            self.notify(notify::Notice {
-                ended: vec![id],
-                ..Default::default()
-            })
-            .await;
+        match effect {
+            CancelEffect::Cancelled => {
+                self.notify(notify::Notice {
+                    ended: vec![id],
+                    ..Default::default()
+                })
+                .await;
+            }
+            // Its owner, in whichever process, stops it now rather than at its next look at
+            // the requests.
+            CancelEffect::Requested => {
+                self.notify(notify::Notice {
+                    cancel_requested: vec![id],
+                    ..Default::default()
+                })
+                .await;
+            }
+            CancelEffect::AlreadyFinal(_) | CancelEffect::NotFound => {}
         }
         Ok(effect)
     }

@@ -6,9 +6,11 @@
 //! latency, not correctness: the listener then says so ([`Hint::Missed`]), and a slow safety
 //! poll remains in any case.
 //!
-//! One channel per schema, `llmjobs.<schema>`; the payload is `a` (due jobs may be waiting)
-//! and/or `e` followed by the ids of jobs that ended, or `e*` when more ended than a payload
-//! holds (PostgreSQL caps payloads below 8,000 bytes).
+//! One channel per schema, `llmjobs.<schema>`; the payload is, in this order, any of: `a` (due
+//! jobs may be waiting); `c` followed by the ids of running jobs whose cancellation was
+//! requested and `;` (or `c*;` for more than a payload holds); `e` followed by the ids of jobs
+//! that ended, or `e*` when more ended than a payload holds (PostgreSQL caps payloads below
+//! 8,000 bytes). A build that does not know a part takes the payload for a missed hint.
 
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::store::{Hint, HintSink};
 use crate::{JobId, Result};
 
-/// Ids past this many in one commit are sent as `e*` (about 7,400 bytes of ids).
+/// Ids past this many in one payload are sent as `c*;` or `e*` (about 7,400 bytes of ids).
 const MAX_IDS: usize = 200;
 
 /// The channel of llmjobs' tables in `schema`.
@@ -32,6 +34,8 @@ pub(super) fn channel(schema: &str) -> String {
 pub(super) struct Notice {
     /// Due jobs were made pending.
     pub(super) available: bool,
+    /// Running jobs whose owners are asked to stop them.
+    pub(super) cancel_requested: Vec<JobId>,
     /// Jobs that ended.
     pub(super) ended: Vec<JobId>,
     /// Jobs ended that the notice does not name.
@@ -44,30 +48,37 @@ impl Notice {
     pub(super) fn released() -> Notice {
         Notice {
             available: true,
-            ended: Vec::new(),
             others_ended: true,
+            ..Notice::default()
         }
     }
 
     fn is_empty(&self) -> bool {
-        !self.available && self.ended.is_empty() && !self.others_ended
+        !self.available
+            && self.cancel_requested.is_empty()
+            && self.ended.is_empty()
+            && !self.others_ended
     }
 
-    fn payload(&self) -> String {
+    pub(super) fn payload(&self) -> String {
         let mut payload = String::new();
         if self.available {
             payload.push('a');
         }
-        if self.others_ended || self.ended.len() > MAX_IDS {
+        let mut room = MAX_IDS;
+        if self.cancel_requested.len() > room {
+            payload.push_str("c*;");
+        } else if !self.cancel_requested.is_empty() {
+            payload.push('c');
+            push_ids(&mut payload, &self.cancel_requested);
+            payload.push(';');
+            room -= self.cancel_requested.len();
+        }
+        if self.others_ended || self.ended.len() > room {
             payload.push_str("e*");
         } else if !self.ended.is_empty() {
             payload.push('e');
-            for (i, id) in self.ended.iter().enumerate() {
-                if i > 0 {
-                    payload.push(',');
-                }
-                payload.push_str(&id.to_string());
-            }
+            push_ids(&mut payload, &self.ended);
         }
         payload
     }
@@ -95,6 +106,15 @@ impl Notice {
     }
 }
 
+fn push_ids(payload: &mut String, ids: &[JobId]) {
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            payload.push(',');
+        }
+        payload.push_str(&id.to_string());
+    }
+}
+
 /// Sends `notice` on a connection of `pool`, after the change it tells of committed. A hint:
 /// a failure is only logged (the others poll).
 pub(super) async fn tell(pool: &PgPool, notice: &Notice, channel: &str) {
@@ -113,6 +133,18 @@ fn parse(payload: &str) -> Vec<Hint> {
     let mut rest = payload;
     if let Some(after) = rest.strip_prefix('a') {
         hints.push(Hint::Available);
+        rest = after;
+    }
+    if let Some(after) = rest.strip_prefix('c') {
+        let Some((ids, after)) = after.split_once(';') else {
+            hints.push(Hint::Missed);
+            return hints;
+        };
+        // `c*;`: more than a payload holds; every runtime with running jobs looks.
+        match ids.split(',').map(str::parse).collect() {
+            Ok(ids) => hints.push(Hint::CancelRequested(ids)),
+            Err(_) => hints.push(Hint::Missed),
+        }
         rest = after;
     }
     match rest.strip_prefix('e') {
@@ -204,7 +236,7 @@ mod tests {
         let notice = Notice {
             available: true,
             ended: vec![a, b],
-            others_ended: false,
+            ..Notice::default()
         };
         assert_eq!(
             parse(&notice.payload()),
@@ -222,6 +254,36 @@ mod tests {
         };
         assert!(full.payload().len() < 8000, "{}", full.payload().len());
         assert_eq!(parse("a"), vec![Hint::Available]);
+        let asked = Notice {
+            cancel_requested: vec![a],
+            ended: vec![b],
+            ..Notice::default()
+        };
+        assert_eq!(
+            parse(&asked.payload()),
+            vec![Hint::CancelRequested(vec![a]), Hint::Ended(vec![b])]
+        );
+        let only_asked = Notice {
+            cancel_requested: vec![a, b],
+            ..Notice::default()
+        };
+        assert_eq!(
+            parse(&only_asked.payload()),
+            vec![Hint::CancelRequested(vec![a, b])]
+        );
+        // Ids of both kinds share one payload's room.
+        let crowded = Notice {
+            cancel_requested: vec![a; MAX_IDS],
+            ended: vec![b],
+            ..Notice::default()
+        };
+        assert!(crowded.payload().len() < 8000);
+        assert_eq!(
+            parse(&crowded.payload()),
+            vec![Hint::CancelRequested(vec![a; MAX_IDS]), Hint::Missed]
+        );
+        assert_eq!(parse("c*;"), vec![Hint::Missed]);
+        assert_eq!(parse("c"), vec![Hint::Missed]);
         assert_eq!(parse("zz"), vec![Hint::Missed]);
     }
 }
