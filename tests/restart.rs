@@ -24,14 +24,17 @@ async fn every_job_of_a_killed_worker_completes_after_restart() {
             "400",
         ],
     );
-    // Kill it while jobs are mid-flight: some done, some started and not done.
+    // Kill it while jobs are mid-flight: every spawn returned (so all 30 are recorded), some
+    // jobs done, some started and not done.
     wait_until(
         Duration::from_secs(60),
-        "a few jobs done and more in flight",
+        "all spawned, a few jobs done and more in flight",
         || {
             let lines = read_lines(&log);
             let done = ids_of(&lines, "done").len();
-            done >= 4 && ids_of(&lines, "start").len() > done
+            lines.iter().any(|l| l == "spawned")
+                && done >= 4
+                && ids_of(&lines, "start").len() > done
         },
     );
     first.kill();

@@ -2,7 +2,7 @@
 //! tests SIGKILL it at chosen points.
 //!
 //! Usage:
-//!   llmjobs-test-worker spawn DB LOG COUNT SLEEP_MS   spawn COUNT jobs, then run jobs forever
+//!   llmjobs-test-worker spawn DB LOG COUNT SLEEP_MS   spawn COUNT jobs, log `spawned`, then run jobs forever
 //!   llmjobs-test-worker steps DB LOG                    spawn one five-step job, then run jobs forever
 //!   llmjobs-test-worker long DB LOG                     spawn one job that sleeps a minute, then run jobs forever
 //!   llmjobs-test-worker llm3 DB LOG MOCK_URL            spawn one job of three LLM calls, then run jobs forever
@@ -235,6 +235,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             for n in 0..count {
                 jobs.spawn(logged_sleep(n, sleep_ms, log.clone())).await?;
             }
+            append_line(std::path::Path::new(log), "spawned");
             println!("spawned {count}");
             std::future::pending::<()>().await;
         }
