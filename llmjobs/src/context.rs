@@ -1,15 +1,18 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use crate::runtime::Shared;
-use crate::store::{ClaimedJob, StepRecord};
+use crate::store::StepRecord;
 use crate::{Error, JobError, JobId};
+
+mod cancel;
+
+pub(crate) use cancel::CancelSignal;
 
 /// How often, at most, a job's latest progress report is written to the database.
 const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_millis(250);
@@ -23,15 +26,18 @@ pub struct JobContext {
     inner: Arc<ContextInner>,
 }
 
+/// The one allocation of a running attempt besides its task and its body: what the body sees,
+/// the cancel signal, and what the runtime's running map points to.
 struct ContextInner {
     id: JobId,
     name: &'static str,
     attempt: u32,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
+    max_attempts: u32,
     next_step: AtomicU32,
     /// The job never ran before: its journal is empty.
     fresh: bool,
+    shared: Arc<Shared>,
+    cancel: CancelSignal,
     /// What a job that reports progress, journals steps or calls an LLM needs; allocated at
     /// its first use, so that a job waiting on something slow with none of these (a sleep, a
     /// plain HTTP call) costs a few bytes less for as long as it waits.
@@ -145,25 +151,77 @@ enum StepOutcome<T> {
     Err(String),
 }
 
+/// A running attempt as the runtime's running map holds it: weak, so that an entry left in the
+/// map (its task dropped with the tokio runtime) keeps no runtime alive through the context.
+pub(crate) struct AttemptRef(Weak<ContextInner>);
+
+impl AttemptRef {
+    /// Stops the attempt: its body is dropped and the job marked cancelled (or handed back).
+    pub(crate) fn cancel(&self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.cancel.cancel();
+        }
+    }
+
+    /// Stops the attempt as its worker lost its liveness lock: its row goes back to the queue.
+    pub(crate) fn cancel_unproven(&self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.cancel.cancel_unproven();
+        }
+    }
+
+    /// Whether this is `ctx`'s attempt.
+    pub(crate) fn is(&self, ctx: &JobContext) -> bool {
+        std::ptr::eq(self.0.as_ptr(), Arc::as_ptr(&ctx.inner))
+    }
+}
+
 impl JobContext {
+    /// The context of attempt `attempt` of job `id`, which may make `max_attempts` in all;
+    /// `fresh` when it never ran before.
     pub(crate) fn new(
         shared: Arc<Shared>,
-        job: &ClaimedJob,
+        id: JobId,
         name: &'static str,
-        cancel: CancellationToken,
+        attempt: u32,
+        max_attempts: u32,
+        fresh: bool,
     ) -> Self {
         JobContext {
             inner: Arc::new(ContextInner {
-                id: job.id,
+                id,
                 name,
-                attempt: job.attempts,
-                shared,
-                cancel,
+                attempt,
+                max_attempts,
                 next_step: AtomicU32::new(0),
-                fresh: job.fresh,
+                fresh,
+                shared,
+                cancel: CancelSignal::default(),
                 services: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// What the runtime's running map keeps of this attempt.
+    pub(crate) fn attempt_ref(&self) -> AttemptRef {
+        AttemptRef(Arc::downgrade(&self.inner))
+    }
+
+    pub(crate) fn cancel_signal(&self) -> &CancelSignal {
+        &self.inner.cancel
+    }
+
+    pub(crate) fn max_attempts(&self) -> u32 {
+        self.inner.max_attempts
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// The name as registered, for the runtime (the public [`JobContext::name`] borrows).
+    pub(crate) fn static_name(&self) -> &'static str {
+        self.inner.name
     }
 
     fn services(&self) -> &Services {
@@ -201,7 +259,7 @@ impl JobContext {
     /// Completes when the job is cancelled. The body's future is dropped right after, so use
     /// this in a `select!` only to clean up (kill a child process, say) before that happens.
     pub async fn cancelled(&self) {
-        self.inner.cancel.cancelled().await
+        self.inner.cancel.cancelled().await;
     }
 
     /// Whether the job has been cancelled.
@@ -413,7 +471,7 @@ impl JobContext {
             );
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.inner.cancel.cancelled() => {
+                () = self.inner.cancel.cancelled() => {
                     return Err(JobError::msg(format_args!(
                         "cannot journal step `{}`: {e}",
                         record.name

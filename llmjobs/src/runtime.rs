@@ -11,12 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::context::AttemptRef;
 use crate::job::Registration;
 use crate::owner::{self, OwnerLock};
 use crate::status::JobStatus;
 use crate::store::{NameQuota, NewJob, Store};
-use crate::{Error, JobConfig, JobId, Progress, Result};
+use crate::{Error, JobConfig, JobContext, JobId, Progress, Result};
 
+mod attempt;
 mod dispatch;
 mod hints;
 mod maintain;
@@ -121,21 +123,12 @@ pub(crate) struct Entry {
 /// Jobs running in this process.
 #[derive(Default)]
 struct Running {
-    jobs: HashMap<JobId, RunningJob>,
+    /// Each attempt's context, which holds its cancel signal: one allocation per job for both.
+    jobs: HashMap<JobId, AttemptRef>,
     /// Set when the runtime stops: no job starts here any more. Checked and set under the same
     /// lock that starting a job takes, so a job either starts before shutdown waits for the
     /// workers or not at all.
     closed: bool,
-}
-
-/// One attempt running in this process.
-struct RunningJob {
-    /// Cancelling it drops the attempt's future.
-    token: CancellationToken,
-    attempt: u32,
-    /// Stopped because this worker lost its liveness lock: the attempt is handed back, not
-    /// recorded as cancelled.
-    unproven: bool,
 }
 
 /// Everything the background tasks and handles share.
@@ -156,7 +149,7 @@ pub(crate) struct Shared {
     progress_subscribers: Mutex<HashMap<JobId, Vec<mpsc::UnboundedSender<Progress>>>>,
     /// Set by shutdown: claim nothing more.
     stop_claiming: CancellationToken,
-    /// Set when running jobs must be dropped and handed back.
+    /// Set when running jobs must be dropped and handed back (see [`Shared::abort_jobs`]).
     abort: CancellationToken,
     /// Set when the runtime is gone: background loops end.
     stopped: CancellationToken,
@@ -272,21 +265,18 @@ impl Shared {
         let running = self.running.lock().expect("running lock");
         match running.jobs.get(&id) {
             Some(job) => {
-                job.token.cancel();
+                job.cancel();
                 true
             }
             None => false,
         }
     }
 
-    /// Frees the slot of attempt `attempt` of `id` (and only that attempt's).
-    fn forget_running(&self, id: JobId, attempt: u32) {
+    /// Frees the slot of `ctx`'s attempt (and only that attempt's).
+    fn forget_running(&self, ctx: &JobContext) {
         let mut running = self.running.lock().expect("running lock");
-        if running
-            .jobs
-            .get(&id)
-            .is_some_and(|job| job.attempt == attempt)
-        {
+        let id = ctx.id();
+        if running.jobs.get(&id).is_some_and(|job| job.is(ctx)) {
             running.jobs.remove(&id);
         }
         drop(running);

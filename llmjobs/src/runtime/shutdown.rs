@@ -27,7 +27,7 @@ impl Shared {
                 running = self.running_count(),
                 "shutdown grace period over; handing the remaining jobs back"
             );
-            self.abort.cancel();
+            self.abort_jobs();
             self.workers.wait().await;
         }
         let handed_back = self
@@ -55,7 +55,7 @@ impl Shared {
     pub(crate) fn abandon(&self) {
         self.stop_claiming.cancel();
         self.close_running();
-        self.abort.cancel();
+        self.abort_jobs();
         self.stopped.cancel();
         self.wake.notify_one();
         drop(self.owner_lock.lock().expect("owner lock").take());
@@ -78,6 +78,16 @@ impl Shared {
     fn close_running(&self) {
         self.running.lock().expect("running lock").closed = true;
     }
+
+    /// Drops every running attempt, to be handed back. Runs after [`Shared::close_running`]:
+    /// no attempt starts after this.
+    fn abort_jobs(&self) {
+        // Set first: a cancelled attempt reads it to tell a hand-back from a cancel.
+        self.abort.cancel();
+        for job in self.running.lock().expect("running lock").jobs.values() {
+            job.cancel();
+        }
+    }
 }
 
 impl Shared {
@@ -85,7 +95,7 @@ impl Shared {
     /// found it dead and taken its jobs. Each attempt's row goes back to the queue, fenced by
     /// owner and attempt (a no-op where another worker took the job already).
     pub(crate) fn stop_unproven_jobs(&self) {
-        let mut running = self.running.lock().expect("running lock");
+        let running = self.running.lock().expect("running lock");
         if running.jobs.is_empty() {
             return;
         }
@@ -94,19 +104,8 @@ impl Shared {
             running = running.jobs.len(),
             "this worker lost its liveness lock; stopping its jobs, which go back to the queue"
         );
-        for job in running.jobs.values_mut() {
-            job.unproven = true;
-            job.token.cancel();
+        for job in running.jobs.values() {
+            job.cancel_unproven();
         }
-    }
-
-    /// Whether `job`'s attempt was stopped by [`Shared::stop_unproven_jobs`].
-    pub(crate) fn is_unproven(&self, job: &crate::store::ClaimedJob) -> bool {
-        self.running
-            .lock()
-            .expect("running lock")
-            .jobs
-            .get(&job.id)
-            .is_some_and(|running| running.attempt == job.attempts && running.unproven)
     }
 }
