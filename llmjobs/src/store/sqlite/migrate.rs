@@ -58,6 +58,13 @@ const MIGRATIONS: &[Migration] = &[
         description: "usage ledger and completion cache",
         sql: include_str!("../../../migrations/sqlite/0008_usage_ledger_and_completion_cache.sql"),
     },
+    Migration {
+        version: 10,
+        description: "running jobs through the status index",
+        sql: include_str!(
+            "../../../migrations/sqlite/0010_running_jobs_through_the_status_index.sql"
+        ),
+    },
 ];
 
 /// The newest migration this build knows.
