@@ -11,7 +11,9 @@
 //! Run some: `cargo run --release --example bench -- W1 W2` (names as in the table; `relaxed`
 //! variants run with their workload). Databases go to a temporary folder on the disk of
 //! `$TMPDIR`; set `LLMJOBS_BENCH_DIR` to measure another disk. Set `LLMJOBS_BENCH_W11_JOBS` to
-//! run W11 with fewer (or more) jobs than 100,000.
+//! run W11 with fewer (or more) jobs than 100,000, and `LLMJOBS_BENCH_W1_JOBS` to run W1 (and
+//! W10's two W1 runs) with fewer or more than 10,000: a profiler (callgrind) runs W1 at a
+//! fraction of the size.
 //!
 //! Every run first prints two floors measured on the same disk: `fsync_us` (one synced 4 KiB
 //! write: durable latency cannot beat it) and `sqlite_commit_us` (one `BEGIN; INSERT; COMMIT` of a
@@ -224,7 +226,10 @@ async fn w1(bench: &mut Bench, durability: Durability) {
 
 /// W1's measurement on the database at `url` (which may already hold finished jobs).
 async fn w1_jobs_per_s(url: &str, durability: Durability) -> f64 {
-    const JOBS: usize = 10_000;
+    let jobs_wanted: usize = match std::env::var("LLMJOBS_BENCH_W1_JOBS") {
+        Ok(n) => n.parse().expect("LLMJOBS_BENCH_W1_JOBS: a number of jobs"),
+        Err(_) => 10_000,
+    };
     let jobs = open(url, durability, 32, true).await;
     let before = finished(&jobs.counts().await.expect("count jobs"));
     let start = Instant::now();
@@ -232,7 +237,7 @@ async fn w1_jobs_per_s(url: &str, durability: Durability) -> f64 {
     for _ in 0..32 {
         let jobs = jobs.clone();
         spawners.push(tokio::spawn(async move {
-            for _ in 0..JOBS / 32 + 1 {
+            for _ in 0..jobs_wanted / 32 + 1 {
                 jobs.spawn(noop()).await.expect("spawn");
             }
         }));
@@ -240,7 +245,7 @@ async fn w1_jobs_per_s(url: &str, durability: Durability) -> f64 {
     for s in spawners {
         s.await.expect("spawner");
     }
-    let spawned = (JOBS / 32 + 1) * 32;
+    let spawned = (jobs_wanted / 32 + 1) * 32;
     wait_finished(&jobs, before, spawned as u64).await;
     let secs = start.elapsed().as_secs_f64();
     jobs.shutdown().await;

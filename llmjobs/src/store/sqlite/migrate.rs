@@ -63,6 +63,13 @@ const MIGRATIONS: &[Migration] = &[
         description: "budget reservations",
         sql: include_str!("../../../migrations/sqlite/0009_budget_reservations.sql"),
     },
+    Migration {
+        version: 10,
+        description: "running jobs through the status index",
+        sql: include_str!(
+            "../../../migrations/sqlite/0010_running_jobs_through_the_status_index.sql"
+        ),
+    },
 ];
 
 /// The newest migration this build knows.

@@ -22,6 +22,7 @@ use crate::{Error, JobId, Result};
 #[macro_use]
 mod history;
 
+mod buckets;
 mod budget;
 mod cancel;
 mod claim;

@@ -1,43 +1,16 @@
-//! Inserting jobs, as multi-row INSERTs built for a few bucket sizes.
+//! Inserting jobs, as multi-row INSERTs.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use rusqlite::{Connection, OptionalExtension, ToSql};
 
+use super::buckets::{bucket_sql, buckets};
 use super::claim::{running_by_name, running_with_key};
 use super::tally::Tally;
 use crate::Result;
 use crate::status::JobState;
 use crate::store::{Enqueued, KeyHolder, LocalClaim, NewJob};
-
-/// Multi-row statements are built for these row counts, so a handful of prepared statements
-/// serve every batch size.
-const ROW_BUCKETS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
-
-/// The statement for each bucket size, built once.
-fn bucket_sql(
-    cache: &'static OnceLock<Vec<String>>,
-    rows: usize,
-    build: fn(usize) -> String,
-) -> &'static str {
-    let cache = cache.get_or_init(|| ROW_BUCKETS.iter().map(|&n| build(n)).collect());
-    let index = ROW_BUCKETS
-        .iter()
-        .position(|&n| n == rows)
-        .expect("a bucket size");
-    &cache[index]
-}
-
-/// Splits `items` into chunks whose sizes are bucket sizes, largest first.
-fn buckets<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        let n = *ROW_BUCKETS.iter().find(|&&n| n <= items.len())?;
-        let (chunk, tail) = items.split_at(n);
-        items = tail;
-        Some(chunk)
-    })
-}
 
 fn insert_sql(rows: usize) -> &'static str {
     static CACHE: OnceLock<Vec<String>> = OnceLock::new();

@@ -12,8 +12,12 @@
 //! b-tree that it opens, fills and frees for every statement, which measured (callgrind) as a
 //! tenth of the writer's work per job.
 
-use rusqlite::{Connection, OptionalExtension};
+use std::collections::HashSet;
+use std::sync::OnceLock;
 
+use rusqlite::{Connection, OptionalExtension, ToSql};
+
+use super::buckets::{bucket_sql, buckets};
 use super::tally::Tally;
 use super::{Reply, WriteOp};
 use crate::Result;
@@ -24,10 +28,40 @@ use crate::store::Finish;
 const FENCED_SQL: &str = "SELECT rowid, name, concurrency_key, cancel_requested \
      FROM llmjobs_jobs WHERE id = ?1 AND status = 'running' AND owner = ?2 AND attempts = ?3";
 
+/// Finds the running rows of many attempts, as [`FENCED_SQL`] does for one; each row found is
+/// tagged with the attempt's position. The attempts drive the join (`CROSS JOIN` keeps them
+/// the outer loop), each a lookup by id.
+fn fenced_many_sql(rows: usize) -> &'static str {
+    static CACHE: OnceLock<Vec<String>> = OnceLock::new();
+    bucket_sql(&CACHE, rows, |n| {
+        let values = vec!["(?, ?, ?, ?)"; n].join(", ");
+        format!(
+            "SELECT a.column1, j.rowid, j.name, j.concurrency_key, j.cancel_requested \
+             FROM (VALUES {values}) AS a CROSS JOIN llmjobs_jobs AS j \
+             WHERE j.id = a.column2 AND j.status = 'running' AND j.owner = a.column3 \
+             AND j.attempts = a.column4"
+        )
+    })
+}
+
 /// Binds: ?1 the result, ?2 now, ?3 the last progress report (or NULL), ?4 the rowid.
 const COMPLETE_SQL: &str = "UPDATE llmjobs_jobs SET status = 'completed', result = ?1, \
      error = NULL, completed_at = ?2, lease_until = NULL, progress = coalesce(?3, progress) \
      WHERE rowid = ?4";
+
+/// Completes many rows as [`COMPLETE_SQL`] does one. Binds now, then per row its rowid, its
+/// result and its last progress report (or NULL).
+fn complete_many_sql(rows: usize) -> &'static str {
+    static CACHE: OnceLock<Vec<String>> = OnceLock::new();
+    bucket_sql(&CACHE, rows, |n| {
+        let values = vec!["(?, ?, ?)"; n].join(", ");
+        format!(
+            "UPDATE llmjobs_jobs SET status = 'completed', result = c.column2, error = NULL, \
+             completed_at = ?, lease_until = NULL, progress = coalesce(c.column3, progress) \
+             FROM (VALUES {values}) AS c WHERE llmjobs_jobs.rowid = c.column1"
+        )
+    })
+}
 
 /// A completion whose job was asked to cancel: it ends cancelled, without a result. Binds as
 /// [`COMPLETE_SQL`] (?1 unused).
@@ -118,20 +152,90 @@ fn fenced(conn: &Connection, a: &Attempt<'_>) -> Result<Option<Fenced>> {
 }
 
 /// Marks jobs completed; each reply says the state each job is in now, or that the row was no
-/// longer that attempt's.
+/// longer that attempt's. Their rows are found together and changed together (a job whose
+/// cancel was requested, which ends cancelled, alone).
 pub(super) fn complete_jobs(
     conn: &Connection,
     jobs: &[Completion<'_>],
     tally: &mut Tally,
 ) -> Result<Vec<Reply>> {
     let now = crate::status::now_ms();
-    jobs.iter()
-        .map(|job| {
-            let finish = Outcome::Completed(job.result);
-            let state = finish_row(conn, &job.attempt, finish, job.progress, now, tally)?;
-            Ok(Reply::Finished(state))
-        })
-        .collect()
+    let rows = fenced_all(conn, jobs)?;
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut completed: Vec<(i64, &str, Option<&str>)> = Vec::with_capacity(jobs.len());
+    for (job, row) in jobs.iter().zip(rows) {
+        let state = match row {
+            None => None,
+            Some(row) if row.cancel_requested => Some(finish_fenced(
+                conn,
+                row,
+                Outcome::Completed(job.result),
+                job.progress,
+                now,
+                tally,
+            )?),
+            Some(row) => {
+                tally.moved(
+                    &row.name,
+                    row.key.as_deref(),
+                    Some(JobState::Running),
+                    Some(JobState::Completed),
+                );
+                completed.push((row.rowid, job.result, job.progress));
+                Some(JobState::Completed)
+            }
+        };
+        replies.push(Reply::Finished(state));
+    }
+    for chunk in buckets(&completed) {
+        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(1 + 3 * chunk.len());
+        params.push(&now);
+        for (rowid, result, progress) in chunk {
+            params.extend([rowid as &dyn ToSql, result, progress]);
+        }
+        conn.prepare_cached(complete_many_sql(chunk.len()))?
+            .execute(params.as_slice())?;
+    }
+    Ok(replies)
+}
+
+/// The running row of each completion's attempt, if it still is. Two completions of one row
+/// in a batch find it once: the first changes it, so the second would have found it no longer
+/// running.
+fn fenced_all(conn: &Connection, jobs: &[Completion<'_>]) -> Result<Vec<Option<Fenced>>> {
+    let mut found: Vec<Option<Fenced>> = (0..jobs.len()).map(|_| None).collect();
+    let mut first = 0;
+    for chunk in buckets(jobs) {
+        let positions: Vec<i64> = (first..first + chunk.len()).map(|i| i as i64).collect();
+        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(4 * chunk.len());
+        for (job, position) in chunk.iter().zip(&positions) {
+            params.extend([
+                position as &dyn ToSql,
+                &job.attempt.id,
+                &job.attempt.owner,
+                &job.attempt.attempt,
+            ]);
+        }
+        let mut stmt = conn.prepare_cached(fenced_many_sql(chunk.len()))?;
+        let mut rows = stmt.query(params.as_slice())?;
+        while let Some(row) = rows.next()? {
+            let position = usize::try_from(row.get::<_, i64>(0)?).expect("a position");
+            found[position] = Some(Fenced {
+                rowid: row.get(1)?,
+                name: row.get(2)?,
+                key: row.get(3)?,
+                cancel_requested: row.get::<_, i64>(4)? != 0,
+            });
+        }
+        first += chunk.len();
+    }
+    let mut seen = HashSet::new();
+    for row in &mut found {
+        if row.as_ref().is_some_and(|row| !seen.insert(row.rowid)) {
+            *row = None;
+        }
+    }
+    Ok(found)
 }
 
 /// Records how one attempt ended; the state the job is in now, or `None` when the row was no
@@ -164,8 +268,7 @@ enum Outcome<'a> {
     Cancelled,
 }
 
-/// Finds the attempt's running row and records `outcome` in it (cancelled instead, if a cancel
-/// was requested), counting the change.
+/// Finds the attempt's running row and records `outcome` in it.
 fn finish_row(
     conn: &Connection,
     a: &Attempt<'_>,
@@ -174,9 +277,24 @@ fn finish_row(
     now: i64,
     tally: &mut Tally,
 ) -> Result<Option<JobState>> {
-    let Some(row) = fenced(conn, a)? else {
-        return Ok(None);
-    };
+    match fenced(conn, a)? {
+        Some(row) => Ok(Some(finish_fenced(
+            conn, row, outcome, progress, now, tally,
+        )?)),
+        None => Ok(None),
+    }
+}
+
+/// Records `outcome` in the attempt's running `row` (cancelled instead, if a cancel was
+/// requested), counting the change; the state the job is in now.
+fn finish_fenced(
+    conn: &Connection,
+    row: Fenced,
+    outcome: Outcome<'_>,
+    progress: Option<&str>,
+    now: i64,
+    tally: &mut Tally,
+) -> Result<JobState> {
     let (rowid, cancelled) = (row.rowid, row.cancel_requested);
     let state = match outcome {
         Outcome::Completed(result) => {
@@ -238,5 +356,48 @@ fn finish_row(
         Some(JobState::Running),
         Some(state),
     );
-    Ok(Some(state))
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plan of `sql`, on an empty database of the real schema.
+    fn plan(sql: &str) -> String {
+        let conn = Connection::open_in_memory().unwrap();
+        super::super::super::migrate::run(&conn).unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        stmt.query_map(rusqlite::params_from_iter(nulls), |row| {
+            row.get::<_, String>(3)
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .unwrap()
+        .join("\n")
+    }
+
+    /// A batch's completions find their rows by id, one index lookup each, whatever the number
+    /// of jobs in the table.
+    #[test]
+    fn the_rows_of_a_batch_of_completions_are_found_by_id() {
+        let plan = plan(fenced_many_sql(4));
+        assert!(
+            plan.contains("SEARCH j USING INDEX") && plan.contains("id=?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("SCAN j"), "{plan}");
+    }
+
+    /// A batch's completions change their rows by rowid, one lookup each.
+    #[test]
+    fn the_rows_of_a_batch_of_completions_are_changed_by_rowid() {
+        let plan = plan(complete_many_sql(4));
+        assert!(
+            plan.contains("SEARCH llmjobs_jobs USING INTEGER PRIMARY KEY (rowid=?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("SCAN llmjobs_jobs"), "{plan}");
+    }
 }
