@@ -199,6 +199,46 @@ async fn process_concurrency_is_never_exceeded() {
     jobs.shutdown().await;
 }
 
+static RACED: Gauge = Gauge::new();
+
+#[llm_job]
+async fn raced() -> Result<(), JobError> {
+    RACED.hold(2, 2).await;
+    Ok(())
+}
+
+/// A slot that frees while jobs wait is wanted twice at once: by the dispatcher's claim of a
+/// waiting job and by a new spawn's local hand-off. Only one of them may have it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spawns_racing_the_dispatchers_claims_never_exceed_the_process_limit() {
+    let db = TempDb::new();
+    let jobs = Jobs::builder()
+        .url(db.url())
+        .concurrency(2)
+        .open()
+        .await
+        .unwrap();
+    let spawners: Vec<_> = (0..8)
+        .map(|_| {
+            let jobs = jobs.clone();
+            tokio::spawn(async move {
+                let mut handles = Vec::new();
+                for _ in 0..40 {
+                    handles.push(jobs.spawn(raced()).await.unwrap());
+                }
+                handles
+            })
+        })
+        .collect();
+    for spawner in spawners {
+        for handle in spawner.await.unwrap() {
+            handle.wait().await.unwrap();
+        }
+    }
+    assert_eq!(RACED.peak(), 2, "bodies running at once, with a limit of 2");
+    jobs.shutdown().await;
+}
+
 #[llm_job]
 async fn count_words(text: String, words: u32) -> Result<u32, JobError> {
     Ok(text.split_whitespace().count() as u32 + words)

@@ -129,6 +129,16 @@ struct Running {
     /// lock that starting a job takes, so a job either starts before shutdown waits for the
     /// workers or not at all.
     closed: bool,
+    /// Slots the dispatcher's claim in flight may fill: counted as taken, so that a spawn's
+    /// local hand-off cannot take a slot that a claimed job is about to start in.
+    claiming: usize,
+}
+
+impl Running {
+    /// Slots neither running a job nor promised to a claim in flight.
+    fn free(&self, concurrency: u32) -> usize {
+        (concurrency as usize).saturating_sub(self.jobs.len() + self.claiming)
+    }
 }
 
 /// Everything the background tasks and handles share.
@@ -320,6 +330,19 @@ impl Shared {
 
     fn running_count(&self) -> usize {
         self.running.lock().expect("running lock").jobs.len()
+    }
+
+    /// Promises every free slot to the claim about to be made, and says how many.
+    fn reserve_for_claim(&self) -> usize {
+        let mut running = self.running.lock().expect("running lock");
+        let free = running.free(self.settings.concurrency);
+        running.claiming = free;
+        free
+    }
+
+    /// The claim is over: its jobs have started (and fill their slots) or it failed.
+    fn end_claim(&self) {
+        self.running.lock().expect("running lock").claiming = 0;
     }
 }
 

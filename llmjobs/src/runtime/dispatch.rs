@@ -45,7 +45,7 @@ impl Shared {
             return Err(Box::new(job));
         };
         let mut running = self.running.lock().expect("running lock");
-        if running.closed || running.jobs.len() >= self.settings.concurrency as usize {
+        if running.closed || running.free(self.settings.concurrency) == 0 {
             return Err(Box::new(job));
         }
         running.jobs.insert(job.id, ctx.attempt_ref());
@@ -81,7 +81,10 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
         if shared.stop_claiming.is_cancelled() {
             return;
         }
-        let free = (shared.settings.concurrency as usize).saturating_sub(shared.running_count());
+        // The free slots are promised to this claim until its jobs have started, so that a
+        // spawn's hand-off cannot fill one meanwhile and a claimed job start over the limit.
+        let free = shared.reserve_for_claim();
+        let claim_in_flight = ClaimInFlight(&shared);
         let mut full_batch = false;
         if free > 0 {
             let now = now_ms();
@@ -110,12 +113,23 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
                 }
             }
         }
+        drop(claim_in_flight);
         if full_batch {
             // More may be waiting: claim again once a slot frees, not after the poll interval.
             continue_after_wake_or(&shared, Duration::from_millis(5)).await;
         } else {
             continue_after_wake_or(&shared, shared.settings.poll_interval).await;
         }
+    }
+}
+
+/// Ends the claim's promise of slots however the claim ends (its jobs started, an error, the
+/// dispatcher stopped).
+struct ClaimInFlight<'a>(&'a Shared);
+
+impl Drop for ClaimInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.end_claim();
     }
 }
 
