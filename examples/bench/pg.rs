@@ -15,7 +15,9 @@ fn reachable(workload: &str, url: &str) -> bool {
     match psql_run(url, "SELECT 1") {
         Ok(_) => true,
         Err(why) => {
-            println!("{workload} skipped: no PostgreSQL at {url} ({why}); set LLMJOBS_BENCH_PG_URL");
+            println!(
+                "{workload} skipped: no PostgreSQL at {url} ({why}); set LLMJOBS_BENCH_PG_URL"
+            );
             false
         }
     }
