@@ -20,11 +20,11 @@
 //! job row, called inline with rusqlite, WAL, `synchronous=NORMAL`: relaxed latency cannot beat
 //! it; the relaxed W2 line prints its p50 minus this as `over_commit_us`).
 //!
-//! W7 (PostgreSQL) runs against `LLMJOBS_BENCH_PG_URL`, else the local server at
-//! `postgres://postgres@127.0.0.1:5432/test` (skipped, saying why, when neither answers), in a
-//! schema of its own that it drops afterwards; `pgbench` and `psql` must be on `PATH`. Use a
-//! server with its default settings (not the tests' throwaway cluster, which runs without
-//! fsync).
+//! W7 and W2 on PostgreSQL (`W2 postgres …`, run with W2, or alone as `W2PG`) run against
+//! `LLMJOBS_BENCH_PG_URL`, else the local server at `postgres://postgres@127.0.0.1:5432/test`
+//! (skipped, saying why, when neither answers), in schemas of their own that they drop
+//! afterwards; `pgbench` and `psql` must be on `PATH`. Use a server with its default settings
+//! (not the tests' throwaway cluster, which runs without fsync). See `examples/bench/pg.rs`.
 //!
 //! W8 (LLM rate limits) runs 1,000 `llm_call` jobs in 2 worker processes (children of this
 //! program) against the mock LLM server's enforced limits, first with llmjobs' limits shared
@@ -45,6 +45,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use llmjobs::{Durability, JobContext, JobError, Jobs, llm_job};
 
+#[path = "bench/pg.rs"]
+mod pg;
 #[path = "bench/w8.rs"]
 mod w8;
 use llmjobs_testkit::read_lines as lines;
@@ -250,180 +252,6 @@ async fn w1_jobs_per_s(url: &str, durability: Durability) -> f64 {
     let secs = start.elapsed().as_secs_f64();
     jobs.shutdown().await;
     spawned as f64 / secs
-}
-
-/// The URL W7 runs against.
-fn w7_url() -> String {
-    std::env::var("LLMJOBS_BENCH_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
-/// `url` with llmjobs' tables in `schema`.
-fn in_schema(url: &str, schema: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}llmjobs_schema={schema}")
-}
-
-fn psql_run(url: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-t",
-            "-A",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            url,
-            "-c",
-            sql,
-        ])
-        .output()
-        .map_err(|e| format!("cannot run psql: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
-
-/// W7: W1 (10,000 no-op jobs, 32 spawning tasks and 32 workers per process) split over 1, 2
-/// and 4 worker processes sharing one PostgreSQL; and pgbench's TPS on the same server for a
-/// one-insert-one-update transaction.
-async fn w7() {
-    const JOBS: usize = 10_000;
-    let url = w7_url();
-    if let Err(why) = psql_run(&url, "SELECT 1") {
-        println!("W7 skipped: no PostgreSQL at {url} ({why}); set LLMJOBS_BENCH_PG_URL");
-        return;
-    }
-    let schema = format!("llmjobs_bench_w7_{}", std::process::id());
-    let mut figures = Vec::new();
-    for processes in [1usize, 2, 4] {
-        let run_schema = format!("{schema}_{processes}");
-        let run_url = in_schema(&url, &run_schema);
-        // Migrated before the clock starts, by a runtime that runs nothing.
-        let watcher = Jobs::builder()
-            .url(&run_url)
-            .run_jobs(false)
-            .open()
-            .await
-            .expect("open the W7 schema");
-        let mut children: Vec<Child> = (0..processes)
-            .map(|_| {
-                Command::new(std::env::current_exe().expect("own path"))
-                    .args(["--child", "w7", &run_url, &(JOBS / processes).to_string()])
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("start a W7 worker")
-            })
-            .collect();
-        // Each child says `ready` once open, then waits for a line on stdin to start.
-        for child in &mut children {
-            use std::io::BufRead as _;
-            let mut line = String::new();
-            std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
-                .read_line(&mut line)
-                .expect("a child's ready line");
-            assert_eq!(line.trim(), "ready", "a W7 worker did not start");
-        }
-        let start = Instant::now();
-        for child in &mut children {
-            use std::io::Write as _;
-            writeln!(child.stdin.as_mut().expect("stdin"), "go").expect("start a W7 worker");
-        }
-        wait_finished(&watcher, 0, ((JOBS / processes) * processes) as u64).await;
-        let secs = start.elapsed().as_secs_f64();
-        for child in children {
-            wait_child(child);
-        }
-        watcher.shutdown().await;
-        let _ = psql_run(&url, &format!("DROP SCHEMA {run_schema} CASCADE"));
-        figures.push(((JOBS / processes) * processes) as f64 / secs);
-    }
-    let tps = pgbench_tps(&url, &schema);
-    println!(
-        "W7 jobs_per_s_1={:.0} jobs_per_s_2={:.0} jobs_per_s_4={:.0} pgbench_tps={}",
-        figures[0],
-        figures[1],
-        figures[2],
-        tps.map_or_else(|why| format!("n/a ({why})"), |t| format!("{t:.0}"))
-    );
-}
-
-/// One W7 worker process: `n` no-op jobs from 32 spawning tasks, concurrency 32.
-async fn w7_child(url: &str, n: usize) {
-    let jobs = open(url, Durability::Full, 32, true).await;
-    println!("ready");
-    let mut go = String::new();
-    std::io::stdin().read_line(&mut go).expect("the start line");
-    let mut spawners = Vec::new();
-    for k in 0..32 {
-        let jobs = jobs.clone();
-        let count = n / 32 + usize::from(k < n % 32);
-        spawners.push(tokio::spawn(async move {
-            let mut handles = Vec::with_capacity(count);
-            for _ in 0..count {
-                handles.push(jobs.spawn(noop()).await.expect("spawn"));
-            }
-            handles
-        }));
-    }
-    for s in spawners {
-        for handle in s.await.expect("spawner") {
-            handle.wait().await.expect("a W7 job");
-        }
-    }
-    jobs.shutdown().await;
-}
-
-/// pgbench's TPS on the server at `url` for a transaction of one INSERT and one UPDATE (32
-/// clients, 10 s), in a schema of its own that is dropped afterwards.
-fn pgbench_tps(url: &str, schema: &str) -> Result<f64, String> {
-    let schema = format!("{schema}_pgbench");
-    psql_run(
-        url,
-        &format!(
-            "CREATE SCHEMA {schema}; \
-             CREATE TABLE {schema}.jobs (id bigserial PRIMARY KEY, status text NOT NULL, \
-                 args text NOT NULL); \
-             CREATE TABLE {schema}.counters (k int PRIMARY KEY, n bigint NOT NULL); \
-             INSERT INTO {schema}.counters SELECT k, 0 FROM generate_series(1, 1000) k"
-        ),
-    )?;
-    let script = std::env::temp_dir().join(format!("llmjobs-w7-{}.sql", std::process::id()));
-    std::fs::write(
-        &script,
-        format!(
-            "\\set k random(1, 1000)\n\
-             BEGIN;\n\
-             INSERT INTO {schema}.jobs (status, args) VALUES ('pending', '{{}}');\n\
-             UPDATE {schema}.counters SET n = n + 1 WHERE k = :k;\n\
-             END;\n"
-        ),
-    )
-    .map_err(|e| format!("cannot write the pgbench script: {e}"))?;
-    let out = Command::new("pgbench")
-        .args(["-n", "-c", "32", "-j", "2", "-T", "10", "-f"])
-        .arg(&script)
-        .arg(url)
-        .output();
-    let _ = std::fs::remove_file(&script);
-    let _ = psql_run(url, &format!("DROP SCHEMA {schema} CASCADE"));
-    let out = out.map_err(|e| format!("cannot run pgbench: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix("tps = ")?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .ok_or_else(|| {
-            format!(
-                "no tps in pgbench's output: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )
-        })
 }
 
 /// W1s: as W1, but one task spawns one job after another.
@@ -967,7 +795,7 @@ async fn run_child(args: &[String]) {
         }
         "w7" => {
             let n: usize = args[2].parse().expect("a number of jobs");
-            w7_child(url, n).await;
+            pg::w7_child(url, n).await;
         }
         "w4-run" | "w6-run" => {
             let jobs = open(url, Durability::Full, 100, true).await;
@@ -1039,8 +867,11 @@ async fn main() {
     if wants("W11") {
         w11(&mut bench).await;
     }
+    if wants("W2") || wants("W2PG") {
+        pg::w2().await;
+    }
     if wants("W7") {
-        w7().await;
+        pg::w7().await;
     }
     if wants("W8") {
         let (shared, naive) = (bench.db("w8"), bench.db("w8-baseline"));

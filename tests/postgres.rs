@@ -233,6 +233,56 @@ async fn an_owner_whose_liveness_lock_is_free_is_dead_at_once_whatever_its_lease
 }
 
 /// A runtime on `url` that polls only every 30 s: anything faster is a wake-up.
+/// Spawns from 16 tasks into a runtime of 8 slots: most jobs go in running (handed off here),
+/// some pending for a claim, and the batches that write them also carry earlier jobs'
+/// outcomes, in one statement when nothing needs a decision between statements.
+#[tokio::test(flavor = "multi_thread")]
+async fn counters_stay_exact_when_spawns_and_outcomes_are_written_together() {
+    let Some(url) = pg_url().await else { return };
+    let jobs = Jobs::builder()
+        .url(&url)
+        .concurrency(8)
+        .poll_interval(Duration::from_millis(50))
+        .open()
+        .await
+        .expect("open the PostgreSQL job database");
+    let mut spawners = Vec::new();
+    for _ in 0..16 {
+        let jobs = jobs.clone();
+        spawners.push(tokio::spawn(async move {
+            let mut handles = Vec::new();
+            for i in 0..50 {
+                handles.push(jobs.spawn(pg_add(i, 1)).await.unwrap());
+            }
+            for (i, handle) in (0..).zip(handles) {
+                assert_eq!(handle.wait().await.unwrap(), i + 1);
+            }
+        }));
+    }
+    for spawner in spawners {
+        spawner.await.unwrap();
+    }
+    let counts = jobs.counts().await.unwrap();
+    assert_eq!(
+        (counts.completed, counts.unfinished()),
+        (800, 0),
+        "{counts:?}"
+    );
+    // The counters, summed over their slots, agree with the rows.
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT (SELECT count(*) FROM llmjobs.llmjobs_jobs WHERE status = 'completed') \
+             || ' ' || (SELECT coalesce(sum(n), 0) FROM llmjobs.llmjobs_counts \
+                 WHERE status = 'completed') \
+             || ' ' || (SELECT coalesce(sum(n), 0) FROM llmjobs.llmjobs_counts \
+                 WHERE status <> 'completed')"
+        ),
+        "800 800 0"
+    );
+    jobs.shutdown().await;
+}
+
 async fn open_slow_polling(url: &str, run_jobs: bool) -> Jobs {
     Jobs::builder()
         .url(url)

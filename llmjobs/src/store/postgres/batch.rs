@@ -4,10 +4,13 @@
 //! holds it has committed (so a spawn is durable, as the server's `synchronous_commit` makes
 //! commits, before it returns). A committer takes everything queued (up to [`MAX_ROWS`] rows)
 //! and writes it in one transaction: every job of every spawn in one multi-row `INSERT`, every
-//! outcome in one multi-row `UPDATE`; once that committed and the writers have their replies,
-//! one `NOTIFY` for the lot. While it commits, the next batch gathers. When a batch fails for a
-//! reason that is not a lost race (an idempotency key held by other work, a bad row), each of
-//! its writes is run again alone, so that one write's error is its own.
+//! outcome in one multi-row `UPDATE`, both in one statement committed on its own when no job
+//! needs a decision between statements (see [`plain`]). Once that committed and the writers have
+//! their replies, the notice for the lot goes to the [`Notifier`], which sends it from a task
+//! of its own, and the committer takes the next batch. While it commits, the next batch
+//! gathers. When a batch fails for a reason that is not a lost race (an idempotency key held by
+//! other work, a bad row), each of its writes is run again alone, so that one write's error is
+//! its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,18 +19,21 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::finish::{self, Outcome};
-use super::notify::{self, Notice};
+use super::notify::{Notice, Notifier};
 use super::{CONFLICT_RETRIES, enqueue, is_conflict};
 use crate::status::JobState;
 use crate::store::{Enqueued, NewJob};
 use crate::{Error, Result};
 
+mod plain;
+
 /// Rows (jobs inserted plus outcomes recorded) one transaction takes at most.
 const MAX_ROWS: usize = 1024;
 
-/// Transactions in flight at once. Batches touch the same counter rows (a name's `running`
-/// count, say), so they commit one after another anyway; a second committer prepares its
-/// batch while the first commits.
+/// Transactions in flight at once: while one waits for its commit's WAL flush, the others
+/// gather and send theirs, and PostgreSQL flushes commits that wait together at once. Batches
+/// of different connections change different counter rows (their slots), so they do not queue
+/// on each other.
 const COMMITTERS: usize = 2;
 
 /// A write waiting for its batch.
@@ -61,9 +67,13 @@ impl Batcher {
     pub(super) fn start(pool: PgPool, channel: String) -> Batcher {
         let (queue, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
-        let channel: Arc<str> = channel.into();
+        let notifier = Arc::new(Notifier::start(pool.clone(), channel));
         for _ in 0..COMMITTERS {
-            tokio::spawn(commit_loop(pool.clone(), receiver.clone(), channel.clone()));
+            tokio::spawn(commit_loop(
+                pool.clone(),
+                receiver.clone(),
+                notifier.clone(),
+            ));
         }
         Batcher { queue }
     }
@@ -90,7 +100,7 @@ impl Batcher {
 async fn commit_loop(
     pool: PgPool,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Write>>>,
-    channel: Arc<str>,
+    notifier: Arc<Notifier>,
 ) {
     loop {
         let batch = {
@@ -111,7 +121,7 @@ async fn commit_loop(
             }
             batch
         };
-        commit(&pool, batch, &channel).await;
+        commit(&pool, batch, &notifier).await;
     }
 }
 
@@ -123,14 +133,14 @@ enum Reply {
 
 /// Writes `batch` in one transaction and replies to each write; on a failure that is not a
 /// lost race, each write again alone.
-async fn commit(pool: &PgPool, batch: Vec<Write>, channel: &str) {
+async fn commit(pool: &PgPool, batch: Vec<Write>, notifier: &Notifier) {
     let result = run(pool, &batch).await;
     match result {
         Ok((replies, notice)) => {
             for (write, reply) in batch.into_iter().zip(replies) {
                 send(write, Ok(reply));
             }
-            notify::tell(pool, &notice, channel).await;
+            notifier.send(notice);
         }
         Err(e) if batch.len() == 1 => {
             let write = batch.into_iter().next().expect("one write");
@@ -143,7 +153,7 @@ async fn commit(pool: &PgPool, batch: Vec<Write>, channel: &str) {
                 match run(pool, alone).await {
                     Ok((mut replies, notice)) => {
                         send(write, Ok(replies.pop().expect("one reply")));
-                        notify::tell(pool, &notice, channel).await;
+                        notifier.send(notice);
                     }
                     Err(e) => send(write, Err(e)),
                 }
@@ -172,35 +182,52 @@ fn send(write: Write, result: Result<Reply>) {
 /// One transaction for `batch`, run again when it loses a deadlock or a serialization race;
 /// its replies, and the notice to send once it committed.
 async fn run(pool: &PgPool, batch: &[Write]) -> Result<(Vec<Reply>, Notice)> {
+    let one_statement = plain::is_plain(batch);
     let mut tries = 0u32;
     loop {
-        let result = async {
-            let mut tx = pool.begin().await?;
-            match write_batch(&mut tx, batch).await {
-                Ok(replies) => {
-                    tx.commit().await?;
-                    Ok(replies)
-                }
-                Err(e) => {
-                    let _ = tx.rollback().await;
-                    Err(e)
-                }
-            }
-        }
-        .await;
+        let now = crate::status::now_ms();
+        let result = if one_statement {
+            plain::write(pool, batch, now).await
+        } else {
+            in_transaction(pool, batch, now).await
+        };
         match result {
             Err(e) if is_conflict(&e) && tries < CONFLICT_RETRIES => {
                 tries += 1;
                 tracing::debug!(error = %e, tries, "a batch of job writes lost a race; running it again");
                 tokio::time::sleep(Duration::from_millis(u64::from(tries) * 5)).await;
             }
-            other => return other,
+            Err(e) => return Err(e),
+            Ok((enqueued, finished)) => return Ok(replies(batch, enqueued, finished, now)),
         }
     }
 }
 
-async fn write_batch(conn: &mut PgConnection, batch: &[Write]) -> Result<(Vec<Reply>, Notice)> {
-    let now = crate::status::now_ms();
+async fn in_transaction(
+    pool: &PgPool,
+    batch: &[Write],
+    now: i64,
+) -> Result<(Vec<Enqueued>, Vec<Option<JobState>>)> {
+    let mut tx = pool.begin().await?;
+    match write_batch(&mut tx, batch, now).await {
+        Ok(written) => {
+            tx.commit().await?;
+            Ok(written)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Every insert of `batch` in one statement, then every outcome in another: what each job's
+/// insert did, and each outcome's state.
+async fn write_batch(
+    conn: &mut PgConnection,
+    batch: &[Write],
+    now: i64,
+) -> Result<(Vec<Enqueued>, Vec<Option<JobState>>)> {
     let mut jobs = Vec::new();
     let mut outcomes = Vec::new();
     for write in batch {
@@ -212,25 +239,35 @@ async fn write_batch(conn: &mut PgConnection, batch: &[Write]) -> Result<(Vec<Re
     if !jobs.is_empty() && !outcomes.is_empty() {
         lock_counters(conn, &jobs, &outcomes).await?;
     }
-    let mut notice = Notice::default();
-    let mut enqueued = enqueue::insert_jobs(conn, &jobs).await?.into_iter();
-    notice.available = jobs
-        .iter()
-        .zip(enqueued.clone())
-        .any(|(job, e)| matches!(e, Enqueued::Inserted { running: false }) && job.run_at <= now);
-    let mut finished = if outcomes.is_empty() {
+    let enqueued = enqueue::insert_jobs(conn, &jobs).await?;
+    let finished = if outcomes.is_empty() {
         Vec::new()
     } else {
         finish::finish_many(conn, &outcomes, now).await?
-    }
-    .into_iter();
+    };
+    Ok((enqueued, finished))
+}
+
+/// Each write's reply, from what the inserts (in the order of the batch's jobs) and the
+/// outcomes (in the order of its outcomes) did; and the notice that tells the others.
+fn replies(
+    batch: &[Write],
+    enqueued: Vec<Enqueued>,
+    finished: Vec<Option<JobState>>,
+    now: i64,
+) -> (Vec<Reply>, Notice) {
+    let mut notice = Notice::default();
+    let mut enqueued = enqueued.into_iter();
+    let mut finished = finished.into_iter();
     let mut replies = Vec::with_capacity(batch.len());
     for write in batch {
         match write {
             Write::Enqueue { jobs, .. } => {
-                replies.push(Reply::Enqueued(
-                    enqueued.by_ref().take(jobs.len()).collect(),
-                ));
+                let done: Vec<Enqueued> = enqueued.by_ref().take(jobs.len()).collect();
+                notice.available |= jobs.iter().zip(&done).any(|(job, e)| {
+                    matches!(e, Enqueued::Inserted { running: false }) && job.run_at <= now
+                });
+                replies.push(Reply::Enqueued(done));
             }
             Write::Finish { outcome, .. } => {
                 let state = finished.next().expect("one state per outcome");
@@ -241,7 +278,7 @@ async fn write_batch(conn: &mut PgConnection, batch: &[Write]) -> Result<(Vec<Re
             }
         }
     }
-    Ok((replies, notice))
+    (replies, notice)
 }
 
 /// Locks, in one order, every counter row (of this connection's slot, the only ones its

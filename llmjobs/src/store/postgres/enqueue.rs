@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 
 use sqlx::PgConnection;
+use sqlx::postgres::{PgArguments, Postgres};
+use sqlx::query::Query;
 
 use super::locks;
 use crate::Result;
@@ -245,9 +247,17 @@ pub(super) async fn running_with_key(conn: &mut PgConnection, key: &str) -> Resu
     Ok(n)
 }
 
+/// Inserts the rows of [`Rows`], bound as arrays `$1` to `$15` in the order of its fields.
+pub(super) const INSERT_SQL: &str = "INSERT INTO llmjobs_jobs (id, name, status, args, priority, \
+     concurrency_key, key_limit, max_attempts, run_at, created_at, owner, attempts, started_at, \
+     lease_until, idempotency_key) \
+     SELECT * FROM unnest($1::text[]::uuid[], $2::text[], $3::text[], $4::text[], \
+     $5::int4[], $6::text[], $7::int4[], $8::int4[], $9::int8[], $10::int8[], \
+     $11::text[], $12::int4[], $13::int8[], $14::int8[], $15::text[])";
+
 /// The rows of one INSERT, column by column.
 #[derive(Default)]
-struct Rows {
+pub(super) struct Rows {
     id: Vec<String>,
     name: Vec<String>,
     status: Vec<&'static str>,
@@ -267,7 +277,7 @@ struct Rows {
 
 impl Rows {
     /// Adds `job`, running under its claim or pending.
-    fn push(&mut self, job: &NewJob, running: bool) {
+    pub(super) fn push(&mut self, job: &NewJob, running: bool) {
         let claim = job.claimed_by.as_ref().filter(|_| running);
         self.id.push(job.id.to_string());
         self.name.push(job.name.clone());
@@ -292,35 +302,38 @@ impl Rows {
         self.idempotency_key.push(job.idempotency_key.clone());
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+
+    /// Binds the columns as [`INSERT_SQL`]'s `$1` to `$15`.
+    pub(super) fn bind<'q>(
+        self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        query
+            .bind(self.id)
+            .bind(self.name)
+            .bind(self.status)
+            .bind(self.args)
+            .bind(self.priority)
+            .bind(self.concurrency_key)
+            .bind(self.key_limit)
+            .bind(self.max_attempts)
+            .bind(self.run_at)
+            .bind(self.created_at)
+            .bind(self.owner)
+            .bind(self.attempts)
+            .bind(self.started_at)
+            .bind(self.lease_until)
+            .bind(self.idempotency_key)
+    }
+
     async fn insert(self, conn: &mut PgConnection) -> Result<()> {
-        if self.id.is_empty() {
+        if self.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO llmjobs_jobs (id, name, status, args, priority, concurrency_key, \
-             key_limit, max_attempts, run_at, created_at, owner, attempts, started_at, \
-             lease_until, idempotency_key) \
-             SELECT * FROM unnest($1::text[]::uuid[], $2::text[], $3::text[], $4::text[], \
-             $5::int4[], $6::text[], $7::int4[], $8::int4[], $9::int8[], $10::int8[], \
-             $11::text[], $12::int4[], $13::int8[], $14::int8[], $15::text[])",
-        )
-        .bind(self.id)
-        .bind(self.name)
-        .bind(self.status)
-        .bind(self.args)
-        .bind(self.priority)
-        .bind(self.concurrency_key)
-        .bind(self.key_limit)
-        .bind(self.max_attempts)
-        .bind(self.run_at)
-        .bind(self.created_at)
-        .bind(self.owner)
-        .bind(self.attempts)
-        .bind(self.started_at)
-        .bind(self.lease_until)
-        .bind(self.idempotency_key)
-        .execute(conn)
-        .await?;
+        self.bind(sqlx::query(INSERT_SQL)).execute(conn).await?;
         Ok(())
     }
 }

@@ -5,6 +5,10 @@
 //! attempt's work, even if it claimed the job again itself. A cancel requested meanwhile wins
 //! over whatever the attempt ended with.
 
+use sqlx::Row as _;
+use sqlx::postgres::{PgArguments, Postgres};
+use sqlx::query::Query;
+
 use crate::status::JobState;
 use crate::store::Finish;
 use crate::{Error, JobId, Result};
@@ -26,7 +30,7 @@ pub(super) struct Outcome {
 /// failed or retried attempt's error joins the attempts' history (cut to
 /// `AttemptError::MAX_CHARS` characters).
 /// Binds the columns as arrays, then $10 now.
-const FINISH_MANY_SQL: &str = "UPDATE llmjobs_jobs AS j SET \
+pub(super) const FINISH_MANY_SQL: &str = "UPDATE llmjobs_jobs AS j SET \
      status = CASE WHEN f.kind = 'cancelled' OR j.cancel_requested THEN 'cancelled' \
          ELSE f.kind END, \
      result = CASE WHEN f.kind <> 'completed' THEN j.result \
@@ -52,6 +56,81 @@ const FINISH_MANY_SQL: &str = "UPDATE llmjobs_jobs AS j SET \
          AND j.attempts = f.attempt \
      RETURNING j.id::text, j.status";
 
+/// The arguments of [`FINISH_MANY_SQL`] but `now`, column by column.
+pub(super) struct Columns<'a> {
+    ids: Vec<String>,
+    owners: Vec<&'a str>,
+    attempts: Vec<i32>,
+    kinds: Vec<&'static str>,
+    results: Vec<Option<&'a str>>,
+    errors: Vec<Option<&'a str>>,
+    reviews: Vec<bool>,
+    run_ats: Vec<Option<i64>>,
+    progresses: Vec<Option<&'a str>>,
+}
+
+impl<'a> Columns<'a> {
+    pub(super) fn of(outcomes: &[&'a Outcome]) -> Columns<'a> {
+        let n = outcomes.len();
+        let mut c = Columns {
+            ids: Vec::with_capacity(n),
+            owners: Vec::with_capacity(n),
+            attempts: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            results: Vec::with_capacity(n),
+            errors: Vec::with_capacity(n),
+            reviews: Vec::with_capacity(n),
+            run_ats: Vec::with_capacity(n),
+            progresses: Vec::with_capacity(n),
+        };
+        for o in outcomes {
+            c.ids.push(o.id.to_string());
+            c.owners.push(&o.owner);
+            c.attempts
+                .push(i32::try_from(o.attempt).unwrap_or(i32::MAX));
+            let (kind, result, error, review, run_at) = match &o.finish {
+                Finish::Completed { result } => {
+                    ("completed", Some(result.as_str()), None, false, None)
+                }
+                Finish::Failed {
+                    error,
+                    needs_review,
+                } => ("failed", None, Some(error.as_str()), *needs_review, None),
+                Finish::Retry { error, run_at } => {
+                    ("pending", None, Some(error.as_str()), false, Some(*run_at))
+                }
+                Finish::Cancelled => ("cancelled", None, None, false, None),
+            };
+            c.kinds.push(kind);
+            c.results.push(result);
+            c.errors.push(error);
+            c.reviews.push(review);
+            c.run_ats.push(run_at);
+            c.progresses.push(o.progress.as_deref());
+        }
+        c
+    }
+
+    /// Binds the columns, in the order of [`FINISH_MANY_SQL`]'s `$1` to `$9`, then `now`.
+    pub(super) fn bind(
+        self,
+        query: Query<'a, Postgres, PgArguments>,
+        now: i64,
+    ) -> Query<'a, Postgres, PgArguments> {
+        query
+            .bind(self.ids)
+            .bind(self.owners)
+            .bind(self.attempts)
+            .bind(self.kinds)
+            .bind(self.results)
+            .bind(self.errors)
+            .bind(self.reviews)
+            .bind(self.run_ats)
+            .bind(self.progresses)
+            .bind(now)
+    }
+}
+
 /// Records the outcomes of many attempts in one statement; for each, the state its job is in
 /// now, or `None` when the row was no longer that attempt's (nothing changed then).
 pub(super) async fn finish_many(
@@ -59,55 +138,23 @@ pub(super) async fn finish_many(
     outcomes: &[&Outcome],
     now: i64,
 ) -> Result<Vec<Option<JobState>>> {
-    let n = outcomes.len();
-    let (mut ids, mut owners, mut attempts, mut kinds) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut results, mut errors, mut reviews, mut run_ats, mut progresses) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for o in outcomes {
-        ids.push(o.id.to_string());
-        owners.push(o.owner.to_string());
-        attempts.push(i32::try_from(o.attempt).unwrap_or(i32::MAX));
-        let (kind, result, error, review, run_at) = match &o.finish {
-            Finish::Completed { result } => ("completed", Some(result.as_str()), None, false, None),
-            Finish::Failed {
-                error,
-                needs_review,
-            } => ("failed", None, Some(error.as_str()), *needs_review, None),
-            Finish::Retry { error, run_at } => {
-                ("pending", None, Some(error.as_str()), false, Some(*run_at))
-            }
-            Finish::Cancelled => ("cancelled", None, None, false, None),
-        };
-        kinds.push(kind);
-        results.push(result);
-        errors.push(error);
-        reviews.push(review);
-        run_ats.push(run_at);
-        progresses.push(o.progress.as_deref());
-    }
-    let changed: Vec<(String, String)> = sqlx::query_as(FINISH_MANY_SQL)
-        .bind(&ids)
-        .bind(owners)
-        .bind(attempts)
-        .bind(kinds)
-        .bind(results)
-        .bind(errors)
-        .bind(reviews)
-        .bind(run_ats)
-        .bind(progresses)
-        .bind(now)
+    let rows = Columns::of(outcomes)
+        .bind(sqlx::query(FINISH_MANY_SQL), now)
         .fetch_all(conn)
         .await?;
+    let changed = rows
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<Vec<(String, String)>>>()?;
+    states(outcomes, changed)
+}
+
+/// For each of `outcomes`, the state its job is in now, from the `(id, status)` of the rows
+/// `RETURNING` gave; `None` when its row was not changed.
+pub(super) fn states(
+    outcomes: &[&Outcome],
+    changed: Vec<(String, String)>,
+) -> Result<Vec<Option<JobState>>> {
     let mut states = std::collections::HashMap::with_capacity(changed.len());
     for (id, status) in changed {
         let corrupt = |reason: String| Error::CorruptRow {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Hint, HintSink};
@@ -50,6 +51,24 @@ impl Notice {
             available: true,
             others_ended: true,
             ..Notice::default()
+        }
+    }
+
+    /// Adds what `other` tells to this notice: one `NOTIFY` then tells both.
+    fn merge(&mut self, other: Notice) {
+        self.available |= other.available;
+        if self.cancel_requested.len() <= MAX_IDS {
+            // Past what a payload holds it says `c*`: more ids need not be kept.
+            self.cancel_requested.extend(other.cancel_requested);
+            self.cancel_requested.truncate(MAX_IDS + 1);
+        }
+        self.others_ended |= other.others_ended;
+        if self.others_ended || self.ended.len() + other.ended.len() > MAX_IDS {
+            // The payload will say `e*`: the ids need not be kept.
+            self.others_ended = true;
+            self.ended.clear();
+        } else {
+            self.ended.extend(other.ended);
         }
     }
 
@@ -124,6 +143,40 @@ pub(super) async fn tell(pool: &PgPool, notice: &Notice, channel: &str) {
     };
     if let Err(e) = sent {
         tracing::debug!(error = %e, "could not send a wake-up; the others poll");
+    }
+}
+
+/// Sends the notices of a process's commits from a task of its own, merging the ones that
+/// queue up while one is sent: the committer that made a commit goes on to its next batch
+/// instead of spending a round trip on the notice, and a burst of commits costs one `NOTIFY`.
+/// Each notice still goes out after the commit it tells of (it is queued once that committed).
+pub(super) struct Notifier {
+    queue: mpsc::UnboundedSender<Notice>,
+}
+
+impl Notifier {
+    /// Starts the sending task; it ends once every clone of the notifier is dropped and what
+    /// they queued is sent.
+    pub(super) fn start(pool: PgPool, channel: String) -> Notifier {
+        let (queue, mut receiver) = mpsc::unbounded_channel::<Notice>();
+        tokio::spawn(async move {
+            while let Some(mut notice) = receiver.recv().await {
+                while let Ok(more) = receiver.try_recv() {
+                    notice.merge(more);
+                }
+                tell(&pool, &notice, &channel).await;
+            }
+        });
+        Notifier { queue }
+    }
+
+    /// Queues `notice` (nothing when it is empty) to be sent soon, merged with others.
+    pub(super) fn send(&self, notice: Notice) {
+        if !notice.is_empty() {
+            // Fails only once the sending task is gone (the runtime is shutting down): a hint
+            // then has no one to tell.
+            let _ = self.queue.send(notice);
+        }
     }
 }
 
@@ -285,5 +338,63 @@ mod tests {
         assert_eq!(parse("c*;"), vec![Hint::Missed]);
         assert_eq!(parse("c"), vec![Hint::Missed]);
         assert_eq!(parse("zz"), vec![Hint::Missed]);
+    }
+
+    #[test]
+    fn merged_notices_tell_what_each_told() {
+        let a: JobId = "01930000-0000-7000-8000-00000000a001".parse().unwrap();
+        let b: JobId = "01930000-0000-7000-8000-00000000a002".parse().unwrap();
+        let mut notice = Notice {
+            ended: vec![a],
+            ..Notice::default()
+        };
+        notice.merge(Notice {
+            available: true,
+            ended: vec![b],
+            ..Notice::default()
+        });
+        assert_eq!(
+            parse(&notice.payload()),
+            vec![Hint::Available, Hint::Ended(vec![a, b])]
+        );
+        notice.merge(Notice {
+            cancel_requested: vec![b],
+            ..Notice::default()
+        });
+        assert_eq!(
+            parse(&notice.payload()),
+            vec![
+                Hint::Available,
+                Hint::CancelRequested(vec![b]),
+                Hint::Ended(vec![a, b])
+            ]
+        );
+        // Cancel requests past what a payload holds give way to `c*`.
+        let mut cancels = Notice::default();
+        for _ in 0..MAX_IDS + 5 {
+            cancels.merge(Notice {
+                cancel_requested: vec![a],
+                ..Notice::default()
+            });
+        }
+        assert_eq!(cancels.cancel_requested.len(), MAX_IDS + 1);
+        assert_eq!(parse(&cancels.payload()), vec![Hint::Missed]);
+        // Past what a payload holds, the ids give way to `e*`, and stay so.
+        let mut many = Notice::default();
+        for _ in 0..=MAX_IDS {
+            many.merge(Notice {
+                ended: vec![a],
+                ..Notice::default()
+            });
+        }
+        assert_eq!(parse(&many.payload()), vec![Hint::Missed]);
+        many.merge(Notice {
+            ended: vec![b],
+            ..Notice::default()
+        });
+        assert_eq!(
+            (parse(&many.payload()), many.ended.len()),
+            (vec![Hint::Missed], 0)
+        );
     }
 }
