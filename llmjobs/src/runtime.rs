@@ -1,7 +1,7 @@
 //! The in-process runtime: the dispatcher that claims jobs, the workers that run them, and the
 //! maintenance loop that renews leases, notices cancellations and resumes dead owners' jobs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use crate::context::AttemptRef;
 use crate::job::Registration;
 use crate::owner::{self, OwnerLock};
 use crate::status::JobStatus;
-use crate::store::{NameQuota, NewJob, Store};
+use crate::store::{ClaimedJob, NameQuota, NewJob, Store};
 use crate::{Error, JobConfig, JobContext, JobId, Progress, Result};
 
 mod attempt;
@@ -129,15 +129,17 @@ struct Running {
     /// lock that starting a job takes, so a job either starts before shutdown waits for the
     /// workers or not at all.
     closed: bool,
-    /// Slots the dispatcher's claim in flight may fill: counted as taken, so that a spawn's
-    /// local hand-off cannot take a slot that a claimed job is about to start in.
-    claiming: usize,
+    /// Jobs claimed for slots that a spawn's local hand-off filled while the claim was in
+    /// flight: they start here, in claim order, as slots free, before any new hand-off. Rare,
+    /// and never more than one claim's worth; their rows are running under this owner, so a
+    /// shutdown hands them back with the others.
+    queued: VecDeque<ClaimedJob>,
 }
 
 impl Running {
-    /// Slots neither running a job nor promised to a claim in flight.
+    /// Slots neither running a job nor owed to a queued one.
     fn free(&self, concurrency: u32) -> usize {
-        (concurrency as usize).saturating_sub(self.jobs.len() + self.claiming)
+        (concurrency as usize).saturating_sub(self.jobs.len() + self.queued.len())
     }
 }
 
@@ -283,11 +285,17 @@ impl Shared {
     }
 
     /// Frees the slot of `ctx`'s attempt (and only that attempt's).
-    fn forget_running(&self, ctx: &JobContext) {
+    fn forget_running(self: &Arc<Self>, ctx: &JobContext) {
         let mut running = self.running.lock().expect("running lock");
         let id = ctx.id();
         if running.jobs.get(&id).is_some_and(|job| job.is(ctx)) {
             running.jobs.remove(&id);
+        }
+        if !running.closed
+            && running.jobs.len() < self.settings.concurrency as usize
+            && let Some(job) = running.queued.pop_front()
+        {
+            dispatch::start_locked(self, &mut running, job);
         }
         drop(running);
         self.wake.notify_one();
@@ -332,17 +340,10 @@ impl Shared {
         self.running.lock().expect("running lock").jobs.len()
     }
 
-    /// Promises every free slot to the claim about to be made, and says how many.
-    fn reserve_for_claim(&self) -> usize {
-        let mut running = self.running.lock().expect("running lock");
-        let free = running.free(self.settings.concurrency);
-        running.claiming = free;
-        free
-    }
-
-    /// The claim is over: its jobs have started (and fill their slots) or it failed.
-    fn end_claim(&self) {
-        self.running.lock().expect("running lock").claiming = 0;
+    /// Slots a claim may fill now.
+    fn free_slots(&self) -> usize {
+        let running = self.running.lock().expect("running lock");
+        running.free(self.settings.concurrency)
     }
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use super::Shared;
 use super::attempt::{self, Insert, RunAttempt};
+use super::{Running, Shared};
 use crate::status::now_ms;
 use crate::store::{ClaimRequest, ClaimedJob, Enqueued, NewJob};
 use crate::{Error, JobContext, Result};
@@ -81,10 +81,7 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
         if shared.stop_claiming.is_cancelled() {
             return;
         }
-        // The free slots are promised to this claim until its jobs have started, so that a
-        // spawn's hand-off cannot fill one meanwhile and a claimed job start over the limit.
-        let free = shared.reserve_for_claim();
-        let claim_in_flight = ClaimInFlight(&shared);
+        let free = shared.free_slots();
         let mut full_batch = false;
         if free > 0 {
             let now = now_ms();
@@ -113,23 +110,12 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
                 }
             }
         }
-        drop(claim_in_flight);
         if full_batch {
             // More may be waiting: claim again once a slot frees, not after the poll interval.
             continue_after_wake_or(&shared, Duration::from_millis(5)).await;
         } else {
             continue_after_wake_or(&shared, shared.settings.poll_interval).await;
         }
-    }
-}
-
-/// Ends the claim's promise of slots however the claim ends (its jobs started, an error, the
-/// dispatcher stopped).
-struct ClaimInFlight<'a>(&'a Shared);
-
-impl Drop for ClaimInFlight<'_> {
-    fn drop(&mut self) {
-        self.0.end_claim();
     }
 }
 
@@ -147,6 +133,20 @@ fn start_job(shared: &Arc<Shared>, job: ClaimedJob) {
         // Shutdown hands the claimed row back.
         return;
     }
+    if shared.registry.contains_key(job.name.as_str())
+        && running.jobs.len() >= shared.settings.concurrency as usize
+    {
+        // A spawn's hand-off took the slot while the claim was in flight: the job starts when
+        // a slot frees (`Shared::forget_running`), so the process never runs more than its
+        // concurrency.
+        running.queued.push_back(job);
+        return;
+    }
+    start_locked(shared, &mut running, job);
+}
+
+/// Starts a claimed job in a slot of its own; `running` is the locked running map.
+pub(super) fn start_locked(shared: &Arc<Shared>, running: &mut Running, job: ClaimedJob) {
     let Some(entry) = shared.registry.get(job.name.as_str()) else {
         let span = tracing::info_span!(
             "llmjobs.job",
