@@ -121,13 +121,11 @@ impl Jobs {
         Ok(self.spawned(id, enqueued))
     }
 
-    /// Spawns every call in one transaction: all of them, or none if any fails (an idempotency
-    /// key held by different work, say). One commit for the lot, so 10,000 jobs cost about what
-    /// one does plus their rows. The handles are in the order of the calls.
-    pub async fn spawn_many<T>(
+    /// The rows `calls` become, and their ids in the same order, for a spawn of several at once.
+    fn new_jobs<T>(
         &self,
         calls: impl IntoIterator<Item = JobCall<T>>,
-    ) -> Result<Vec<JobHandle<T>>> {
+    ) -> Result<(Vec<NewJob>, Vec<JobId>)> {
         if self.shared.is_stopping() {
             return Err(Error::Shutdown);
         }
@@ -136,7 +134,18 @@ impl Jobs {
             .into_iter()
             .map(|call| self.new_job(&call, now))
             .collect::<Result<Vec<NewJob>>>()?;
-        let ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
+        let ids = jobs.iter().map(|job| job.id).collect();
+        Ok((jobs, ids))
+    }
+
+    /// Spawns every call in one transaction: all of them, or none if any fails (an idempotency
+    /// key held by different work, say). One commit for the lot, so 10,000 jobs cost about what
+    /// one does plus their rows. The handles are in the order of the calls.
+    pub async fn spawn_many<T>(
+        &self,
+        calls: impl IntoIterator<Item = JobCall<T>>,
+    ) -> Result<Vec<JobHandle<T>>> {
+        let (jobs, ids) = self.new_jobs(calls)?;
         let enqueued = self.shared.store.enqueue_many(jobs).await?;
         self.shared.wake_dispatcher();
         Ok(ids

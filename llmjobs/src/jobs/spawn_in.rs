@@ -4,9 +4,7 @@
 use sqlx::PgConnection;
 
 use super::Jobs;
-use crate::status::now_ms;
-use crate::store::NewJob;
-use crate::{Error, JobCall, JobHandle, JobId, Result};
+use crate::{Error, JobCall, JobHandle, Result};
 
 impl Jobs {
     /// Records a job inside the application's own transaction on the job database: the job
@@ -89,15 +87,7 @@ impl Jobs {
         operation: &'static str,
         calls: impl IntoIterator<Item = JobCall<T>>,
     ) -> Result<Vec<JobHandle<T>>> {
-        if self.shared.is_stopping() {
-            return Err(Error::Shutdown);
-        }
-        let now = now_ms();
-        let jobs = calls
-            .into_iter()
-            .map(|call| self.new_job(&call, now))
-            .collect::<Result<Vec<NewJob>>>()?;
-        let ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
+        let (jobs, ids) = self.new_jobs(calls)?;
         let enqueued = match self.shared.store.enqueue_in(conn, jobs).await {
             Err(Error::NotPostgres { .. }) => return Err(Error::NotPostgres { operation }),
             other => other?,
