@@ -188,7 +188,7 @@ pub(super) fn run(
 /// Commits what is waiting, batch after batch, until every sender is gone.
 fn serve(conn: &Connection, rx: &mut mpsc::UnboundedReceiver<Request>, batch: &mut Vec<Request>) {
     let mut received = Vec::with_capacity(MAX_BATCH);
-    while rx.blocking_recv_many(&mut received, MAX_BATCH) > 0 {
+    while next_requests(rx, &mut received) > 0 {
         for Request { op, reply } in received.drain(..) {
             match op {
                 // Reads change nothing; they run at once, outside the transaction.
@@ -213,6 +213,38 @@ fn serve(conn: &Connection, rx: &mut mpsc::UnboundedReceiver<Request>, batch: &m
         if !batch.is_empty() {
             let transactions = commit_batch(conn, batch);
             tracing::trace!(transactions, "committed a batch");
+        }
+    }
+}
+
+/// How long the writer looks for more work after a batch before it sleeps.
+const SPIN: Duration = Duration::from_micros(60);
+
+/// Waits for the next requests and takes up to [`MAX_BATCH`] of them; 0 once every sender is
+/// gone. It first looks for a while without sleeping: a caller answered a moment ago often
+/// writes again at once (a spawn loop, a job's next step), and waking a sleeping thread costs
+/// more than the commit it waits for.
+fn next_requests(rx: &mut mpsc::UnboundedReceiver<Request>, received: &mut Vec<Request>) -> usize {
+    let start = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(request) => {
+                received.push(request);
+                while received.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(request) => received.push(request),
+                        Err(_) => break,
+                    }
+                }
+                return received.len();
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return 0,
+            Err(mpsc::error::TryRecvError::Empty) if start.elapsed() < SPIN => {
+                std::thread::yield_now();
+            }
+            Err(mpsc::error::TryRecvError::Empty) => {
+                return rx.blocking_recv_many(received, MAX_BATCH);
+            }
         }
     }
 }
