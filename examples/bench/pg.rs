@@ -105,7 +105,9 @@ pub(crate) async fn w7() {
         }
         wait_finished(&watcher, 0, ((JOBS / processes) * processes) as u64).await;
         let secs = start.elapsed().as_secs_f64();
-        for child in children {
+        for mut child in children {
+            use std::io::Write as _;
+            writeln!(child.stdin.as_mut().expect("stdin"), "stop").expect("stop a W7 worker");
             wait_child(child);
         }
         watcher.shutdown().await;
@@ -122,7 +124,9 @@ pub(crate) async fn w7() {
     );
 }
 
-/// One W7 worker process: `n` no-op jobs from 32 spawning tasks, concurrency 32.
+/// One W7 worker process: `n` no-op jobs from 32 spawning tasks, concurrency 32. As in W1, the
+/// jobs' handles are not awaited (the parent counts the finished jobs): it runs until the parent
+/// says `stop`, once every job of every worker has finished.
 pub(crate) async fn w7_child(url: &str, n: usize) {
     let jobs = open(url, Durability::Full, 32, true).await;
     println!("ready");
@@ -133,18 +137,25 @@ pub(crate) async fn w7_child(url: &str, n: usize) {
         let jobs = jobs.clone();
         let count = n / 32 + usize::from(k < n % 32);
         spawners.push(tokio::spawn(async move {
-            let mut handles = Vec::with_capacity(count);
             for _ in 0..count {
-                handles.push(jobs.spawn(noop()).await.expect("spawn"));
+                jobs.spawn(noop()).await.expect("spawn");
             }
-            handles
         }));
     }
     for s in spawners {
-        for handle in s.await.expect("spawner") {
-            handle.wait().await.expect("a W7 job");
-        }
+        s.await.expect("spawner");
     }
+    let stop = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    });
+    assert_eq!(
+        stop.await
+            .expect("the stop line")
+            .expect("the stop line")
+            .trim(),
+        "stop"
+    );
     jobs.shutdown().await;
 }
 

@@ -153,6 +153,10 @@ pub(crate) struct Shared {
     db_path: Option<PathBuf>,
     /// Wakes the dispatcher: a job was spawned or finished here.
     wake: Notify,
+    /// Set with a wake-up that says jobs may have become claimable (spawned pending, put back,
+    /// announced by another process), rather than only that a slot freed: a dispatcher whose
+    /// last claim found the queue empty claims again only for these, or at its poll.
+    new_work: std::sync::atomic::AtomicBool,
     /// Wakes the schedule ticker: a schedule was added or removed here.
     pub(crate) schedules_changed: Notify,
     running: Mutex<Running>,
@@ -202,6 +206,7 @@ impl Shared {
             quotas: quotas.into(),
             db_path,
             wake: Notify::new(),
+            new_work: std::sync::atomic::AtomicBool::new(false),
             schedules_changed: Notify::new(),
             running: Mutex::new(Running::default()),
             waiters: Mutex::new(HashMap::new()),
@@ -246,8 +251,23 @@ impl Shared {
         }
     }
 
+    /// Wakes the dispatcher to claim: jobs may have become claimable.
     pub(crate) fn wake_dispatcher(&self) {
+        self.new_work
+            .store(true, std::sync::atomic::Ordering::Release);
         self.wake.notify_one();
+    }
+
+    /// Wakes the dispatcher because a slot freed: it claims only if its last claim left jobs
+    /// behind (passed over for a limit, or more than its slots).
+    pub(crate) fn slot_freed(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Takes the flag [`Shared::wake_dispatcher`] sets.
+    fn take_new_work(&self) -> bool {
+        self.new_work
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
@@ -298,7 +318,7 @@ impl Shared {
             dispatch::start_locked(self, &mut running, job);
         }
         drop(running);
-        self.wake.notify_one();
+        self.slot_freed();
     }
 
     /// The row a call becomes, not yet claimed: the job's registered settings (else the

@@ -150,6 +150,16 @@ pub(crate) struct ClaimedJob {
     pub(crate) fresh: bool,
 }
 
+/// What a claim took, and whether it saw the queue empty.
+#[derive(Debug, Default)]
+pub(crate) struct Claimed {
+    pub(crate) jobs: Vec<ClaimedJob>,
+    /// The claim read every due pending job of the names it asked for and left none behind
+    /// (none passed over for a limit, none beyond its slots): until a job is spawned, put back
+    /// or comes due, another claim would find nothing. `false` whenever it cannot tell.
+    pub(crate) drained: bool,
+}
+
 /// How many attempts a job may make in all when attempts are cut short by crashes: its own
 /// `max_attempts`, but at least this many, so that a job without retries survives a restart or
 /// two (a deploy, a neighbour's OOM) while a body that kills its process still ends `failed`
@@ -409,7 +419,7 @@ pub(crate) trait Store: Send + Sync + 'static {
     async fn retry(&self, id: JobId, clear_journal: bool) -> Result<RetryEffect>;
 
     /// Moves due pending jobs to `running` for `request.owner`, honouring the limits.
-    async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>>;
+    async fn claim(&self, request: ClaimRequest) -> Result<Claimed>;
 
     /// Records how attempt `attempt` of `owner` ended; the state the job is in now. A cancel
     /// requested meanwhile wins: the job ends `cancelled` whatever the outcome. `None` when the

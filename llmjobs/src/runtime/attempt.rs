@@ -309,6 +309,11 @@ impl Recorded<'_> {
                 };
                 shared.notify_finished(self.id, Some(end));
             }
+            Some((JobState::Pending, _)) => {
+                // Put back for a retry: a claim takes it once it is due.
+                shared.notify_changed(self.id);
+                shared.wake_dispatcher();
+            }
             _ => shared.notify_changed(self.id),
         }
         // The slot was freed before the outcome committed. On a networked store (the one that
@@ -317,7 +322,7 @@ impl Recorded<'_> {
         // now may find room it did not. (SQLite's claims queue behind the outcome in its
         // writer.)
         if shared.is_hinted() {
-            shared.wake_dispatcher();
+            shared.slot_freed();
         }
     }
 

@@ -62,6 +62,7 @@ impl Shared {
                 // Not inserted, or inserted pending (a limit was reached, or an idempotency key
                 // named an existing job): the slot goes back; a pending job waits for a claim.
                 shared.forget_running(&inserting);
+                shared.wake_dispatcher();
             }
             let _ = tx.send(enqueued);
             runs
@@ -75,15 +76,23 @@ impl Shared {
 }
 
 /// Claims jobs while there is room, and sleeps until woken or the poll interval passes.
+///
+/// A slot that frees is a reason to claim only when the last claim left jobs behind: once a
+/// claim has found the queue empty, the next waits for new work (a spawn, a job put back,
+/// another process's notice: [`Shared::wake_dispatcher`]) or the poll, which also finds jobs
+/// that came due. So a process whose jobs are all handed off locally makes no claims at all.
 pub(super) async fn dispatch(shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(50);
+    let mut drained = false;
+    let mut polled = true;
     loop {
         if shared.stop_claiming.is_cancelled() {
             return;
         }
         let free = shared.free_slots();
         let mut full_batch = false;
-        if free > 0 {
+        // Taken before the claim reads: work announced while it is in flight is claimed next.
+        if free > 0 && (shared.take_new_work() | polled | !drained) {
             let now = now_ms();
             let request = ClaimRequest {
                 owner: shared.owner.clone(),
@@ -94,15 +103,18 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
                 global_limit: shared.settings.global_concurrency,
             };
             match shared.store.claim(request).await {
-                Ok(jobs) => {
+                Ok(claimed) => {
                     backoff = Duration::from_millis(50);
-                    full_batch = jobs.len() == free;
-                    for job in jobs {
+                    full_batch = claimed.jobs.len() == free;
+                    drained = claimed.drained;
+                    tracing::debug!(jobs = claimed.jobs.len(), drained, "claimed jobs");
+                    for job in claimed.jobs {
                         start_job(&shared, job);
                     }
                 }
                 Err(Error::Shutdown) => return,
                 Err(e) => {
+                    drained = false;
                     tracing::warn!(error = %e, "claiming jobs failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -110,20 +122,21 @@ pub(super) async fn dispatch(shared: Arc<Shared>) {
                 }
             }
         }
-        if full_batch {
+        polled = if full_batch {
             // More may be waiting: claim again once a slot frees, not after the poll interval.
-            continue_after_wake_or(&shared, Duration::from_millis(5)).await;
+            continue_after_wake_or(&shared, Duration::from_millis(5)).await
         } else {
-            continue_after_wake_or(&shared, shared.settings.poll_interval).await;
-        }
+            continue_after_wake_or(&shared, shared.settings.poll_interval).await
+        };
     }
 }
 
-async fn continue_after_wake_or(shared: &Shared, interval: Duration) {
+/// Waits for a wake-up or `interval`; whether the interval passed.
+async fn continue_after_wake_or(shared: &Shared, interval: Duration) -> bool {
     tokio::select! {
-        _ = shared.wake.notified() => {}
-        _ = tokio::time::sleep(interval) => {}
-        _ = shared.stop_claiming.cancelled() => {}
+        _ = shared.wake.notified() => false,
+        _ = tokio::time::sleep(interval) => true,
+        _ = shared.stop_claiming.cancelled() => false,
     }
 }
 

@@ -34,7 +34,7 @@ impl Shared {
                     self.notify_changed(id);
                 }
                 // Their slots are free: jobs waiting for a limit may start.
-                self.wake_dispatcher();
+                self.slot_freed();
             }
             Hint::CancelRequested(ids) => {
                 if ids.iter().any(|&id| self.runs_here(id)) {

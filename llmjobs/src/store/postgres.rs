@@ -16,8 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CancelEffect, ClaimRequest, ClaimedJob, Enqueued, Finish, Fired, HintSink, JobRow, NewJob,
-    Release, RetryEffect, ScheduleDef, ScheduleRow, StepRecord, Store, TickJobs,
+    CancelEffect, ClaimRequest, Enqueued, Finish, Fired, HintSink, JobRow, NewJob, Release,
+    RetryEffect, ScheduleDef, ScheduleRow, StepRecord, Store, TickJobs,
 };
 use crate::status::{JobFilter, JobState};
 use crate::{Durability, Error, JobId, Result};
@@ -328,7 +328,7 @@ impl Store for PgStore {
         Ok(effect)
     }
 
-    async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>> {
+    async fn claim(&self, request: ClaimRequest) -> Result<super::Claimed> {
         transaction!(self, |conn| claim::claim(conn, &request))
     }
 

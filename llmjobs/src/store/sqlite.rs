@@ -14,8 +14,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CancelEffect, ClaimRequest, ClaimedJob, Enqueued, Finish, JOB_ROW_COLUMNS, JobRow, NewJob,
-    Release, RetryEffect, StepRecord, Store,
+    CancelEffect, ClaimRequest, Enqueued, Finish, JOB_ROW_COLUMNS, JobRow, NewJob, Release,
+    RetryEffect, StepRecord, Store,
 };
 use crate::status::{JobFilter, JobState};
 use crate::{Durability, Error, JobId, Result};
@@ -448,9 +448,9 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>> {
+    async fn claim(&self, request: ClaimRequest) -> Result<super::Claimed> {
         match self.write(WriteOp::Claim(request)).await? {
-            Reply::Claimed(jobs) => Ok(jobs),
+            Reply::Claimed(claimed) => Ok(claimed),
             other => Err(unexpected(other)),
         }
     }

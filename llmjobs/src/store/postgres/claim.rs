@@ -13,7 +13,7 @@ use sqlx::{PgConnection, Row};
 
 use super::enqueue::running_with_key;
 use super::locks;
-use crate::store::{ClaimRequest, ClaimedJob, MIN_ATTEMPTS_AGAINST_CRASHES};
+use crate::store::{ClaimRequest, Claimed, ClaimedJob, MIN_ATTEMPTS_AGAINST_CRASHES};
 use crate::{JobId, Result};
 
 /// Candidates read per round trip: more than the slots, as some are passed over.
@@ -62,10 +62,7 @@ fn count(value: i32, column: &str, problems: &mut Vec<String>) -> u32 {
 
 /// Picks due pending jobs this worker can run, within the limits counted over the whole
 /// database, and marks them running.
-pub(super) async fn claim(
-    conn: &mut PgConnection,
-    request: &ClaimRequest,
-) -> Result<Vec<ClaimedJob>> {
+pub(super) async fn claim(conn: &mut PgConnection, request: &ClaimRequest) -> Result<Claimed> {
     let mut slots = i64::from(request.slots);
     let mut limit_locks = Vec::new();
     if request.global_limit.is_some() {
@@ -105,8 +102,14 @@ pub(super) async fn claim(
             .fold(0i64, |sum, left| sum.saturating_add(*left)),
     );
     if slots <= 0 || room.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Claimed::default());
     }
+    // Names at their limit are not read: jobs of theirs may wait.
+    let every_name = room.len() == request.names.len();
+    // Rows other claims are taking are skipped unseen: if one of them passes a job over, its
+    // worker claims again; here it may wait for the next poll.
+    let mut drained = false;
+    let mut passed_over = false;
 
     // Walk the due jobs in order, a page at a time, until the slots are filled, passing over
     // those whose name or key is at its limit.
@@ -184,7 +187,7 @@ pub(super) async fn claim(
                         fresh: row.try_get(6)?,
                     });
                 }
-                Verdict::Wait => {}
+                Verdict::Wait => passed_over = true,
                 Verdict::Exhausted => exhausted.push(id),
                 Verdict::Corrupt(problems) => {
                     tracing::warn!(%problems, "failing a corrupt job row");
@@ -193,6 +196,7 @@ pub(super) async fn claim(
             }
         }
         if !full {
+            drained = every_name && !passed_over && (chosen.len() as i64) < slots;
             break;
         }
     }
@@ -209,7 +213,10 @@ pub(super) async fn claim(
         errors.push(Some(error));
     }
     if ids.is_empty() {
-        return Ok(chosen);
+        return Ok(Claimed {
+            jobs: chosen,
+            drained,
+        });
     }
     sqlx::query(
         "UPDATE llmjobs_jobs AS j SET \
@@ -235,7 +242,10 @@ again', j.attempts) END \
     .bind(&errors)
     .execute(&mut *conn)
     .await?;
-    Ok(chosen)
+    Ok(Claimed {
+        jobs: chosen,
+        drained,
+    })
 }
 
 /// Whether a job under `key` (limit `limit`) may start, counting it if so.

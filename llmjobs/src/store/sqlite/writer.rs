@@ -13,8 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::is_busy;
 use crate::status::JobState;
 use crate::store::{
-    CancelEffect, ClaimRequest, ClaimedJob, Enqueued, Finish, NewJob, Release, RetryEffect,
-    StepRecord,
+    CancelEffect, ClaimRequest, Enqueued, Finish, NewJob, Release, RetryEffect, StepRecord,
 };
 use crate::{Error, JobId, Result};
 
@@ -149,7 +148,7 @@ pub(super) enum Reply {
     /// The state a finished attempt left its job in; `None` if it was no longer its row.
     Finished(Option<JobState>),
     Count(u64),
-    Claimed(Vec<ClaimedJob>),
+    Claimed(crate::store::Claimed),
     Cancel(CancelEffect),
     Fired(crate::store::Fired),
     Budget(crate::store::budget::BudgetDecision),

@@ -9,7 +9,7 @@ use super::tally::{Tally, recount_row};
 use crate::status::JobState;
 use crate::store::MIN_ATTEMPTS_AGAINST_CRASHES;
 use crate::store::sqlite::columns::lenient;
-use crate::store::{ClaimRequest, ClaimedJob};
+use crate::store::{ClaimRequest, Claimed, ClaimedJob};
 use crate::{JobId, Result};
 
 /// `?, ?, …` with `n` placeholders.
@@ -70,7 +70,7 @@ pub(super) fn claim(
     conn: &Connection,
     request: &ClaimRequest,
     tally: &mut Tally,
-) -> Result<Vec<ClaimedJob>> {
+) -> Result<Claimed> {
     let mut slots = request.slots as usize;
     let limited = request.global_limit.is_some() || request.names.iter().any(|q| q.limit.is_some());
     let running_by_name = if limited {
@@ -99,8 +99,10 @@ pub(super) fn claim(
         .filter(|(_, room)| *room > 0)
         .collect();
     if slots == 0 || room.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Claimed::default());
     }
+    // Names at their limit are not read: jobs of theirs may wait.
+    let every_name = room.len() == request.names.len();
 
     // Walk the due jobs in order until the slots are filled, passing over those whose name or
     // key is at its limit: a saturated key never hides the jobs behind it.
@@ -117,14 +119,19 @@ pub(super) fn claim(
     let mut chosen: Vec<Chosen> = Vec::with_capacity(slots);
     let mut corrupt = Vec::new();
     let mut exhausted = Vec::new();
+    let mut drained = false;
     {
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(params.as_slice())?;
+        let mut passed_over = false;
         while chosen.len() < slots {
-            let Some(row) = rows.next()? else { break };
+            let Some(row) = rows.next()? else {
+                drained = every_name && !passed_over;
+                break;
+            };
             match judge(conn, row, &mut room, &mut running_by_key)? {
                 Verdict::Take(job) => chosen.push(job),
-                Verdict::Wait => {}
+                Verdict::Wait => passed_over = true,
                 Verdict::Corrupt { rowid, problems } => corrupt.push((rowid, problems)),
                 Verdict::Exhausted { rowid } => exhausted.push(rowid),
             }
@@ -171,7 +178,10 @@ pub(super) fn claim(
             rusqlite::params![request.now, rowid],
         )?;
     }
-    Ok(chosen.into_iter().map(|c| c.job).collect())
+    Ok(Claimed {
+        jobs: chosen.into_iter().map(|c| c.job).collect(),
+        drained,
+    })
 }
 
 /// Decides what the claim does with one pending row, and counts it against its name's and
