@@ -141,6 +141,8 @@ impl PgTarget {
 /// The PostgreSQL store.
 pub(crate) struct PgStore {
     pool: PgPool,
+    /// The batched writes' own connections (see `batch::writes_options`).
+    writes: PgPool,
     /// Spawns and outcomes, written in batches.
     batcher: batch::Batcher,
     /// The schema llmjobs' tables live in.
@@ -240,9 +242,15 @@ impl PgStore {
             .connect_with(options.clone())
             .await
             .map_err(open_error)?;
+        let writes = PgPoolOptions::new()
+            .max_connections(batch::COMMITTERS as u32)
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(batch::writes_options(&options));
         let channel = notify::channel(target.schema());
         Ok(PgStore {
-            batcher: batch::Batcher::start(pool.clone(), channel.clone()),
+            batcher: batch::Batcher::start(writes.clone(), pool.clone(), channel.clone()),
+            writes,
             channel,
             schema: target.schema().to_string(),
             stop: CancellationToken::new(),
@@ -535,6 +543,7 @@ impl Store for PgStore {
         self.closed.store(true, Ordering::Release);
         self.stop.cancel();
         self.pool.close().await;
+        self.writes.close().await;
         self.liveness.release().await;
     }
 
@@ -546,7 +555,7 @@ impl Store for PgStore {
     fn failure(&self) -> Option<String> {
         // sqlx reconnects by itself: the pool fails for good only once it is closed, which
         // llmjobs does only in `close`.
-        (self.pool.is_closed() && !self.closed.load(Ordering::Acquire))
+        ((self.pool.is_closed() || self.writes.is_closed()) && !self.closed.load(Ordering::Acquire))
             .then(|| "the PostgreSQL connection pool was closed".to_string())
     }
 
