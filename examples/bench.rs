@@ -45,6 +45,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use llmjobs::{Durability, JobContext, JobError, Jobs, llm_job};
 
+#[path = "bench/floor.rs"]
+mod floor;
 #[path = "bench/pg.rs"]
 mod pg;
 #[path = "bench/w8.rs"]
@@ -219,11 +221,20 @@ async fn wait_finished(jobs: &Jobs, before: u64, total: u64) {
     }
 }
 
-/// W1: 10,000 no-op jobs spawned by 32 tasks; worker concurrency 32.
+/// W1: 10,000 no-op jobs spawned by 32 tasks; worker concurrency 32. Then, on a database of
+/// its own, the same writes straight to SQLite (see [`floor`]): `sqlite_floor_jobs_per_s`, and
+/// W1's ratio to it.
 async fn w1(bench: &mut Bench, durability: Durability) {
     let url = bench.db("w1");
     let jobs_per_s = w1_jobs_per_s(&url, durability).await;
-    println!("{} jobs_per_s={jobs_per_s:.0}", label("W1", durability));
+    let floor_url = bench.db("w1-floor");
+    create_db(&floor_url).await;
+    let floor = floor::w1_floor_jobs_per_s(&db_path(&floor_url), durability);
+    println!(
+        "{} jobs_per_s={jobs_per_s:.0} sqlite_floor_jobs_per_s={floor:.0} ratio={:.2}",
+        label("W1", durability),
+        jobs_per_s / floor
+    );
 }
 
 /// W1's measurement on the database at `url` (which may already hold finished jobs).
