@@ -48,7 +48,7 @@ const MAX_READERS: usize = 8;
 const READER_CACHE_KIB: i64 = -256;
 
 /// The page cache of the writer connection (negative: KiB).
-const WRITER_CACHE_KIB: i64 = -1024;
+const WRITER_CACHE_KIB: i64 = -256;
 
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 128;
@@ -141,7 +141,8 @@ impl SqliteTarget {
         conn.pragma_update(None, "synchronous", synchronous)?;
         if !read_only {
             // The writer touches the right edges of a few indexes and the rows of running jobs:
-            // 1 MiB holds them, and the process does not keep 2 MiB of pages it rarely reads.
+            // 256 KiB (64 pages) holds them. W1 and W10 ran no slower than with 1 MiB, and a
+            // process with 5,000 jobs in flight (W3) holds 150–200 bytes less per job.
             conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         }
         if read_only {
