@@ -3,49 +3,35 @@
 //! counts the dispatcher's log lines, which a thread-local subscriber sees only for runtimes on
 //! its own thread.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use llmjobs::{JobError, Jobs, llm_job};
 use llmjobs_testkit::TempDb;
+use llmjobs_testkit::logs::CapturedLogs;
 
-/// Log lines, captured.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Captures the dispatcher's debug lines.
+fn capture() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
+    CapturedLogs::start(tracing::Level::DEBUG)
 }
 
-impl Captured {
-    /// Starts capturing this thread's `llmjobs` debug events.
-    fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
-            .finish();
-        (captured, tracing::subscriber::set_default(subscriber))
-    }
-
-    fn claims(&self) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .matches("claimed jobs")
-            .count()
-    }
+/// How many claims the captured lines record.
+fn claims(logs: &CapturedLogs) -> usize {
+    logs.text().matches("claimed jobs").count()
 }
 
 /// A poll far longer than any test: a claim the tests see was woken by something.
 const POLL: Duration = Duration::from_secs(60);
+
+/// A runtime of 4 slots on `db` that polls only every [`POLL`].
+async fn open(db: &TempDb) -> Jobs {
+    Jobs::builder()
+        .url(db.url())
+        .concurrency(4)
+        .poll_interval(POLL)
+        .open()
+        .await
+        .unwrap()
+}
 
 #[llm_job]
 async fn add(a: i64, b: i64) -> Result<i64, JobError> {
@@ -54,22 +40,16 @@ async fn add(a: i64, b: i64) -> Result<i64, JobError> {
 
 #[tokio::test]
 async fn jobs_handed_off_to_this_process_need_no_claims() {
-    let (captured, _guard) = Captured::start();
+    let (captured, _guard) = capture();
     let db = TempDb::new();
-    let jobs = Jobs::builder()
-        .url(db.url())
-        .concurrency(4)
-        .poll_interval(POLL)
-        .open()
-        .await
-        .unwrap();
+    let jobs = open(&db).await;
     for i in 0..40 {
         let handle = jobs.spawn(add(i, 1)).await.unwrap();
         assert_eq!(handle.wait().await.unwrap(), i + 1);
     }
     // The claim at start found nothing; each job freed its slot, which wakes the dispatcher,
     // but nothing was left to claim.
-    let claims = captured.claims();
+    let claims = claims(&captured);
     assert!(
         claims <= 2,
         "{claims} claims for 40 jobs handed off locally"
@@ -87,15 +67,9 @@ async fn one_at_a_time(n: u32) -> Result<u32, JobError> {
 
 #[tokio::test]
 async fn a_job_its_limit_left_pending_starts_once_the_limit_has_room() {
-    let (captured, _guard) = Captured::start();
+    let (captured, _guard) = capture();
     let db = TempDb::new();
-    let jobs = Jobs::builder()
-        .url(db.url())
-        .concurrency(4)
-        .poll_interval(POLL)
-        .open()
-        .await
-        .unwrap();
+    let jobs = open(&db).await;
     let first = jobs.spawn(one_at_a_time(1)).await.unwrap();
     // Handed off but over its name's limit: inserted pending, for a claim.
     let second = jobs.spawn(one_at_a_time(2)).await.unwrap();
@@ -109,6 +83,6 @@ async fn a_job_its_limit_left_pending_starts_once_the_limit_has_room() {
             .unwrap(),
         2
     );
-    assert!(captured.claims() >= 2, "the pending job was claimed");
+    assert!(claims(&captured) >= 2, "the pending job was claimed");
     jobs.shutdown().await;
 }

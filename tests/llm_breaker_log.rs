@@ -5,35 +5,14 @@ use std::time::Duration;
 
 use llmjobs::llm::mock::{MockLlmServer, MockReply};
 use llmjobs::llm::{ChatRequest, CircuitBreaker, RetryPolicy};
+use llmjobs_testkit::logs::CapturedLogs;
 
 const COOL_DOWN: Duration = Duration::from_millis(300);
 
-/// Log lines, captured.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn opening_and_closing_are_logged() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
     // The test runs on one thread, so the subscriber sees every event of the client.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = CapturedLogs::start(tracing::Level::INFO);
     let mock = MockLlmServer::start().await.unwrap();
     mock.push_reply_for("gpt-4o-mini", MockReply::server_error());
     mock.push_reply_for("gpt-4o-mini", MockReply::server_error());
@@ -49,7 +28,7 @@ async fn opening_and_closing_are_logged() {
     }
     tokio::time::sleep(COOL_DOWN + Duration::from_millis(50)).await;
     assert!(client.chat(&req).await.is_ok());
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     assert!(log.contains("circuit breaker opened"), "{log}");
     assert!(log.contains("circuit breaker closed"), "{log}");
     assert!(log.contains("provider=openai"), "{log}");

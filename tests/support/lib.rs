@@ -3,6 +3,7 @@
 
 pub mod acceptance;
 pub mod http;
+pub mod logs;
 pub mod pg;
 
 use std::path::{Path, PathBuf};
