@@ -35,27 +35,9 @@ fn in_schema(url: &str, schema: &str) -> String {
     format!("{url}{sep}llmjobs_schema={schema}")
 }
 
+/// `sql` run by `psql` on `url`: its output, or why it failed.
 fn psql_run(url: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-t",
-            "-A",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            url,
-            "-c",
-            sql,
-        ])
-        .output()
-        .map_err(|e| format!("cannot run psql: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
+    llmjobs_testkit::pg::try_psql(url, sql)
 }
 
 /// W7: W1 (10,000 no-op jobs, 32 spawning tasks and 32 workers per process) split over 1, 2

@@ -102,11 +102,17 @@ pub fn pg_url_blocking() -> Option<String> {
 ///
 /// When no `psql` can be found or the statement fails.
 pub fn psql(url: &str, sql: &str) -> String {
+    try_psql(url, sql).unwrap_or_else(|error| panic!("{sql}: {error}"))
+}
+
+/// As [`psql`], but says why instead of panicking: no `psql` found, the server unreachable, the
+/// statement failed.
+pub fn try_psql(url: &str, sql: &str) -> Result<String, String> {
     let psql = match SERVER.get() {
         Some(Ok(server)) => server.psql.clone(),
-        _ => find_psql().expect("no psql binary found"),
+        _ => find_psql().ok_or("no psql binary found (install PostgreSQL's client)")?,
     };
-    run_psql(&psql, url, sql).unwrap_or_else(|error| panic!("{sql}: {error}"))
+    run_psql(&psql, url, sql)
 }
 
 /// Stops this process's throwaway cluster at once (`pg_ctl stop -m immediate`, as a crash of
