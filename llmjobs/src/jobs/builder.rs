@@ -167,7 +167,7 @@ impl JobsBuilder {
     /// Adds a spawn-time classifier: for each call given to [`Jobs::run_with_timeout`], it may
     /// say whether the call goes straight to the background (`Some`), or leave it to the next
     /// classifier and finally to the job itself (`None`). A call's own
-    /// [`JobCall::long_running`] always wins.
+    /// [`JobCall::long_running`](crate::JobCall::long_running) always wins.
     pub fn classify_long_running<F>(mut self, classify: F) -> Self
     where
         F: Fn(&CallInfo<'_>) -> Option<bool> + Send + Sync + 'static,
