@@ -422,6 +422,47 @@ fn kill(mut child: Child) {
     child.wait().expect("reap the child");
 }
 
+/// Starts `n` worker processes (`--child <args>`) with piped stdin and stdout, and returns once
+/// each has said `ready` (its runtime is open); each then acts on the lines it is sent.
+fn start_workers(n: usize, args: &[&str]) -> Vec<Child> {
+    use std::io::BufRead as _;
+    let mut children: Vec<Child> = (0..n)
+        .map(|_| {
+            Command::new(std::env::current_exe().expect("own path"))
+                .arg("--child")
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a worker process")
+        })
+        .collect();
+    for child in &mut children {
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("a worker's ready line");
+        assert_eq!(line.trim(), "ready", "a {} worker did not start", args[0]);
+    }
+    children
+}
+
+/// Sends `line` to every worker's stdin.
+fn tell_workers(children: &mut [Child], line: &str) {
+    use std::io::Write as _;
+    for child in children {
+        writeln!(child.stdin.as_mut().expect("stdin"), "{line}").expect("tell a worker");
+    }
+}
+
+/// Tells every worker to `stop`, and waits for each to end well.
+fn stop_workers(mut children: Vec<Child>) {
+    tell_workers(&mut children, "stop");
+    for child in children {
+        wait_child(child);
+    }
+}
+
 fn wait_child(mut child: Child) {
     let status = child.wait().expect("wait for the child");
     assert!(status.success(), "child failed: {status}");

@@ -2,13 +2,13 @@
 //! pgbench's TPS on the same server) and W2 on PostgreSQL (sequential durable spawns, with the
 //! round trip and the commit of the same server measured in the same run).
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use llmjobs::{Durability, Jobs};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
-use super::{noop, open, percentile, wait_child, wait_finished};
+use super::{noop, open, percentile, start_workers, stop_workers, tell_workers, wait_finished};
 
 /// Whether the server at `url` answers; says why `workload` is skipped when not.
 fn reachable(workload: &str, url: &str) -> bool {
@@ -61,37 +61,14 @@ pub(crate) async fn w7() {
             .open()
             .await
             .expect("open the W7 schema");
-        let mut children: Vec<Child> = (0..processes)
-            .map(|_| {
-                Command::new(std::env::current_exe().expect("own path"))
-                    .args(["--child", "w7", &run_url, &(JOBS / processes).to_string()])
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("start a W7 worker")
-            })
-            .collect();
-        // Each child says `ready` once open, then waits for a line on stdin to start.
-        for child in &mut children {
-            use std::io::BufRead as _;
-            let mut line = String::new();
-            std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
-                .read_line(&mut line)
-                .expect("a child's ready line");
-            assert_eq!(line.trim(), "ready", "a W7 worker did not start");
-        }
+        // Each worker waits for `go` to start spawning, then for `stop`.
+        let per_worker = (JOBS / processes).to_string();
+        let mut children = start_workers(processes, &["w7", &run_url, &per_worker]);
         let start = Instant::now();
-        for child in &mut children {
-            use std::io::Write as _;
-            writeln!(child.stdin.as_mut().expect("stdin"), "go").expect("start a W7 worker");
-        }
+        tell_workers(&mut children, "go");
         wait_finished(&watcher, 0, ((JOBS / processes) * processes) as u64).await;
         let secs = start.elapsed().as_secs_f64();
-        for mut child in children {
-            use std::io::Write as _;
-            writeln!(child.stdin.as_mut().expect("stdin"), "stop").expect("stop a W7 worker");
-            wait_child(child);
-        }
+        stop_workers(children);
         watcher.shutdown().await;
         let _ = psql_run(&url, &format!("DROP SCHEMA {run_schema} CASCADE"));
         figures.push(((JOBS / processes) * processes) as f64 / secs);

@@ -7,13 +7,13 @@
 //! The baseline runs the same calls as the original system did: each job posts the request
 //! itself and, on a 429, sleeps a fixed second and tries again, with no limiter at all.
 
-use std::io::{BufRead as _, Write as _};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use llmjobs::llm::mock::{MockLlmServer, MockRateLimit};
 use llmjobs::llm::{ChatRequest, RateLimit, llm_call};
 use llmjobs::{JobError, Jobs, llm_job};
+
+use super::{start_workers, stop_workers};
 
 const JOBS: usize = 1_000;
 const PROCESSES: usize = 2;
@@ -114,35 +114,6 @@ impl Run {
     }
 }
 
-fn start_workers(db_url: &str, mock_url: &str, mode: &str) -> Vec<Child> {
-    let mut children: Vec<Child> = (0..PROCESSES)
-        .map(|_| {
-            Command::new(std::env::current_exe().expect("own path"))
-                .args(["--child", "w8", db_url, mock_url, mode])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("start a W8 worker")
-        })
-        .collect();
-    for child in &mut children {
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
-            .read_line(&mut line)
-            .expect("a worker's ready line");
-        assert_eq!(line.trim(), "ready", "a W8 worker did not start");
-    }
-    children
-}
-
-fn stop_workers(children: Vec<Child>) {
-    for mut child in children {
-        let _ = writeln!(child.stdin.as_mut().expect("stdin"), "stop");
-        let status = child.wait().expect("wait for a W8 worker");
-        assert!(status.success(), "a W8 worker failed: {status}");
-    }
-}
-
 async fn run(db_url: &str, shared: bool) -> Run {
     let mock = MockLlmServer::start().await.expect("start the mock");
     mock.set_delay(LATENCY);
@@ -157,7 +128,7 @@ async fn run(db_url: &str, shared: bool) -> Run {
         .await
         .expect("open the W8 database");
     let mode = if shared { "shared" } else { "naive" };
-    let children = start_workers(db_url, &mock.base_url(), mode);
+    let children = start_workers(PROCESSES, &["w8", db_url, &mock.base_url(), mode]);
     let start = Instant::now();
     let tokens: u64 = if shared {
         let calls = (0..JOBS).map(|n| llm_call(request(n)));

@@ -318,9 +318,9 @@ impl Recorded<'_> {
         }
         // The slot was freed before the outcome committed. On a networked store (the one that
         // sends hints), a claim made meanwhile ran on another connection and still counted the
-        // job against its limits (counted in the database, across processes): one more claim
-        // now may find room it did not. (SQLite's claims queue behind the outcome in its
-        // writer.)
+        // job against its limits (counted in the database, across processes): if it passed
+        // jobs over for that, one more claim now may find room it did not (a freed slot claims
+        // only then). (SQLite's claims queue behind the outcome in its writer.)
         if shared.is_hinted() {
             shared.slot_freed();
         }
